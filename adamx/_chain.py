@@ -1,0 +1,77 @@
+"""`chain`: compose transformations, passing each moment block the gradient of its run."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from ._base import GradientTransformation, MomentTransformation
+from ._dtypes import upcast
+
+
+def _keyword_filter(update: Callable[..., Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Which extra keyword arguments ``update`` can take: all if it has ``**kwargs``, else its own."""
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return lambda extra: extra
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return lambda extra: extra
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    return lambda extra: {k: v for k, v in extra.items() if k in names}
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply ``transforms`` in sequence, like ``optax.chain``.
+
+    Each member receives the previous member's output. Moment blocks (`MomentTransformation`) also
+    receive ``gradient=``: the updates that entered their run of consecutive moment blocks, so
+    ``chain(clip, ema(b1), bias_correction(b1), scale_by_second_moment(b2))`` lets the second moment
+    see the clipped gradient while the first moment flows. Low-precision updates (bfloat16, float16)
+    are computed in float32 inside the chain and returned in their own dtype. Extra keyword arguments
+    reach every member that accepts them.
+
+    Args:
+      *transforms: transformations (adamx's, optax's, or anything with ``init`` and ``update``).
+
+    Returns:
+      A transformation whose state is the tuple of the members' states.
+    """
+    members = tuple(transforms)
+    for position, member in enumerate(members):
+        if not (callable(getattr(member, "init", None)) and callable(getattr(member, "update", None))):
+            raise TypeError(
+                f"`chain` expected transformations with `init` and `update`, got {member!r} at "
+                f"position {position}; build one with e.g. `adamx.scale_by_adam()`."
+            )
+    filters = tuple(_keyword_filter(member.update) for member in members)
+    is_moment = tuple(isinstance(member, MomentTransformation) for member in members)
+
+    def init_fn(params):
+        return tuple(member.init(params) for member in members)
+
+    def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
+        if len(state) != len(members):
+            raise ValueError(
+                f"This chain has {len(members)} transformations but its state has {len(state)} "
+                "entries; pass the state returned by this optimizer's `init`."
+            )
+        dtypes = jax.tree.map(lambda u: u.dtype, updates)
+        updates = jax.tree.map(upcast, updates)
+        gradient = updates if gradient is None else jax.tree.map(upcast, gradient)
+        new_state = []
+        for member, keep, moment, member_state in zip(members, filters, is_moment, state):
+            updates, member_state = member.update(
+                updates, member_state, params, **keep({**extra_args, "gradient": gradient})
+            )
+            new_state.append(member_state)
+            if not moment:
+                gradient = updates
+        updates = jax.tree.map(lambda u, dtype: u.astype(dtype), updates, dtypes)
+        return updates, tuple(new_state)
+
+    kind = MomentTransformation if members and all(is_moment) else GradientTransformation
+    return kind(init_fn, update_fn)

@@ -1,0 +1,214 @@
+"""First-moment blocks: the EMA, the heavy-ball trace, and bias correction."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import MomentTransformation, safe_increment, zero_count
+from ._dtypes import as_hyperparameter, compute_dtype
+from ._storage import MomentStorage, storage_for, stored_dtypes
+from ._validate import check_decay, check_dtype
+
+
+def _complement(decay: Any) -> Any:
+    """``1 - decay``, in Python when ``decay`` is a Python number (no rounding before the cast)."""
+    return 1 - decay
+
+
+def _resolve_storage(storage: MomentStorage | None, dtype: Any, name: str) -> MomentStorage:
+    check_dtype(dtype, name)
+    if storage is not None and dtype is not None:
+        raise ValueError(f"Pass either `{name}` or `storage`, not both; `{name}` is a shorthand.")
+    return storage if storage is not None else storage_for(dtype)
+
+
+class EmaState(NamedTuple):
+    """The state of `ema`: the moving average, one buffer per parameter (as stored)."""
+
+    ema: Any
+
+
+def ema(
+    decay: float, *, dtype: Any = None, storage: MomentStorage | None = None
+) -> MomentTransformation:
+    r"""Exponential moving average of the updates: Adam's first moment.
+
+    .. math::
+        m_t = \beta\, m_{t-1} + (1 - \beta)\, u_t, \qquad m_0 = 0.
+
+    Outputs :math:`m_t` (not bias-corrected; chain `bias_correction` for :math:`\hat m_t`).
+
+    Args:
+      decay: :math:`\beta`, in ``[0, 1)``.
+      dtype: dtype of the stored average; ``None`` keeps each parameter's dtype (as optax).
+      storage: a `MomentStorage` (instead of ``dtype``), e.g. a quantised one.
+
+    Returns:
+      A `MomentTransformation` with state `EmaState`.
+    """
+    check_decay(decay, "decay")
+    storage = _resolve_storage(storage, dtype, "dtype")
+
+    def init_fn(params):
+        return EmaState(ema=jax.tree.map(storage.init, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def one(u, stored):
+            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
+            m = storage.read(stored, cdt)
+            m = as_hyperparameter(_complement(decay), cdt) * u.astype(cdt) + as_hyperparameter(
+                decay, cdt
+            ) * m
+            return m.astype(u.dtype), storage.write(m, stored)
+
+        pairs = jax.tree.map(one, updates, state.ema)
+        return _unzip(updates, pairs, EmaState)
+
+    return MomentTransformation(init_fn, update_fn)
+
+
+class TraceState(NamedTuple):
+    """The state of `trace`: the momentum buffer, one per parameter (as stored)."""
+
+    trace: Any
+
+
+def trace(
+    decay: float,
+    *,
+    nesterov: bool = False,
+    dtype: Any = None,
+    storage: MomentStorage | None = None,
+) -> MomentTransformation:
+    r"""Heavy-ball momentum (Polyak; torch and optax's form): a trace of the updates.
+
+    .. math::
+        b_t = \mu\, b_{t-1} + u_t, \qquad
+        \text{output } b_t \text{, or with Nesterov } u_t + \mu\, b_t.
+
+    Args:
+      decay: :math:`\mu`, in ``[0, 1)``.
+      nesterov: output the Nesterov look-ahead :math:`u_t + \mu b_t`.
+      dtype: dtype of the stored buffer; ``None`` keeps each parameter's dtype.
+      storage: a `MomentStorage` (instead of ``dtype``).
+
+    Returns:
+      A `MomentTransformation` with state `TraceState`.
+    """
+    check_decay(decay, "decay")
+    storage = _resolve_storage(storage, dtype, "dtype")
+
+    def init_fn(params):
+        return TraceState(trace=jax.tree.map(storage.init, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def one(u, stored):
+            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
+            mu = as_hyperparameter(decay, cdt)
+            b = u.astype(cdt) + mu * storage.read(stored, cdt)
+            out = u.astype(cdt) + mu * b if nesterov else b
+            return out.astype(u.dtype), storage.write(b, stored)
+
+        pairs = jax.tree.map(one, updates, state.trace)
+        return _unzip(updates, pairs, TraceState)
+
+    return MomentTransformation(init_fn, update_fn)
+
+
+class BiasCorrectionState(NamedTuple):
+    """The state of `bias_correction`: the step count ``t`` of the last update (``int32``)."""
+
+    count: jax.Array
+
+
+def _correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
+    """``1 - decay^count`` in ``dtype``, computed as ``-expm1(count * log(decay))``.
+
+    The textbook ``1 - decay**count`` cancels catastrophically in float32 (for ``decay = 0.999`` and
+    ``count = 3`` it keeps only ~4 significant digits, and XLA's ``pow`` rounds differently under
+    ``jit`` and eagerly); ``expm1`` keeps full relative precision. ``log(decay)`` of a Python number
+    is taken in double precision on the host.
+    """
+    if isinstance(decay, jax.core.Tracer) or not jnp.ndim(decay) == 0:
+        log_decay = jnp.log(as_hyperparameter(decay, dtype))
+    elif float(decay) == 0.0:
+        return jnp.ones((), dtype)
+    else:
+        log_decay = as_hyperparameter(math.log(float(decay)), dtype)
+    return -jnp.expm1(count.astype(dtype) * log_decay)
+
+
+def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransformation:
+    r"""Correct a zero-initialised moving average for its bias: Kingma & Ba (2014), section 3.
+
+    .. math::
+        \hat m_t = \frac{m_t}{1 - \beta^t}.
+
+    With ``nesterov=True`` it outputs the Nesterov look-ahead of the corrected moment, Dozat's (2016)
+    form with constant momentum as in ``optax.adam(nesterov=True)``, reading :math:`g_t` from the
+    gradient of its run (so it must sit inside `adamx.chain`, after `ema`):
+
+    .. math::
+        \bar m_t = \frac{\beta\, m_t}{1 - \beta^{t+1}} + \frac{(1 - \beta)\, g_t}{1 - \beta^t}.
+
+    Correct each moment before combining them: Adam corrects :math:`m_t` here and :math:`v_t` inside
+    `scale_by_second_moment`, before the square root.
+
+    Args:
+      decay: the :math:`\beta` of the average being corrected.
+      nesterov: output the look-ahead :math:`\bar m_t` instead of :math:`\hat m_t`.
+
+    Returns:
+      A `MomentTransformation` with state `BiasCorrectionState`.
+    """
+    check_decay(decay, "decay")
+
+    def init_fn(params):
+        del params
+        return BiasCorrectionState(count=zero_count())
+
+    def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
+        del params, extra_args
+        count = safe_increment(state.count)
+        if not nesterov:
+
+            def one(m):
+                cdt = compute_dtype(m.dtype)
+                return (m.astype(cdt) / _correction(decay, count, cdt)).astype(m.dtype)
+
+            return jax.tree.map(one, updates), BiasCorrectionState(count)
+        if gradient is None:
+            raise ValueError(
+                "`bias_correction(nesterov=True)` needs the gradient as well as the moment: "
+                "compose it with `adamx.chain(ema(b1), bias_correction(b1, nesterov=True), ...)`, "
+                "which passes `gradient=` to it."
+            )
+        next_count = safe_increment(count)
+
+        def lookahead(m, g):
+            cdt = compute_dtype(m.dtype, g.dtype)
+            b = as_hyperparameter(decay, cdt)
+            m_next = m.astype(cdt) / _correction(decay, next_count, cdt)
+            g_hat = g.astype(cdt) / _correction(decay, count, cdt)
+            return (b * m_next + as_hyperparameter(_complement(decay), cdt) * g_hat).astype(m.dtype)
+
+        return jax.tree.map(lookahead, updates, gradient), BiasCorrectionState(count)
+
+    return MomentTransformation(init_fn, update_fn)
+
+
+def _unzip(updates: Any, pairs: Any, state_type: type) -> tuple[Any, Any]:
+    """Split a tree of ``(update, stored)`` pairs, laid out like ``updates``, into two trees."""
+    outer = jax.tree.structure(updates)
+    flat = outer.flatten_up_to(pairs)
+    new_updates = outer.unflatten([pair[0] for pair in flat])
+    new_buffers = outer.unflatten([pair[1] for pair in flat])
+    return new_updates, state_type(new_buffers)

@@ -1,0 +1,111 @@
+"""The second-moment block: divide by the root of an estimate of E[|g|^2]."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import GradientTransformation, MomentTransformation
+from ._chain import chain
+from ._dtypes import as_hyperparameter, compute_dtype
+from ._moments import bias_correction as _bias_correction
+from ._moments import ema
+from ._storage import MomentStorage
+from ._validate import check_decay, check_non_negative
+
+
+class SecondMomentState(NamedTuple):
+    """The state of `scale_by_second_moment`: its estimator's state (for Adam, ``(EmaState(nu),
+    BiasCorrectionState(count))``)."""
+
+    estimator: Any
+
+
+def _abs_squared(g: jax.Array) -> jax.Array:
+    """``|g|^2`` in at least float32, real-valued for complex ``g`` (optax's convention)."""
+    g = g.astype(compute_dtype(g.dtype))
+    if jnp.iscomplexobj(g):
+        return (g.conj() * g).real
+    return g**2
+
+
+def _real_like(param: jax.Array) -> jax.Array:
+    """A stand-in for ``param`` with its real dtype, so the estimator's state is real-valued."""
+    return jnp.real(param) if jnp.iscomplexobj(param) else param
+
+
+def scale_by_second_moment(
+    decay: float = 0.999,
+    *,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    bias_correction: bool = True,
+    nu_dtype: Any = None,
+    storage: MomentStorage | None = None,
+    estimator: GradientTransformation | None = None,
+) -> MomentTransformation:
+    r"""Divide the updates by the root of the second moment of the gradient (Adam's denominator).
+
+    .. math::
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, |g_t|^2, \qquad
+        \hat v_t = \frac{v_t}{1 - \beta_2^t}, \qquad
+        u_t \leftarrow \frac{u_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}.
+
+    :math:`g_t` is the gradient of this block's run in `adamx.chain` (see `MomentTransformation`),
+    :math:`u_t` the updates flowing in (Adam's :math:`\hat m_t`). :math:`\hat v_t` comes from an
+    *estimator*, a transformation applied to :math:`|g_t|^2`: by default
+    ``chain(ema(decay), bias_correction(decay))``, so :math:`v` is corrected before the root, as
+    Adam's Algorithm 1 requires. For complex gradients :math:`|g|^2` is real and so is the stored
+    :math:`v` (half of optax's memory). With ``eps = 0`` and a coordinate whose estimate is 0, the
+    update is 0 rather than NaN.
+
+    Args:
+      decay: :math:`\beta_2` of the default estimator, in ``[0, 1)``.
+      eps: :math:`\epsilon`, added outside the root (Adam's).
+      eps_root: :math:`\epsilon_{root}`, added inside the root (needed to differentiate through the
+        update, or for RMSprop's form).
+      bias_correction: correct :math:`v_t` (default estimator only).
+      nu_dtype: dtype of the stored :math:`v`; ``None`` keeps the parameter's real dtype.
+      storage: a `MomentStorage` for :math:`v` (instead of ``nu_dtype``).
+      estimator: replaces the default estimator (then ``decay``, ``bias_correction``, ``nu_dtype``
+        and ``storage`` are unused); e.g. AMSGrad's running maximum.
+
+    Returns:
+      A `MomentTransformation` with state `SecondMomentState`.
+    """
+    check_non_negative(eps, "eps")
+    check_non_negative(eps_root, "eps_root")
+    if estimator is None:
+        check_decay(decay, "decay")
+        moment = ema(decay, dtype=nu_dtype, storage=storage)
+        estimator = chain(moment, _bias_correction(decay)) if bias_correction else chain(moment)
+    guard_zero = isinstance(eps, (int, float)) and eps == 0
+
+    def init_fn(params):
+        return SecondMomentState(estimator=estimator.init(jax.tree.map(_real_like, params)))
+
+    def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
+        del extra_args
+        gradient = updates if gradient is None else gradient
+        v_hat, estimator_state = estimator.update(
+            jax.tree.map(_abs_squared, gradient), state.estimator, params
+        )
+
+        def scale(u, v):
+            cdt = compute_dtype(u.dtype, v.dtype)
+            root = jnp.sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
+            denominator = root + as_hyperparameter(eps, cdt)
+            x = u.astype(cdt)
+            if guard_zero:
+                positive = denominator > 0
+                x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
+            else:
+                x = x / denominator
+            return x.astype(u.dtype)
+
+        scaled = jax.tree.map(scale, updates, v_hat)
+        return scaled, SecondMomentState(estimator=estimator_state)
+
+    return MomentTransformation(init_fn, update_fn)

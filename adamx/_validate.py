@@ -1,0 +1,86 @@
+"""The validation rule (docs/design.md, section 6): concrete hyperparameters are checked when built.
+
+Traced values and schedules cannot be checked at construction; they are the caller's responsibility.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _concrete(value: Any) -> float | None:
+    """``value`` as a Python float if it is a concrete real scalar, else ``None`` (traced, callable)."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"Expected a number, got the bool {value!r}; pass a float such as 0.9.")
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything numpy cannot read is reported below
+        array = None
+    if array is None or array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"Expected a real number, got {value!r} of type {type(value).__name__}; "
+            "pass a Python float or a scalar array."
+        )
+    if array.shape != ():
+        raise ValueError(
+            f"Expected a scalar, got an array of shape {array.shape}; pass one number "
+            "(per-parameter values are not supported)."
+        )
+    return float(array)
+
+
+def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
+    """A learning rate is a finite number >= 0 or a schedule (a callable of the step count)."""
+    number = _concrete(value)
+    if number is None:
+        return
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0 or a schedule, got {number!r}. "
+            "To maximise an objective, minimise its negative instead (or chain "
+            "`adamx.scale(-1.0)` after the optimizer)."
+        )
+
+
+def check_decay(value: Any, name: str, *, upper_inclusive: bool = False) -> None:
+    """A decay rate (``b1``, ``b2``, momentum) lies in ``[0, 1)`` (or ``[0, 1]`` where allowed)."""
+    number = _concrete(value)
+    if number is None:
+        return
+    upper_ok = number <= 1 if upper_inclusive else number < 1
+    if not (math.isfinite(number) and number >= 0 and upper_ok):
+        interval = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(
+            f"`{name}` must lie in {interval}, got {number!r}. It is the decay rate of a moving "
+            f"average: typical values are 0.9 to 0.999."
+        )
+
+
+def check_non_negative(value: Any, name: str) -> None:
+    """``eps``, ``eps_root``, ``weight_decay``: a finite number >= 0 (or a schedule where allowed)."""
+    number = _concrete(value)
+    if number is None:
+        return
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {number!r}.")
+
+
+def check_dtype(value: Any, name: str) -> None:
+    """A moment dtype (``mu_dtype``, ``nu_dtype``) is ``None`` or a floating-point dtype."""
+    if value is None:
+        return
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "f" and dtype.name != "bfloat16":
+        raise TypeError(
+            f"`{name}` must be None or a floating-point dtype such as jnp.float32 or "
+            f"jnp.bfloat16, got {value!r}."
+        )

@@ -1,0 +1,69 @@
+"""Weight decay: ``u + lambda * theta``; decoupled after the moments, L2 before them."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
+from ._dtypes import as_hyperparameter, compute_dtype
+from ._validate import check_non_negative
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """The state of `add_decayed_weights` with a schedule: the step count (``int32``)."""
+
+    count: jax.Array
+
+
+def add_decayed_weights(
+    weight_decay: ScalarOrSchedule = 0.0, mask: Any = None
+) -> GradientTransformation:
+    r"""Add :math:`\lambda\,\theta_{t-1}` to the updates.
+
+    Placed *after* the moments and before `scale_by_learning_rate` it is decoupled weight decay
+    (AdamW, Loshchilov & Hutter 2019, in torch's and optax's form
+    :math:`\theta_t = \theta_{t-1} - \eta_t(\text{direction} + \lambda\theta_{t-1})`); placed *before*
+    the moments it is coupled L2 regularisation (torch ``Adam(weight_decay=...)``).
+
+    Args:
+      weight_decay: :math:`\lambda >= 0`, or a schedule of the step count (0-based).
+      mask: a pytree of booleans like the params (``True``: decay this leaf), or a function
+        ``params -> mask``; ``None`` decays every leaf. Typically biases and norm scales are masked
+        out.
+
+    Returns:
+      A transformation with state `EmptyState` (or `AddDecayedWeightsState` for a schedule).
+    """
+    check_non_negative(weight_decay, "weight_decay")
+    scheduled = callable(weight_decay)
+
+    def init_fn(params):
+        del params
+        return AddDecayedWeightsState(zero_count()) if scheduled else EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "`add_decayed_weights` needs the parameters: call "
+                "`update(grads, state, params)` with the current params."
+            )
+        decay = weight_decay(state.count) if scheduled else weight_decay
+        chosen = mask(params) if callable(mask) else mask
+
+        def one(u, p):
+            cdt = compute_dtype(u.dtype, p.dtype)
+            return (u.astype(cdt) + as_hyperparameter(decay, cdt) * p.astype(cdt)).astype(u.dtype)
+
+        if chosen is None:
+            updates = jax.tree.map(one, updates, params)
+        else:
+            updates = jax.tree.map(
+                lambda u, p, m: one(u, p) if m else u, updates, params, chosen
+            )
+        new_state = AddDecayedWeightsState(safe_increment(state.count)) if scheduled else state
+        return updates, new_state
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,95 @@
+"""The shared zoo: a registry of optimizers and a few problems, crossed by the shared test matrix.
+
+To put a new optimizer through the whole matrix, add one line to ``OPTIMIZERS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adamx
+
+
+@dataclass(frozen=True)
+class Case:
+    """An optimizer of the registry: ``make(learning_rate)`` builds it."""
+
+    name: str
+    make: Callable[[float], adamx.GradientTransformation]
+    learning_rate: float = 1e-1  # converges on the zoo in the matrix's step budget
+
+
+def _chained_adam(lr: float) -> adamx.GradientTransformation:
+    """Adam assembled by hand from the blocks, as a user would (must equal `adamx.adam`)."""
+    return adamx.chain(
+        adamx.ema(0.9),
+        adamx.bias_correction(0.9),
+        adamx.scale_by_second_moment(0.999, eps=1e-8),
+        adamx.scale_by_learning_rate(lr),
+    )
+
+
+OPTIMIZERS: tuple[Case, ...] = (
+    Case("adam", lambda lr: adamx.adam(lr)),
+    Case("adam_nesterov", lambda lr: adamx.adam(lr, nesterov=True)),
+    Case("adamw", lambda lr: adamx.adamw(lr, weight_decay=1e-4)),
+    Case("adamw_schedule", lambda lr: adamx.adamw(lambda t: lr / (1 + 1e-3 * t), weight_decay=1e-3)),
+    Case("adam_blocks", _chained_adam),
+)
+
+OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]
+
+
+def relaxed():
+    """Standard dtype and rank promotion, for calls into reference libraries that need it."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.numpy_dtype_promotion("standard"))
+    stack.enter_context(jax.numpy_rank_promotion("allow"))
+    return stack
+
+
+# ---- problems -----------------------------------------------------------------------------------
+
+
+def parabola(params):
+    """``sum((x - 1)^2)`` over a pytree; minimum 0 at all ones."""
+    return sum(jnp.sum(jnp.abs(x - 1) ** 2) for x in jax.tree.leaves(params))
+
+
+def rosenbrock(params):
+    """The 2-D Rosenbrock function of ``params["xy"]``; minimum 0 at (1, 1)."""
+    x, y = params["xy"][0], params["xy"][1]
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+def random_tree(seed: int = 0, dtype=np.float32) -> dict:
+    """A pytree of leaves of different ranks and shapes (matrix, vector, scalar, nested)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "dense": {"w": rng.standard_normal((7, 5)).astype(dtype), "b": rng.standard_normal(5).astype(dtype)},
+        "scale": np.asarray(rng.standard_normal(), dtype),
+        "conv": rng.standard_normal((3, 3, 2, 4)).astype(dtype),
+    }
+
+
+def minimise(tx, loss, params, steps: int, *, jit: bool = True):
+    """Run ``steps`` of ``tx`` on ``loss`` from ``params``; returns ``(params, state)``."""
+    state = tx.init(params)
+
+    def one(params, state):
+        grads = jax.grad(loss)(params)
+        # jax.grad returns conj(df/dz) for complex inputs: the descent direction optax tests use.
+        grads = jax.tree.map(jnp.conj, grads)
+        return adamx.step(tx, grads, state, params)
+
+    if jit:
+        one = jax.jit(one)
+    for _ in range(steps):
+        params, state = one(params, state)
+    return params, state
