@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._base import GradientTransformation, OptState, Params, Updates
+from ._dtypes import wider
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
@@ -21,7 +22,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         if p is None:
             return None
         p = jnp.asarray(p)
-        wide = jnp.promote_types(p.dtype, jnp.asarray(u).dtype)
+        wide = wider(p.dtype, jnp.asarray(u).dtype)
         return (p.astype(wide) + jnp.asarray(u).astype(wide)).astype(p.dtype)
 
     return jax.tree.map(one, params, updates, is_leaf=lambda x: x is None)

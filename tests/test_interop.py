@@ -1,0 +1,373 @@
+"""adamx optimizers, unchanged, inside the libraries that duck-type optax's protocol.
+
+optax (`chain`, `MultiSteps`, `tree_map_params`), flax (`nnx.Optimizer`, linen `TrainState`),
+optimistix (`OptaxMinimiser`), equinox (filtered models with ``None`` leaves), ``jax.eval_shape`` and
+orbax checkpoints. adamx's own calls run under the suite's strict promotion; calls into a reference
+library that is not strict-clean are wrapped in `relaxed()`.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optimistix as optx
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import adamx
+from tests.helpers import OPTIMIZER_IDS, OPTIMIZERS, parabola, random_tree, relaxed
+
+STEPS = 5
+
+
+
+def _grad_sequence(params, n, seed=1, scale=3.0):
+    """``n`` gradient trees shaped like ``params`` (global norm well above 1, so clipping bites)."""
+    rng = np.random.default_rng(seed)
+    return [
+        jax.tree.map(lambda p: jnp.asarray(scale * rng.standard_normal(np.shape(p)), jnp.float32), params)
+        for _ in range(n)
+    ]
+
+
+def _run(tx, params, grads_seq):
+    """Apply ``tx`` to the fixed gradients ``grads_seq``, jitted; returns ``(params, state)``."""
+    state = tx.init(params)
+
+    @jax.jit
+    def one(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return adamx.apply_updates(params, updates), state
+
+    for grads in grads_seq:
+        params, state = one(params, state, grads)
+    return params, state
+
+
+def _assert_trees_close(actual, expected, rtol=1e-6, atol=1e-7):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+
+
+def _assert_trees_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert np.asarray(a).dtype == np.asarray(e).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def _inline_clip_by_global_norm(max_norm: float) -> adamx.GradientTransformation:
+    """A stateless clip written against the protocol only, the arithmetic of optax's."""
+
+    def init_fn(params):
+        del params
+        return adamx.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves = jax.tree.leaves(updates)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in leaves))
+        bound = jnp.asarray(max_norm, norm.dtype)
+        trigger = norm < bound
+        clipped = jax.tree.map(lambda u: jax.lax.select(trigger, u, (u / norm.astype(u.dtype)) * bound), updates)
+        return clipped, state
+
+    return adamx.GradientTransformation(init_fn, update_fn)
+
+
+# ---- 1. optax.chain ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_alone_in_optax_chain_is_bitwise_the_same(case):
+    params = random_tree(0)
+    grads_seq = _grad_sequence(params, STEPS)
+    opt = case.make(case.learning_rate)
+    expected, expected_state = _run(opt, params, grads_seq)
+    actual, actual_state = _run(optax.chain(opt), params, grads_seq)  # optax.chain only forwards
+    _assert_trees_equal(actual, expected)
+    _assert_trees_equal(actual_state, (expected_state,))
+    assert not np.allclose(np.asarray(actual["dense"]["w"]), params["dense"]["w"])
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_after_optax_clip_in_optax_chain(case):
+    params = random_tree(0)
+    grads_seq = _grad_sequence(params, STEPS)
+    assert all(float(optax.tree.norm(g)) > 2.0 for g in grads_seq)  # the clip is active
+    opt = case.make(case.learning_rate)
+    actual, actual_state = _run(optax.chain(optax.clip_by_global_norm(1.0), opt), params, grads_seq)
+    expected, expected_state = _run(adamx.chain(_inline_clip_by_global_norm(1.0), opt), params, grads_seq)
+    _assert_trees_close(actual, expected)
+    # optax's and adamx's chains hold their own EmptyState for the clip; the optimizer's state agrees.
+    _assert_trees_close(actual_state[1], expected_state[1])
+    # ... and the clip changed the trajectory (Adam is invariant to a constant scale of the
+    # gradients, not to a per-step one), so the comparison is not vacuous.
+    unclipped, _ = _run(opt, params, grads_seq)
+    assert not np.allclose(np.asarray(unclipped["conv"]), np.asarray(actual["conv"]), rtol=1e-4)
+
+
+# ---- 2. optax.MultiSteps -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_optax_multisteps_equals_steps_on_averaged_gradients(case):
+    k = 3
+    params = random_tree(0)
+    micro = _grad_sequence(params, 2 * k, seed=2)
+    opt = case.make(case.learning_rate)
+    multi = optax.MultiSteps(opt, every_k_schedule=2)
+    with relaxed():  # MultiSteps' own bookkeeping mixes float32 and int32
+        actual, multi_state = _run(multi, params, micro)
+    averaged = [jax.tree.map(lambda a, b: (a + b) / 2, micro[2 * i], micro[2 * i + 1]) for i in range(k)]
+    expected, expected_state = _run(opt, params, averaged)
+    _assert_trees_close(actual, expected, rtol=1e-6, atol=1e-6)
+    _assert_trees_close(multi_state.inner_opt_state, expected_state, rtol=1e-6, atol=1e-6)
+    assert int(multi_state.gradient_step) == k
+
+
+# ---- 3. flax nnx.Optimizer -----------------------------------------------------------------------
+
+
+def _regression_data(n_in=3, n_out=2, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(x @ w + 0.5)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_flax_nnx_optimizer(case):
+    x, y = _regression_data()
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    opt = case.make(case.learning_rate)
+    # `tx` is a static attribute of nnx.Optimizer: this raises if `opt` holds any array data.
+    optimizer = nnx.Optimizer(model, opt, wrt=nnx.Param)
+    assert optimizer.tx is opt
+
+    def loss_fn(model):
+        return jnp.mean((model(x) - y) ** 2)
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    first = float(loss_fn(model))
+    for _ in range(10):
+        train_step(model, optimizer)
+    last = float(loss_fn(model))
+    assert last < 0.5 * first
+    assert int(optimizer.step[...]) == 10
+    # nnx keeps and advances the state adamx's init built: its step counts read 10.
+    counts = [leaf for leaf in jax.tree.leaves(nnx.state(optimizer.opt_state)) if leaf.dtype == jnp.int32]
+    assert counts and all(int(c) == 10 for c in counts)
+
+
+# ---- 4. flax linen TrainState --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_flax_linen_train_state(case):
+    import flax.linen as nn
+
+    x, y = _regression_data()
+    module = nn.Dense(2)
+    params = module.init(jax.random.key(0), x)["params"]
+    opt = case.make(case.learning_rate)
+
+    def loss_fn(params):
+        return jnp.mean((module.apply({"params": params}, x) - y) ** 2)
+
+    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=opt)
+
+    @jax.jit
+    def train_step(state):
+        return state.apply_gradients(grads=jax.grad(loss_fn)(state.params))
+
+    @jax.jit
+    def by_hand(params, opt_state):
+        updates, opt_state = opt.update(jax.grad(loss_fn)(params), opt_state, params)
+        return adamx.apply_updates(params, updates), opt_state
+
+    first = float(loss_fn(params))
+    for _ in range(10):
+        state = train_step(state)
+    hand_params, hand_state = params, opt.init(params)
+    for _ in range(10):
+        hand_params, hand_state = by_hand(hand_params, hand_state)
+    assert float(loss_fn(state.params)) < first
+    assert int(state.step) == 10
+    _assert_trees_close(state.params, hand_params, rtol=1e-6, atol=1e-7)
+    _assert_trees_close(state.opt_state, hand_state, rtol=1e-6, atol=1e-7)
+
+
+# ---- 5. optimistix -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_optimistix_optax_minimiser(case):
+    target = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(3.0)}
+
+    def fn(y, args):
+        del args
+        return sum(jnp.sum((y[k] - target[k]) ** 2) for k in y)
+
+    y0 = jax.tree.map(jnp.zeros_like, target)
+    solver = optx.OptaxMinimiser(case.make(0.05), rtol=1e-6, atol=1e-6)
+    solution = optx.minimise(fn, solver, y0, max_steps=5000, throw=False)
+    assert solution.result == optx.RESULTS.successful
+    assert 0 < int(solution.stats["num_steps"]) < 5000
+    # Weight decay (<= 1e-3) pulls the minimum in by a hair.
+    _assert_trees_close(solution.value, target, rtol=0, atol=5e-3)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_optimistix_extra_arguments_are_ignored(case):
+    """What OptaxMinimiser passes (``value=``, ``grad=``, ``value_fn=``) changes nothing."""
+    params = random_tree(0)
+    grads = _grad_sequence(params, 1)[0]
+    opt = case.make(case.learning_rate)
+    state = opt.init(params)
+    plain = opt.update(grads, state, params)
+    extra = opt.update(grads, state, params, value=jnp.array(2.0), grad=grads, value_fn=parabola)
+    _assert_trees_equal(extra, plain)
+
+
+# ---- 6. equinox: filtered models with None leaves ------------------------------------------------
+
+
+def _none_count(tree):
+    return sum(leaf is None for leaf in jax.tree.leaves(tree, is_leaf=lambda v: v is None))
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_equinox_filtered_model_with_none_leaves(case):
+    x, y = _regression_data()
+    model = eqx.nn.MLP(3, 2, width_size=8, depth=1, key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    n_none = _none_count(params)
+    assert n_none > 0  # the activation functions are filtered out to None
+    opt = case.make(case.learning_rate)
+    state = opt.init(params)
+    assert len(jax.tree.leaves(state)) > 0
+
+    def loss_fn(model):
+        return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+    @eqx.filter_jit
+    def train_step(model, state):
+        grads = eqx.filter_grad(loss_fn)(model)
+        updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), state, updates
+
+    first = float(loss_fn(model))
+    for _ in range(10):
+        model, state, updates = train_step(model, state)
+    assert float(loss_fn(model)) < 0.5 * first
+    # updates have None exactly where the filtered params do ...
+    none_mask = lambda t: jax.tree.map(lambda v: v is None, t, is_leaf=lambda v: v is None)  # noqa: E731
+    assert none_mask(updates) == none_mask(params)
+    # ... and adamx.apply_updates keeps them, agreeing with eqx.apply_updates elsewhere.
+    by_adamx = adamx.apply_updates(params, updates)
+    assert none_mask(by_adamx) == none_mask(params)
+    _assert_trees_equal(by_adamx, eqx.apply_updates(params, updates))
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_none_leaves_pass_through_strict(case):
+    """The same None handling, without any library code in the loop (so it runs strict)."""
+    params = {"w": jnp.array([1.0, -2.0]), "frozen": None, "nested": {"b": jnp.array(0.5), "f": None}}
+    opt = case.make(case.learning_rate)
+    state = opt.init(params)
+    loss = lambda p: parabola({"w": p["w"], "b": p["nested"]["b"]})  # noqa: E731
+    first = float(loss(params))
+    for _ in range(20):
+        grads = jax.grad(loss)(params)
+        assert grads["frozen"] is None
+        updates, state = opt.update(grads, state, params)
+        assert updates["frozen"] is None and updates["nested"]["f"] is None
+        params = adamx.apply_updates(params, updates)
+    assert params["frozen"] is None and params["nested"]["f"] is None
+    assert float(loss(params)) < 0.5 * first
+
+
+# ---- 7. eval_shape and optax.tree_map_params -----------------------------------------------------
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_eval_shape_of_init(case):
+    params = random_tree(0)
+    opt = case.make(case.learning_rate)
+    shapes = jax.eval_shape(opt.init, params)
+    concrete = opt.init(params)
+    assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
+    for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete)):
+        assert isinstance(s, jax.ShapeDtypeStruct)
+        assert s.shape == c.shape and s.dtype == c.dtype
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_optax_tree_map_params(case):
+    params = random_tree(0)
+    opt = case.make(case.learning_rate)
+    state = opt.init(params)
+    with relaxed():
+        mapped = optax.tree_map_params(
+            opt,
+            lambda p: jnp.full(p.shape, 7.0, p.dtype),
+            state,
+            transform_non_params=lambda v: jnp.full(v.shape, -1, v.dtype),
+        )
+    assert jax.tree.structure(mapped) == jax.tree.structure(state)
+    n_params = len(jax.tree.leaves(params))
+    sevens = [leaf for leaf in jax.tree.leaves(mapped) if np.all(np.asarray(leaf) == 7)]
+    others = [leaf for leaf in jax.tree.leaves(mapped) if np.all(np.asarray(leaf) == -1)]
+    # Adam keeps two parameter-shaped trees (the first and second moments); the rest are counts.
+    assert len(sevens) == 2 * n_params
+    assert len(sevens) + len(others) == len(jax.tree.leaves(state))
+    assert others and all(leaf.dtype == jnp.int32 and leaf.shape == () for leaf in others)
+
+
+# ---- 8. orbax checkpoint round trip --------------------------------------------------------------
+
+
+def test_orbax_checkpoint_round_trip(tmp_path):
+    import orbax.checkpoint as ocp
+
+    # A schedule, so the checkpoint also carries its step count.
+    opt = adamx.adamw(lambda t: 0.1 / (1 + 1e-3 * t.astype(jnp.float32)), weight_decay=1e-3)
+    params = random_tree(0)
+    grads_seq = _grad_sequence(params, 6, seed=3)
+
+    straight_params, straight_state = _run(opt, params, grads_seq)
+
+    mid_params, mid_state = _run(opt, params, grads_seq[:3])
+    with relaxed():
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp_path / "ckpt", {"params": mid_params, "opt_state": mid_state})
+        checkpointer.wait_until_finished()
+        target = {"params": jax.eval_shape(lambda p: p, mid_params), "opt_state": jax.eval_shape(opt.init, params)}
+        restored = checkpointer.restore(tmp_path / "ckpt", target)
+        checkpointer.close()
+    _assert_trees_equal(restored["opt_state"], mid_state)
+    assert type(restored["opt_state"][0][0]) is adamx.EmaState
+
+    state = restored["opt_state"]
+    p = restored["params"]
+
+    @jax.jit
+    def one(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return adamx.apply_updates(params, updates), state
+
+    for grads in grads_seq[3:]:
+        p, state = one(p, state, grads)
+    _assert_trees_equal(p, straight_params)
+    _assert_trees_equal(state, straight_state)

@@ -1,0 +1,143 @@
+"""The shared matrix: every optimizer of the registry (tests/helpers.py) against every property.
+
+Add an optimizer to ``OPTIMIZERS`` and it is tested here (and in test_interop.py) with no other code.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamx
+from tests.helpers import (
+    OPTIMIZER_IDS,
+    OPTIMIZERS,
+    minimise,
+    parabola,
+    random_tree,
+    relaxed,
+    rosenbrock,
+)
+
+matrix = pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+
+
+@matrix
+def test_converges_on_a_parabola(case):
+    params = jax.tree.map(jnp.asarray, random_tree(0))
+    start = float(parabola(params))
+    params, _ = minimise(case.make(case.learning_rate), parabola, params, steps=300)
+    assert float(parabola(params)) < 1e-3 * start
+
+
+@matrix
+def test_converges_on_a_complex_parabola(case):
+    """complex64 as optax tests it: gradients are conj(df/dz); the second moment is stored real."""
+    rng = np.random.default_rng(0)
+    params = {"z": jnp.asarray(rng.standard_normal(4) + 1j * rng.standard_normal(4), jnp.complex64)}
+    start = float(parabola(params))
+    opt = case.make(case.learning_rate)
+    params, state = minimise(opt, parabola, params, steps=300)
+    assert float(parabola(params)) < 1e-3 * start
+    assert params["z"].dtype == jnp.complex64
+    inexact = [leaf.dtype for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    # first moment complex like the params, second moment real: never a complex nu.
+    assert jnp.dtype(jnp.complex64) in inexact and jnp.dtype(jnp.float32) in inexact
+
+
+@matrix
+def test_converges_on_rosenbrock(case):
+    params = {"xy": jnp.array([-1.2, 1.0], jnp.float32)}
+    params, _ = minimise(case.make(2e-2), rosenbrock, params, steps=3000)
+    np.testing.assert_allclose(np.asarray(params["xy"]), [1.0, 1.0], atol=2e-2)
+
+
+@matrix
+def test_jit_and_no_jit_agree(case):
+    """Equal up to rounding: XLA fuses (and may contract to FMA) under jit. After 10 steps on O(1)
+    parameters that is a few float32 ulps of 1 (atol 1e-6 = 8 ulps); a tracing bug is far larger."""
+    params = jax.tree.map(jnp.asarray, random_tree(1))
+    jitted, _ = minimise(case.make(case.learning_rate), parabola, params, steps=10, jit=True)
+    eager, _ = minimise(case.make(case.learning_rate), parabola, params, steps=10, jit=False)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+@matrix
+def test_no_recompilation_on_the_second_step(case):
+    opt = case.make(case.learning_rate)
+    traces = []
+
+    @jax.jit
+    def train_step(params, state):
+        traces.append(None)
+        grads = jax.grad(parabola)(params)
+        return adamx.step(opt, grads, state, params)
+
+    params = jax.tree.map(jnp.asarray, random_tree(2))
+    state = opt.init(params)
+    for _ in range(3):
+        params, state = train_step(params, state)
+    assert len(traces) == 1
+
+
+@matrix
+def test_extra_keyword_arguments_are_accepted_and_ignored(case):
+    opt = case.make(case.learning_rate)
+    params = jax.tree.map(jnp.asarray, random_tree(3))
+    grads = jax.grad(parabola)(params)
+    state = opt.init(params)
+    plain, _ = opt.update(grads, state, params)
+    extra, _ = opt.update(
+        grads, state, params, value=jnp.float32(1.0), grad=grads, value_fn=parabola, anything=None
+    )
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(extra), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@matrix
+def test_state_structure_and_dtypes_are_stable(case):
+    """Every state leaf keeps its structure, shape and dtype, so the state is a lax.scan carry."""
+    opt = case.make(case.learning_rate)
+    params = jax.tree.map(jnp.asarray, random_tree(4))
+    state = opt.init(params)
+
+    def body(carry, _):
+        params, state = carry
+        return adamx.step(opt, jax.grad(parabola)(params), state, params), None
+
+    (params_after, state_after), _ = jax.lax.scan(body, (params, state), None, length=5)
+    assert jax.tree.structure(state_after) == jax.tree.structure(state)
+    for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(state_after), strict=True):
+        assert (before.shape, before.dtype) == (after.shape, after.dtype)
+    for before, after in zip(jax.tree.leaves(params), jax.tree.leaves(params_after), strict=True):
+        assert (before.shape, before.dtype) == (after.shape, after.dtype)
+
+
+@matrix
+def test_updates_come_back_in_the_gradient_dtype(case):
+    opt = case.make(case.learning_rate)
+    params = {"w": jnp.ones((3,), jnp.bfloat16), "b": jnp.ones((2,), jnp.float32)}
+    grads = {"w": jnp.full((3,), 0.5, jnp.bfloat16), "b": jnp.full((2,), 0.5, jnp.float32)}
+    updates, _ = opt.update(grads, opt.init(params), params)
+    assert updates["w"].dtype == jnp.bfloat16 and updates["b"].dtype == jnp.float32
+
+
+@matrix
+def test_works_inside_optax_chain(case):
+    """A whole adamx optimizer is one member of a foreign chain, which forwards nothing to it."""
+    params = jax.tree.map(jnp.asarray, random_tree(5))
+    ours, _ = minimise(case.make(case.learning_rate), parabola, params, steps=5)
+    with relaxed():
+        wrapped, _ = minimise(optax.chain(case.make(case.learning_rate)), parabola, params, steps=5)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(wrapped), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@matrix
+def test_transformation_holds_no_arrays(case):
+    opt = case.make(case.learning_rate)
+    assert not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(opt))
