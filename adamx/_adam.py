@@ -94,9 +94,9 @@ def adam(
       ...     updates, state = opt.update(grads, state, params)
       ...     params = adamx.apply_updates(params, updates)
       ...     print(f"{loss(params):.4f}")
-      4.2500
-      3.6201
-      3.0365
+      4.4200
+      3.8813
+      3.3843
 
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,

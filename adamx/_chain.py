@@ -42,7 +42,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """
     members = tuple(transforms)
     for position, member in enumerate(members):
-        if not (callable(getattr(member, "init", None)) and callable(getattr(member, "update", None))):
+        if not (
+            callable(getattr(member, "init", None)) and callable(getattr(member, "update", None))
+        ):
             raise TypeError(
                 f"`chain` expected transformations with `init` and `update`, got {member!r} at "
                 f"position {position}; build one with e.g. `adamx.scale_by_adam()`."
@@ -63,7 +65,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         updates = jax.tree.map(upcast, updates)
         gradient = updates if gradient is None else jax.tree.map(upcast, gradient)
         new_state = []
-        for member, keep, moment, member_state in zip(members, filters, is_moment, state):
+        for member, keep, moment, member_state in zip(
+            members, filters, is_moment, state, strict=True
+        ):
             updates, member_state = member.update(
                 updates, member_state, params, **keep({**extra_args, "gradient": gradient})
             )

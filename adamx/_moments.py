@@ -62,9 +62,10 @@ def ema(
         def one(u, stored):
             cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
             m = storage.read(stored, cdt)
-            m = as_hyperparameter(_complement(decay), cdt) * u.astype(cdt) + as_hyperparameter(
-                decay, cdt
-            ) * m
+            m = (
+                as_hyperparameter(_complement(decay), cdt) * u.astype(cdt)
+                + as_hyperparameter(decay, cdt) * m
+            )
             return m.astype(u.dtype), storage.write(m, stored)
 
         pairs = jax.tree.map(one, updates, state.ema)

@@ -60,9 +60,7 @@ def add_decayed_weights(
         if chosen is None:
             updates = jax.tree.map(one, updates, params)
         else:
-            updates = jax.tree.map(
-                lambda u, p, m: one(u, p) if m else u, updates, params, chosen
-            )
+            updates = jax.tree.map(lambda u, p, m: one(u, p) if m else u, updates, params, chosen)
         new_state = AddDecayedWeightsState(safe_increment(state.count)) if scheduled else state
         return updates, new_state
 

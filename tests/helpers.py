@@ -77,7 +77,10 @@ def random_tree(seed: int = 0, dtype=np.float32) -> dict:
     """A pytree of leaves of different ranks and shapes (matrix, vector, scalar, nested)."""
     rng = np.random.default_rng(seed)
     return {
-        "dense": {"w": rng.standard_normal((7, 5)).astype(dtype), "b": rng.standard_normal(5).astype(dtype)},
+        "dense": {
+            "w": rng.standard_normal((7, 5)).astype(dtype),
+            "b": rng.standard_normal(5).astype(dtype),
+        },
         "scale": np.asarray(rng.standard_normal(), dtype),
         "conv": rng.standard_normal((3, 3, 2, 4)).astype(dtype),
     }
@@ -112,7 +115,12 @@ def x64():
 def max_relative_difference(x, ref) -> float:
     """``max |x - ref| / (|ref| + 1e-6)`` over every leaf: the parity measure the issues use."""
     diffs = [
-        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) / (np.abs(np.asarray(b, np.float64)) + 1e-6)))
+        float(
+            np.max(
+                np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+                / (np.abs(np.asarray(b, np.float64)) + 1e-6)
+            )
+        )
         for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(ref), strict=True)
     ]
     return max(diffs)

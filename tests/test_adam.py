@@ -114,8 +114,12 @@ CASES = [
     ),
     (
         "adamw_masked",  # decay only matrices; torch: two parameter groups.
-        lambda lr: adamx.adamw(lr, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
-        lambda lr: optax.adamw(lr, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+        lambda lr: adamx.adamw(
+            lr, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+        ),
+        lambda lr: optax.adamw(
+            lr, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+        ),
         None,
     ),
 ]
@@ -127,7 +131,9 @@ def test_float64_parity_with_torch_and_optax(name, make_adamx, make_optax, make_
     with x64():
         ours = run_jax(make_adamx(jax_cosine(jnp.float64)), adamx.apply_updates, jnp.float64)
         with relaxed():
-            ref_optax = run_jax(make_optax(jax_cosine(jnp.float64)), optax.apply_updates, jnp.float64)
+            ref_optax = run_jax(
+                make_optax(jax_cosine(jnp.float64)), optax.apply_updates, jnp.float64
+            )
     assert max_relative_difference(ours, ref_optax) <= 1e-10
     if make_torch is not None:
         ref_torch = run_torch(make_torch, torch.float64)

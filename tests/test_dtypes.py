@@ -76,7 +76,9 @@ def test_complex_second_moment_is_stored_real():
     updates, state = opt.update(g, opt.init(params), params)
     assert updates.dtype == jnp.complex64
     # first step: g / |g| (eps aside), scaled by -lr
-    np.testing.assert_allclose(np.asarray(updates), -1e-3 * np.asarray(g) / np.abs(np.asarray(g)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(updates), -1e-3 * np.asarray(g) / np.abs(np.asarray(g)), rtol=1e-5
+    )
 
 
 def test_float64_math_stays_float64():
@@ -92,5 +94,7 @@ def test_float64_math_stays_float64():
 
 def test_counts_are_int32_and_saturate():
     step = adamx.bias_correction(0.9)
-    _, state = step.update(jnp.ones(1), adamx.BiasCorrectionState(jnp.asarray(2**31 - 1, jnp.int32)))
+    _, state = step.update(
+        jnp.ones(1), adamx.BiasCorrectionState(jnp.asarray(2**31 - 1, jnp.int32))
+    )
     assert state.count.dtype == jnp.int32 and int(state.count) == 2**31 - 1

@@ -2,8 +2,8 @@
 
 optax (`chain`, `MultiSteps`, `tree_map_params`), flax (`nnx.Optimizer`, linen `TrainState`),
 optimistix (`OptaxMinimiser`), equinox (filtered models with ``None`` leaves), ``jax.eval_shape`` and
-orbax checkpoints. adamx's own calls run under the suite's strict promotion; calls into a reference
-library that is not strict-clean are wrapped in `relaxed()`.
+orbax checkpoints. Everything here runs under the suite's strict promotion except
+``optax.MultiSteps``, whose own bookkeeping is not strict-clean (wrapped in `relaxed()`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,20 @@ from tests.helpers import OPTIMIZER_IDS, OPTIMIZERS, parabola, random_tree, rela
 STEPS = 5
 
 
-
 def _grad_sequence(params, n, seed=1, scale=3.0):
     """``n`` gradient trees shaped like ``params`` (global norm well above 1, so clipping bites)."""
     rng = np.random.default_rng(seed)
     return [
-        jax.tree.map(lambda p: jnp.asarray(scale * rng.standard_normal(np.shape(p)), jnp.float32), params)
+        jax.tree.map(
+            lambda p: jnp.asarray(scale * rng.standard_normal(np.shape(p)), jnp.float32), params
+        )
         for _ in range(n)
     ]
 
 
-def _run(tx, params, grads_seq):
+def _run(tx, params, grads_seq, state=None):
     """Apply ``tx`` to the fixed gradients ``grads_seq``, jitted; returns ``(params, state)``."""
-    state = tx.init(params)
+    state = tx.init(params) if state is None else state
 
     @jax.jit
     def one(params, state, grads):
@@ -50,13 +51,13 @@ def _run(tx, params, grads_seq):
 
 def _assert_trees_close(actual, expected, rtol=1e-6, atol=1e-7):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
 def _assert_trees_equal(actual, expected):
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         assert np.asarray(a).dtype == np.asarray(e).dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
@@ -74,7 +75,9 @@ def _inline_clip_by_global_norm(max_norm: float) -> adamx.GradientTransformation
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in leaves))
         bound = jnp.asarray(max_norm, norm.dtype)
         trigger = norm < bound
-        clipped = jax.tree.map(lambda u: jax.lax.select(trigger, u, (u / norm.astype(u.dtype)) * bound), updates)
+        clipped = jax.tree.map(
+            lambda u: jax.lax.select(trigger, u, (u / norm.astype(u.dtype)) * bound), updates
+        )
         return clipped, state
 
     return adamx.GradientTransformation(init_fn, update_fn)
@@ -102,7 +105,8 @@ def test_after_optax_clip_in_optax_chain(case):
     assert all(float(optax.tree.norm(g)) > 2.0 for g in grads_seq)  # the clip is active
     opt = case.make(case.learning_rate)
     actual, actual_state = _run(optax.chain(optax.clip_by_global_norm(1.0), opt), params, grads_seq)
-    expected, expected_state = _run(adamx.chain(_inline_clip_by_global_norm(1.0), opt), params, grads_seq)
+    inline = adamx.chain(_inline_clip_by_global_norm(1.0), opt)
+    expected, expected_state = _run(inline, params, grads_seq)
     _assert_trees_close(actual, expected)
     # optax's and adamx's chains hold their own EmptyState for the clip; the optimizer's state agrees.
     _assert_trees_close(actual_state[1], expected_state[1])
@@ -123,8 +127,12 @@ def test_optax_multisteps_equals_steps_on_averaged_gradients(case):
     opt = case.make(case.learning_rate)
     multi = optax.MultiSteps(opt, every_k_schedule=2)
     with relaxed():  # MultiSteps' own bookkeeping mixes float32 and int32
+        after_one, _ = _run(multi, params, micro[:1])
         actual, multi_state = _run(multi, params, micro)
-    averaged = [jax.tree.map(lambda a, b: (a + b) / 2, micro[2 * i], micro[2 * i + 1]) for i in range(k)]
+    # A micro-step that does not end the accumulation leaves the params alone.
+    _assert_trees_equal(after_one, jax.tree.map(jnp.asarray, params))
+    mean = lambda a, b: (a + b) / 2  # noqa: E731
+    averaged = [jax.tree.map(mean, micro[2 * i], micro[2 * i + 1]) for i in range(k)]
     expected, expected_state = _run(opt, params, averaged)
     _assert_trees_close(actual, expected, rtol=1e-6, atol=1e-6)
     _assert_trees_close(multi_state.inner_opt_state, expected_state, rtol=1e-6, atol=1e-6)
@@ -166,8 +174,20 @@ def test_flax_nnx_optimizer(case):
     assert last < 0.5 * first
     assert int(optimizer.step[...]) == 10
     # nnx keeps and advances the state adamx's init built: its step counts read 10.
-    counts = [leaf for leaf in jax.tree.leaves(nnx.state(optimizer.opt_state)) if leaf.dtype == jnp.int32]
+    leaves = jax.tree.leaves(nnx.state(optimizer.opt_state))
+    counts = [leaf for leaf in leaves if leaf.dtype == jnp.int32]
     assert counts and all(int(c) == 10 for c in counts)
+
+
+def test_flax_nnx_optimizer_check_is_live():
+    """The control for the test above: nnx does reject a transformation that carries an array."""
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    opt = adamx.adam(0.1)
+    carrying = adamx.GradientTransformation(
+        opt.init, jax.tree_util.Partial(lambda _, *a, **k: opt.update(*a, **k), jnp.ones(1))
+    )
+    with pytest.raises(ValueError, match="static attribute"):
+        nnx.Optimizer(model, carrying, wrt=nnx.Param)
 
 
 # ---- 4. flax linen TrainState --------------------------------------------------------------------
@@ -256,6 +276,7 @@ def test_equinox_filtered_model_with_none_leaves(case):
     assert n_none > 0  # the activation functions are filtered out to None
     opt = case.make(case.learning_rate)
     state = opt.init(params)
+    assert _none_count(state) == 2 * n_none  # init passes None through to both moments
     assert len(jax.tree.leaves(state)) > 0
 
     def loss_fn(model):
@@ -283,18 +304,27 @@ def test_equinox_filtered_model_with_none_leaves(case):
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 def test_none_leaves_pass_through_strict(case):
     """The same None handling, without any library code in the loop (so it runs strict)."""
-    params = {"w": jnp.array([1.0, -2.0]), "frozen": None, "nested": {"b": jnp.array(0.5), "f": None}}
+    params = {
+        "w": jnp.array([3.0, -2.0]),
+        "frozen": None,
+        "nested": {"b": jnp.array(0.5), "f": None},
+    }
     opt = case.make(case.learning_rate)
     state = opt.init(params)
     loss = lambda p: parabola({"w": p["w"], "b": p["nested"]["b"]})  # noqa: E731
+
+    @jax.jit
+    def one(params, state):
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return adamx.apply_updates(params, updates), state, grads, updates
+
     first = float(loss(params))
     for _ in range(20):
-        grads = jax.grad(loss)(params)
-        assert grads["frozen"] is None
-        updates, state = opt.update(grads, state, params)
-        assert updates["frozen"] is None and updates["nested"]["f"] is None
-        params = adamx.apply_updates(params, updates)
-    assert params["frozen"] is None and params["nested"]["f"] is None
+        params, state, grads, updates = one(params, state)
+    for tree in (grads, updates, params):
+        assert tree["frozen"] is None and tree["nested"]["f"] is None
+    assert _none_count(state) == 4
     assert float(loss(params)) < 0.5 * first
 
 
@@ -308,7 +338,7 @@ def test_eval_shape_of_init(case):
     shapes = jax.eval_shape(opt.init, params)
     concrete = opt.init(params)
     assert jax.tree.structure(shapes) == jax.tree.structure(concrete)
-    for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete)):
+    for s, c in zip(jax.tree.leaves(shapes), jax.tree.leaves(concrete), strict=True):
         assert isinstance(s, jax.ShapeDtypeStruct)
         assert s.shape == c.shape and s.dtype == c.dtype
 
@@ -318,13 +348,12 @@ def test_optax_tree_map_params(case):
     params = random_tree(0)
     opt = case.make(case.learning_rate)
     state = opt.init(params)
-    with relaxed():
-        mapped = optax.tree_map_params(
-            opt,
-            lambda p: jnp.full(p.shape, 7.0, p.dtype),
-            state,
-            transform_non_params=lambda v: jnp.full(v.shape, -1, v.dtype),
-        )
+    mapped = optax.tree_map_params(
+        opt,
+        lambda p: jnp.full(p.shape, 7.0, p.dtype),
+        state,
+        transform_non_params=lambda v: jnp.full(v.shape, -1, v.dtype),
+    )
     assert jax.tree.structure(mapped) == jax.tree.structure(state)
     n_params = len(jax.tree.leaves(params))
     sevens = [leaf for leaf in jax.tree.leaves(mapped) if np.all(np.asarray(leaf) == 7)]
@@ -349,25 +378,21 @@ def test_orbax_checkpoint_round_trip(tmp_path):
     straight_params, straight_state = _run(opt, params, grads_seq)
 
     mid_params, mid_state = _run(opt, params, grads_seq[:3])
-    with relaxed():
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp_path / "ckpt", {"params": mid_params, "opt_state": mid_state})
-        checkpointer.wait_until_finished()
-        target = {"params": jax.eval_shape(lambda p: p, mid_params), "opt_state": jax.eval_shape(opt.init, params)}
-        restored = checkpointer.restore(tmp_path / "ckpt", target)
-        checkpointer.close()
-    _assert_trees_equal(restored["opt_state"], mid_state)
-    assert type(restored["opt_state"][0][0]) is adamx.EmaState
+    target = {
+        "params": jax.eval_shape(lambda p: p, mid_params),
+        "opt_state": jax.eval_shape(opt.init, params),
+    }
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "ckpt", {"params": mid_params, "opt_state": mid_state})
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(tmp_path / "ckpt", target)
+    checkpointer.close()
+    _assert_trees_equal(restored, {"params": mid_params, "opt_state": mid_state})
+    assert type(restored["opt_state"][0][0]) is adamx.EmaState  # the state's classes come back
+    assert int(restored["opt_state"][2].count) == 3  # so does the schedule's step count
 
-    state = restored["opt_state"]
-    p = restored["params"]
-
-    @jax.jit
-    def one(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return adamx.apply_updates(params, updates), state
-
-    for grads in grads_seq[3:]:
-        p, state = one(p, state, grads)
-    _assert_trees_equal(p, straight_params)
-    _assert_trees_equal(state, straight_state)
+    resumed_params, resumed_state = _run(
+        opt, restored["params"], grads_seq[3:], restored["opt_state"]
+    )
+    _assert_trees_equal(resumed_params, straight_params)
+    _assert_trees_equal(resumed_state, straight_state)

@@ -43,7 +43,9 @@ def test_converges_on_a_complex_parabola(case):
     params, state = minimise(opt, parabola, params, steps=300)
     assert float(parabola(params)) < 1e-3 * start
     assert params["z"].dtype == jnp.complex64
-    inexact = [leaf.dtype for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    inexact = [
+        leaf.dtype for leaf in jax.tree.leaves(state) if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
     # first moment complex like the params, second moment real: never a complex nu.
     assert jnp.dtype(jnp.complex64) in inexact and jnp.dtype(jnp.float32) in inexact
 
