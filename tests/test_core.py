@@ -88,7 +88,9 @@ def test_second_moment_sees_the_gradient_not_the_first_moment():
         [jax.tree.map(jnp.square, g) for g in grads],
         PARAMS,
     )
-    expected = [jax.tree.map(lambda a, b: a / jnp.sqrt(b), mi, vi) for mi, vi in zip(m, v, strict=True)]
+    expected = [
+        jax.tree.map(lambda a, b: a / jnp.sqrt(b), mi, vi) for mi, vi in zip(m, v, strict=True)
+    ]
     for a, b in zip(ours, expected, strict=True):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-6)
