@@ -127,7 +127,7 @@ def trace(
 class BiasCorrectionState(NamedTuple):
     """The state of `bias_correction`: the step count ``t`` of the last update (``int32``)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
 
 
 def _correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
@@ -208,8 +208,6 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
 
 def _unzip(updates: Any, pairs: Any, state_type: type) -> tuple[Any, Any]:
     """Split a tree of ``(update, stored)`` pairs, laid out like ``updates``, into two trees."""
-    outer = jax.tree.structure(updates)
-    flat = outer.flatten_up_to(pairs)
-    new_updates = outer.unflatten([pair[0] for pair in flat])
-    new_buffers = outer.unflatten([pair[1] for pair in flat])
+    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
+    new_buffers = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
     return new_updates, state_type(new_buffers)

@@ -22,7 +22,7 @@ def _multiply(updates: Any, factor: Any) -> Any:
     return jax.tree.map(one, updates)
 
 
-def scale(step_size: float) -> GradientTransformation:
+def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
     """Multiply the updates by a constant ``step_size`` (any sign); keeps no state."""
 
     def init_fn(params):
@@ -39,7 +39,7 @@ def scale(step_size: float) -> GradientTransformation:
 class ScaleByScheduleState(NamedTuple):
     """The state of `scale_by_schedule`: how many updates were made (``int32``)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
 
 
 def _evaluate(schedule: Any, count: jax.Array, name: str) -> jax.Array:

@@ -14,7 +14,7 @@ from ._validate import check_non_negative
 class AddDecayedWeightsState(NamedTuple):
     """The state of `add_decayed_weights` with a schedule: the step count (``int32``)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
 
 
 def add_decayed_weights(
