@@ -31,13 +31,11 @@ def scale_by_adam(
       A `MomentTransformation`; its state is ``(EmaState(mu), BiasCorrectionState(count),
       SecondMomentState((EmaState(nu), BiasCorrectionState(count))))``.
     """
-    direction = chain(
+    return chain(
         ema(b1, dtype=mu_dtype),
         bias_correction(b1, nesterov=nesterov),
         scale_by_second_moment(b2, eps=eps, eps_root=eps_root, nu_dtype=nu_dtype),
     )
-    assert isinstance(direction, MomentTransformation)  # a chain of moment blocks is one
-    return direction
 
 
 def adam(

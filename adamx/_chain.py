@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import jax
 
@@ -22,6 +22,14 @@ def _keyword_filter(update: Callable[..., Any]) -> Callable[[dict[str, Any]], di
         return lambda extra: extra
     names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
     return lambda extra: {k: v for k, v in extra.items() if k in names}
+
+
+@overload
+def chain(*transforms: MomentTransformation) -> MomentTransformation: ...
+
+
+@overload
+def chain(*transforms: GradientTransformation) -> GradientTransformation: ...
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from ._base import MomentTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
 from ._storage import MomentStorage, storage_for, stored_dtypes
+from ._trees import map_like
 from ._validate import check_decay, check_dtype
 
 
@@ -68,7 +69,7 @@ def ema(
             )
             return m.astype(u.dtype), storage.write(m, stored)
 
-        pairs = jax.tree.map(one, updates, state.ema)
+        pairs = map_like(one, updates, state.ema, "optimizer state")
         return _unzip(updates, pairs, EmaState)
 
     return MomentTransformation(init_fn, update_fn)
@@ -118,7 +119,7 @@ def trace(
             out = u.astype(cdt) + mu * b if nesterov else b
             return out.astype(u.dtype), storage.write(b, stored)
 
-        pairs = jax.tree.map(one, updates, state.trace)
+        pairs = map_like(one, updates, state.trace, "optimizer state")
         return _unzip(updates, pairs, TraceState)
 
     return MomentTransformation(init_fn, update_fn)

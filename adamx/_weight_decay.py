@@ -8,6 +8,7 @@ import jax
 
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
+from ._trees import map_like
 from ._validate import check_non_negative
 
 
@@ -58,7 +59,7 @@ def add_decayed_weights(
             return (u.astype(cdt) + as_hyperparameter(decay, cdt) * p.astype(cdt)).astype(u.dtype)
 
         if chosen is None:
-            updates = jax.tree.map(one, updates, params)
+            updates = map_like(one, updates, params, "params")
         else:
             updates = jax.tree.map(lambda u, p, m: one(u, p) if m else u, updates, params, chosen)
         new_state = AddDecayedWeightsState(safe_increment(state.count)) if scheduled else state

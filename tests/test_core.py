@@ -265,3 +265,22 @@ def test_traced_hyperparameters_are_not_checked_at_construction():
     np.testing.assert_allclose(
         np.asarray(f(jnp.float32(0.1), jnp.float32(0.9))), [-0.1, -0.1], rtol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "grads, where",
+    [
+        (
+            {"a": jnp.ones(2), "b": {"d": jnp.ones(3)}},
+            r"`\['b'\]\['d'\]` where .* has `\['b'\]\['c'\]`",
+        ),
+        ({"a": jnp.ones(2)}, r"lack `\['b'\]\['c'\]`"),
+        ([jnp.ones(2), jnp.ones(3)], r"`\[0\]` where .* has `\['a'\]`"),
+    ],
+    ids=["renamed", "missing", "list"],
+)
+def test_gradients_of_another_structure_name_the_first_differing_key(grads, where):
+    params = {"a": jnp.ones(2), "b": {"c": jnp.ones(3)}}
+    opt = adamx.adamw(1e-3)
+    with pytest.raises(ValueError, match=f"do not have the structure.*{where}.*call `init` again"):
+        opt.update(grads, opt.init(params), params)

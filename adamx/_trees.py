@@ -1,0 +1,42 @@
+"""Tree helpers: mapping updates against state or params, with a clear error when they differ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+
+def _paths(tree: Any) -> list[str]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
+
+
+def structure_mismatch(updates: Any, reference: Any, reference_name: str) -> ValueError:
+    """A sentence naming the first key path where ``updates`` and ``reference`` differ."""
+    ours, theirs = _paths(updates), _paths(reference)
+    pairs = zip(ours, theirs, strict=False)  # the shorter list ends the search
+    first = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+    if first is not None:
+        where = (
+            f"the gradients have `{ours[first]}` where the {reference_name} has `{theirs[first]}`"
+        )
+    elif len(ours) < len(theirs):
+        where = f"the gradients lack `{theirs[len(ours)]}`, which the {reference_name} has"
+    else:
+        where = f"the gradients have `{ours[len(theirs)]}`, which the {reference_name} lacks"
+    return ValueError(
+        f"The gradients do not have the structure of the {reference_name}: {where}. Pass "
+        f"gradients shaped like the params given to `init` (or call `init` again for new params)."
+    )
+
+
+def map_like(fn: Callable[..., Any], updates: Any, reference: Any, name: str, *rest: Any) -> Any:
+    """``jax.tree.map(fn, updates, reference, *rest)``; a structure mismatch names its key path."""
+    try:
+        return jax.tree.map(fn, updates, reference, *rest)
+    except ValueError as error:
+        if "structure" not in str(error) and "Custom node type mismatch" not in str(error):
+            raise
+        raise structure_mismatch(updates, reference, name) from None
