@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._base import MomentTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
-from ._storage import MomentStorage, storage_for, stored_dtypes
+from ._storage import MomentStorage, filled, storage_for, stored_dtypes
 from ._trees import map_like
 from ._validate import check_decay, check_dtype
 
@@ -203,6 +203,50 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
             return (b * m_next + as_hyperparameter(_complement(decay), cdt) * g_hat).astype(m.dtype)
 
         return jax.tree.map(lookahead, updates, gradient), BiasCorrectionState(count)
+
+    return MomentTransformation(init_fn, update_fn)
+
+
+class AccumulateState(NamedTuple):
+    """The state of `accumulate`: the running sum, one buffer per parameter (as stored)."""
+
+    sum: Any
+
+
+def accumulate(
+    initial_value: float = 0.0, *, dtype: Any = None, storage: MomentStorage | None = None
+) -> MomentTransformation:
+    r"""The running sum of the updates: AdaGrad's estimator of the second moment.
+
+    .. math::
+        s_t = s_{t-1} + u_t, \qquad s_0 = s_{\text{init}}.
+
+    Outputs :math:`s_t`. Inside `scale_by_second_moment` (``estimator=accumulate(...)``) the updates
+    are :math:`|g_t|^2`, so :math:`s_t = G_t`, AdaGrad's sum of squares (Duchi, Hazan & Singer 2011).
+
+    Args:
+      initial_value: :math:`s_{\text{init}} >= 0` (optax's AdaGrad uses 0.1, torch's 0).
+      dtype: dtype of the stored sum; ``None`` keeps each parameter's dtype.
+      storage: a `MomentStorage` (instead of ``dtype``).
+
+    Returns:
+      A `MomentTransformation` with state `AccumulateState`.
+    """
+    storage = filled(_resolve_storage(storage, dtype, "dtype"), initial_value)
+
+    def init_fn(params):
+        return AccumulateState(sum=jax.tree.map(storage.init, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def one(u, stored):
+            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
+            s = storage.read(stored, cdt) + u.astype(cdt)
+            return s.astype(u.dtype), storage.write(s, stored)
+
+        pairs = map_like(one, updates, state.sum, "optimizer state")
+        return _unzip(updates, pairs, AccumulateState)
 
     return MomentTransformation(init_fn, update_fn)
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validate import check_non_negative
+
 
 class MomentStorage(Protocol):
     """How one moment buffer is kept between steps.
@@ -52,3 +54,36 @@ def stored_dtypes(stored: Any) -> list[np.dtype]:
     return [
         leaf.dtype for leaf in jax.tree.leaves(stored) if jnp.issubdtype(leaf.dtype, jnp.inexact)
     ]
+
+
+@dataclass(frozen=True)
+class FilledStorage:
+    """A `MomentStorage` whose buffers start at ``value`` instead of zero (otherwise ``base``'s).
+
+    RMSprop's ``initial_scale`` (TF1 started its accumulator at 1) and AdaGrad's
+    ``initial_accumulator_value``: the initial value is written through ``base``, so a quantised
+    storage keeps it in its own form.
+    """
+
+    base: MomentStorage
+    value: float
+
+    def init(self, param: jax.Array) -> Any:
+        stored = self.base.init(param)
+        return self.base.write(
+            jnp.full(jnp.shape(param), self.value, jnp.result_type(param)), stored
+        )
+
+    def read(self, stored: Any, dtype: Any) -> jax.Array:
+        return self.base.read(stored, dtype)
+
+    def write(self, value: jax.Array, stored: Any) -> Any:
+        return self.base.write(value, stored)
+
+
+def filled(storage: MomentStorage, value: Any) -> MomentStorage:
+    """``storage`` started at ``value`` (``storage`` itself when ``value`` is 0)."""
+    check_non_negative(value, "initial value")
+    if float(value) == 0.0:
+        return storage
+    return FilledStorage(storage, float(value))

@@ -57,6 +57,8 @@ nitpicky = True
 nitpick_ignore_regex = [
     ("py:class", r"(jax|jaxlib|numpy|np)\..*"),
     ("py:class", r"(adamx\._base\.)?(ScalarOrSchedule|Schedule|InitFn|UpdateFn)"),
+    # Sphinx renders `ScalarOrSchedule | None` through this internal wrapper class.
+    ("py:class", r"TypeAliasForwardRef"),
 ]
 
 napoleon_google_docstring = True
