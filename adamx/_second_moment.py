@@ -81,7 +81,9 @@ def scale_by_second_moment(
         check_decay(decay, "decay")
         moment = ema(decay, dtype=nu_dtype, storage=storage)
         estimator = chain(moment, _bias_correction(decay)) if bias_correction else chain(moment)
-    guard_zero = isinstance(eps, (int, float)) and eps == 0
+    # A zero denominator (eps = 0 and an all-zero gradient history) gives 0, not NaN. The guard
+    # costs a select; it is skipped only when eps is a concrete positive number.
+    guard_zero = not (isinstance(eps, (int, float)) and eps > 0)
 
     def init_fn(params):
         return SecondMomentState(estimator=estimator.init(jax.tree.map(_real_like, params)))

@@ -98,3 +98,14 @@ def test_counts_are_int32_and_saturate():
         jnp.ones(1), adamx.BiasCorrectionState(jnp.asarray(2**31 - 1, jnp.int32))
     )
     assert state.count.dtype == jnp.int32 and int(state.count) == 2**31 - 1
+
+
+def test_traced_eps_zero_and_zero_gradient_is_zero_not_nan():
+    """An eps that arrives traced (jit argument, inject_hyperparams) keeps the zero guard."""
+
+    @jax.jit
+    def first_update(eps):
+        opt = adamx.adam(1e-3, eps=eps)
+        return opt.update(jnp.zeros(3), opt.init(jnp.zeros(3)))[0]
+
+    np.testing.assert_array_equal(np.asarray(first_update(jnp.float32(0.0))), np.zeros(3))
