@@ -24,6 +24,9 @@ import adamx
 from tests.helpers import OPTIMIZER_IDS, OPTIMIZERS, parabola, random_tree, relaxed
 
 STEPS = 5
+# Training runs inside nnx, equinox and plain jit: long enough for the slowest starter in the
+# registry (AdaDelta's first steps are ~sqrt(eps) small) to halve the loss.
+TRAIN_STEPS = 60
 
 
 def _grad_sequence(params, n, seed=1, scale=3.0):
@@ -185,15 +188,15 @@ def test_flax_nnx_optimizer(case):
         return loss
 
     first = float(loss_fn(model))
-    for _ in range(10):
+    for _ in range(TRAIN_STEPS):
         train_step(model, optimizer)
     last = float(loss_fn(model))
     assert last < 0.5 * first
-    assert int(optimizer.step[...]) == 10
+    assert int(optimizer.step[...]) == TRAIN_STEPS
     # nnx keeps and advances the state adamx's init built: its step counts read 10.
     leaves = jax.tree.leaves(nnx.state(optimizer.opt_state))
     counts = [leaf for leaf in leaves if leaf.dtype == jnp.int32]
-    assert counts and all(int(c) == 10 for c in counts)
+    assert all(int(c) == TRAIN_STEPS for c in counts)  # (SGD and RMSprop keep no count)
 
 
 def test_flax_nnx_optimizer_check_is_live():
@@ -250,6 +253,10 @@ def test_flax_linen_train_state(case):
 
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 def test_optimistix_optax_minimiser(case):
+    """OptaxMinimiser drives the optimizer (passing ``value=``, ``grad=``, ``value_fn=``) to the
+    minimum. Whether optimistix then *terminates* is its step-size test, which a constant-step
+    method such as RMSprop never meets (it hovers at its noise floor), so the solve may end at
+    ``max_steps``; any other result (NaN, an error) fails."""
     target = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(3.0)}
 
     def fn(y, args):
@@ -257,10 +264,10 @@ def test_optimistix_optax_minimiser(case):
         return sum(jnp.sum((y[k] - target[k]) ** 2) for k in y)
 
     y0 = jax.tree.map(jnp.zeros_like, target)
-    solver = optx.OptaxMinimiser(case.make(0.05), rtol=1e-6, atol=1e-6)
-    solution = optx.minimise(fn, solver, y0, max_steps=5000, throw=False)
-    assert solution.result == optx.RESULTS.successful
-    assert 0 < int(solution.stats["num_steps"]) < 5000
+    solver = optx.OptaxMinimiser(case.make(case.learning_rate / 2), rtol=1e-6, atol=1e-6)
+    solution = optx.minimise(fn, solver, y0, max_steps=3000, throw=False)
+    assert solution.result in (optx.RESULTS.successful, optx.RESULTS.nonlinear_max_steps_reached)
+    assert int(solution.stats["num_steps"]) > 0
     # Weight decay (<= 1e-3) pulls the minimum in by a hair.
     _assert_trees_close(solution.value, target, rtol=0, atol=5e-3)
 
@@ -284,6 +291,16 @@ def _none_count(tree):
     return sum(leaf is None for leaf in jax.tree.leaves(tree, is_leaf=lambda v: v is None))
 
 
+def _param_shaped_subtrees(state, params):
+    """The subtrees of ``state`` laid out like ``params`` (``None`` leaves included): the
+    per-parameter buffers (moments, and per-leaf scalars such as torch NAdam's mu_product)."""
+    with_none = lambda t: jax.tree.structure(t, is_leaf=lambda v: v is None)  # noqa: E731
+    target = with_none(params)
+    found = []
+    jax.tree.map(found.append, state, is_leaf=lambda t: with_none(t) == target)
+    return [t for t in found if with_none(t) == target]
+
+
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 def test_equinox_filtered_model_with_none_leaves(case):
     x, y = _regression_data()
@@ -293,8 +310,10 @@ def test_equinox_filtered_model_with_none_leaves(case):
     assert n_none > 0  # the activation functions are filtered out to None
     opt = case.make(case.learning_rate)
     state = opt.init(params)
-    assert _none_count(state) == 2 * n_none  # init passes None through to both moments
-    assert len(jax.tree.leaves(state)) > 0
+    # init passes None through: every per-parameter buffer has None where the params do, and
+    # there is no None anywhere else.
+    buffers = _param_shaped_subtrees(state, params)
+    assert _none_count(state) == len(buffers) * n_none
 
     def loss_fn(model):
         return jnp.mean((jax.vmap(model)(x) - y) ** 2)
@@ -306,7 +325,7 @@ def test_equinox_filtered_model_with_none_leaves(case):
         return eqx.apply_updates(model, updates), state, updates
 
     first = float(loss_fn(model))
-    for _ in range(10):
+    for _ in range(TRAIN_STEPS):
         model, state, updates = train_step(model, state)
     assert float(loss_fn(model)) < 0.5 * first
     # updates have None exactly where the filtered params do ...
@@ -337,11 +356,11 @@ def test_none_leaves_pass_through_strict(case):
         return adamx.apply_updates(params, updates), state, grads, updates
 
     first = float(loss(params))
-    for _ in range(20):
+    for _ in range(TRAIN_STEPS):
         params, state, grads, updates = one(params, state)
     for tree in (grads, updates, params):
         assert tree["frozen"] is None and tree["nested"]["f"] is None
-    assert _none_count(state) == 4
+    assert _none_count(state) == 2 * len(_param_shaped_subtrees(state, params))
     assert float(loss(params)) < 0.5 * first
 
 
@@ -375,10 +394,10 @@ def test_optax_tree_map_params(case):
     n_params = len(jax.tree.leaves(params))
     sevens = [leaf for leaf in jax.tree.leaves(mapped) if np.all(np.asarray(leaf) == 7)]
     others = [leaf for leaf in jax.tree.leaves(mapped) if np.all(np.asarray(leaf) == -1)]
-    # Adam keeps two parameter-shaped trees (the first and second moments); the rest are counts.
-    assert len(sevens) == 2 * n_params
+    # Every per-parameter buffer (Adam: the two moments) is mapped; the rest are counts.
+    assert len(sevens) == len(_param_shaped_subtrees(state, params)) * n_params
     assert len(sevens) + len(others) == len(jax.tree.leaves(state))
-    assert others and all(leaf.dtype == jnp.int32 and leaf.shape == () for leaf in others)
+    assert all(leaf.dtype == jnp.int32 and leaf.shape == () for leaf in others)
 
 
 # ---- 8. orbax checkpoint round trip --------------------------------------------------------------
@@ -431,7 +450,7 @@ def test_haiku_transformed_model(case):
         with relaxed():
             return jnp.mean((net.apply(p, x) - y) ** 2)
 
-    opt = case.make(1e-2)
+    opt = case.make(case.learning_rate / 10)
     state = opt.init(params)
     start = float(loss(params))
     train = jax.jit(lambda p, s: adamx.step(opt, jax.grad(loss)(p), s, p))
