@@ -2,6 +2,17 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._accumulation import ApplyIfFiniteState as ApplyIfFiniteState
+from ._accumulation import EmaParamsState as EmaParamsState
+from ._accumulation import LookaheadParams as LookaheadParams
+from ._accumulation import LookaheadState as LookaheadState
+from ._accumulation import MultiSteps as MultiSteps
+from ._accumulation import MultiStepsState as MultiStepsState
+from ._accumulation import apply_if_finite as apply_if_finite
+from ._accumulation import averaged_params as averaged_params
+from ._accumulation import ema_params as ema_params
+from ._accumulation import lookahead as lookahead
+from ._accumulation import multi_steps as multi_steps
 from ._adagrad import UpdateRmsState as UpdateRmsState
 from ._adagrad import adadelta as adadelta
 from ._adagrad import adagrad as adagrad
@@ -26,6 +37,28 @@ from ._base import GradientTransformation as GradientTransformation
 from ._base import MomentTransformation as MomentTransformation
 from ._base import identity as identity
 from ._chain import chain as chain
+from ._clipping import AddNoiseState as AddNoiseState
+from ._clipping import adaptive_grad_clip as adaptive_grad_clip
+from ._clipping import add_noise as add_noise
+from ._clipping import centralize as centralize
+from ._clipping import clip as clip
+from ._clipping import clip_by_block_rms as clip_by_block_rms
+from ._clipping import clip_by_global_norm as clip_by_global_norm
+from ._clipping import global_norm as global_norm
+from ._clipping import unitwise_norm as unitwise_norm
+from ._groups import MaskedNode as MaskedNode
+from ._groups import MaskedState as MaskedState
+from ._groups import PartitionState as PartitionState
+from ._groups import freeze as freeze
+from ._groups import masked as masked
+from ._groups import partition as partition
+from ._groups import set_to_zero as set_to_zero
+from ._hyperparams import InjectHyperparamsState as InjectHyperparamsState
+from ._hyperparams import get_hyperparam as get_hyperparam
+from ._hyperparams import get_state as get_state
+from ._hyperparams import inject_hyperparams as inject_hyperparams
+from ._hyperparams import map_state as map_state
+from ._hyperparams import set_hyperparam as set_hyperparam
 from ._moments import AccumulateState as AccumulateState
 from ._moments import BiasCorrectionState as BiasCorrectionState
 from ._moments import EmaState as EmaState
@@ -40,6 +73,8 @@ from ._nadam import dozat_momentum as dozat_momentum
 from ._nadam import nadam as nadam
 from ._nadam import nadamw as nadamw
 from ._nadam import scale_by_nadam as scale_by_nadam
+from ._optax_compat import from_optax_state as from_optax_state
+from ._optax_compat import to_optax_state as to_optax_state
 from ._rmsprop import StddevState as StddevState
 from ._rmsprop import rmsprop as rmsprop
 from ._rmsprop import scale_by_rms as scale_by_rms
@@ -48,6 +83,18 @@ from ._scale import ScaleByScheduleState as ScaleByScheduleState
 from ._scale import scale as scale
 from ._scale import scale_by_learning_rate as scale_by_learning_rate
 from ._scale import scale_by_schedule as scale_by_schedule
+from ._schedules import constant_schedule as constant_schedule
+from ._schedules import cosine_decay_schedule as cosine_decay_schedule
+from ._schedules import cosine_onecycle_schedule as cosine_onecycle_schedule
+from ._schedules import exponential_decay as exponential_decay
+from ._schedules import join_schedules as join_schedules
+from ._schedules import linear_schedule as linear_schedule
+from ._schedules import piecewise_constant_schedule as piecewise_constant_schedule
+from ._schedules import polynomial_schedule as polynomial_schedule
+from ._schedules import sgdr_schedule as sgdr_schedule
+from ._schedules import warmup_constant_schedule as warmup_constant_schedule
+from ._schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
+from ._schedules import warmup_stable_decay_schedule as warmup_stable_decay_schedule
 from ._second_moment import SecondMomentState as SecondMomentState
 from ._second_moment import scale_by_second_moment as scale_by_second_moment
 from ._sgd import sgd as sgd
@@ -67,16 +114,27 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "AccumulateState",
     "AddDecayedWeightsState",
+    "AddNoiseState",
+    "ApplyIfFiniteState",
     "BiasCorrectionState",
     "DozatMomentumState",
     "DtypeStorage",
+    "EmaParamsState",
     "EmaState",
     "EmptyState",
     "FilledStorage",
     "GradientTransformation",
     "InfinityNormState",
+    "InjectHyperparamsState",
+    "LookaheadParams",
+    "LookaheadState",
+    "MaskedNode",
+    "MaskedState",
     "MomentStorage",
     "MomentTransformation",
+    "MultiSteps",
+    "MultiStepsState",
+    "PartitionState",
     "RunningMaxState",
     "ScaleByScheduleState",
     "SecondMomentState",
@@ -90,18 +148,46 @@ __all__ = [
     "adamax",
     "adamaxw",
     "adamw",
+    "adaptive_grad_clip",
     "add_decayed_weights",
+    "add_noise",
     "algoperf_momentum",
     "amsgrad",
     "amsgrad_estimator",
+    "apply_if_finite",
     "apply_updates",
+    "averaged_params",
     "bias_correction",
+    "centralize",
     "chain",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
     "dozat_momentum",
     "ema",
+    "ema_params",
+    "exponential_decay",
+    "freeze",
+    "from_optax_state",
+    "get_hyperparam",
+    "get_state",
+    "global_norm",
     "identity",
+    "inject_hyperparams",
+    "join_schedules",
+    "linear_schedule",
+    "lookahead",
+    "map_state",
+    "masked",
+    "multi_steps",
     "nadam",
     "nadamw",
+    "partition",
+    "piecewise_constant_schedule",
+    "polynomial_schedule",
     "rmsprop",
     "running_max",
     "scale",
@@ -118,7 +204,15 @@ __all__ = [
     "scale_by_second_moment",
     "scale_by_stddev",
     "scale_by_update_rms",
+    "set_hyperparam",
+    "set_to_zero",
     "sgd",
+    "sgdr_schedule",
     "step",
+    "to_optax_state",
     "trace",
+    "unitwise_norm",
+    "warmup_constant_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_stable_decay_schedule",
 ]

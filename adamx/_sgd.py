@@ -51,7 +51,7 @@ def sgd(
 
     Example:
       >>> import jax.numpy as jnp, adamx
-      >>> from adamx._sgd import sgd
+      >>> from adamx import sgd
       >>> opt = sgd(0.1, momentum=0.9)
       >>> params = jnp.array([1.0, -2.0])
       >>> state = opt.init(params)

@@ -56,6 +56,7 @@ autodoc_type_aliases = {"ScalarOrSchedule": "ScalarOrSchedule"}
 nitpicky = True
 nitpick_ignore_regex = [
     ("py:class", r"(jax|jaxlib|numpy|np)\..*"),
+    ("py:class", r"(collections\.abc|typing)\..*"),  # the standard library, without intersphinx
     ("py:class", r"(adamx\._base\.)?(ScalarOrSchedule|Schedule|InitFn|UpdateFn)"),
     # Sphinx renders `ScalarOrSchedule | None` through this internal wrapper class.
     ("py:class", r"TypeAliasForwardRef"),
