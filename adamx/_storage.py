@@ -66,7 +66,7 @@ class FilledStorage:
     """
 
     base: MomentStorage
-    value: float
+    value: Any  # a float; traced only while an injected optimizer is rebuilt in `update`
 
     def init(self, param: jax.Array) -> Any:
         stored = self.base.init(param)
@@ -82,8 +82,14 @@ class FilledStorage:
 
 
 def filled(storage: MomentStorage, value: Any) -> MomentStorage:
-    """``storage`` started at ``value`` (``storage`` itself when ``value`` is 0)."""
+    """``storage`` started at ``value`` (``storage`` itself when ``value`` is a concrete 0).
+
+    ``value`` may be traced (``inject_hyperparams`` rebuilds the optimizer inside ``update``); the
+    initial value only matters to ``init``, which always sees it concrete.
+    """
     check_non_negative(value, "initial value")
+    if isinstance(value, jax.core.Tracer):
+        return FilledStorage(storage, value)
     if float(value) == 0.0:
         return storage
     return FilledStorage(storage, float(value))

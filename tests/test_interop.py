@@ -481,3 +481,34 @@ def test_optax_transforms_inside_adamx_chain():
     # first moment instead of the clipped gradient) the difference is O(lr).
     for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_inside_optax_inject_hyperparams(case):
+    """``optax.inject_hyperparams`` rebuilds the optimizer inside ``update`` from traced values
+    (every numeric argument, e.g. AdaGrad's initial accumulator, arrives traced there). The first
+    step equals the plain optimizer's; changing the injected learning rate needs no recompile."""
+    params = jax.tree.map(jnp.asarray, random_tree(0))
+    grads = _grad_sequence(params, 2)
+    traces = []
+    with relaxed():  # optax's own bookkeeping is not strict-clean
+        tx = optax.inject_hyperparams(case.make)(case.learning_rate)
+        state = tx.init(params)
+
+        @jax.jit
+        def update(grads, state):
+            traces.append(None)
+            return tx.update(grads, state, params)
+
+        injected, state = update(grads[0], state)
+        state.hyperparams["lr"] = 2 * state.hyperparams["lr"]  # registry factories take `lr`
+        doubled, state = update(grads[1], state)
+    plain = case.make(case.learning_rate)
+    expected, plain_state = plain.update(grads[0], plain.init(params), params)
+    _assert_trees_close(injected, expected, rtol=1e-6, atol=1e-7)
+    undoubled, _ = plain.update(grads[1], plain_state, params)
+    assert len(traces) == 1
+    assert any(
+        not np.allclose(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(doubled), jax.tree.leaves(undoubled), strict=True)
+    )
