@@ -237,3 +237,58 @@ def test_spike_after_zeros_matches_the_paper_identity():
         updates, _ = opt.update(jnp.ones(1), state)
         expected = (1 - b1) / math.sqrt(1 - b2) * math.sqrt(1 - b2**t) / (1 - b1**t)
         assert abs(abs(float(updates[0])) - expected) <= 1e-12 * expected
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: adamx.adam(1e-3, eps=0.0),
+        lambda: adamx.rmsprop(1e-3, eps=0.0),
+        lambda: adamx.adagrad(1e-3, initial_accumulator_value=0.0, eps=0.0),
+    ],
+    ids=["adam", "rmsprop", "adagrad"],
+)
+def test_updates_are_invariant_to_a_diagonal_rescaling_of_the_gradient(make):
+    """Kingma & Ba, section 2.1: with eps = 0, scaling each coordinate of every gradient by a
+    positive constant leaves the updates unchanged (exactly, up to float64 rounding)."""
+    rng = np.random.default_rng(0)
+    with x64():
+        scale = jnp.asarray(10.0 ** rng.uniform(-3, 3, 8))
+        grads = [jnp.asarray(rng.standard_normal(8)) for _ in range(30)]
+        opt = make()
+        plain, scaled = opt.init(grads[0]), opt.init(grads[0])
+        for g in grads:
+            u, plain = opt.update(g, plain)
+            v, scaled = opt.update(scale * g, scaled)
+            np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-12)
+
+
+def rigorous_bound(t, b1, b2):
+    """|step| / lr <= (1-b1)/(1-b1^t) sqrt((1-b2^t)/(1-b2)) sqrt((1-g^t)/(1-g)), g = b1^2/b2: the
+    Cauchy-Schwarz bound that holds for every gradient sequence (algorithms.md section 32)."""
+    g = b1**2 / b2
+    return (1 - b1) / (1 - b1**t) * np.sqrt((1 - b2**t) / (1 - b2)) * np.sqrt((1 - g**t) / (1 - g))
+
+
+@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.95, 0.99), (0.9, 0.99)])
+def test_step_bound_holds_and_is_attained_by_growing_gradients(b1, b2):
+    """The paper's bounds (|step| <= lr (1-b1)/sqrt(1-b2) when (1-b1) > sqrt(1-b2), else
+    <= lr) are not bounds: gradients growing like (b2/b1)^i exceed them (4.88 > 3.16, 1.68 > 1,
+    2.34 > 1 within 600 steps). The rigorous bound holds at every step and they attain it."""
+    steps = 600
+    with x64():
+        ratio = b2 / b1
+        grads = jnp.asarray([ratio**i for i in range(1, steps + 1)])
+        opt = adamx.adam(1.0, b1=b1, b2=b2, eps=0.0)
+
+        def body(state, g):
+            u, state = opt.update(g[None], state)
+            return state, jnp.abs(u[0])
+
+        _, sizes = jax.lax.scan(body, opt.init(jnp.zeros(1)), grads)
+        t = np.arange(1, steps + 1)
+        bound = rigorous_bound(t, b1, b2)
+        assert np.all(np.asarray(sizes) <= bound * (1 + 1e-12))
+        np.testing.assert_allclose(np.asarray(sizes), bound, rtol=1e-9)
+        paper = (1 - b1) / math.sqrt(1 - b2) if (1 - b1) > math.sqrt(1 - b2) else 1.0
+        assert float(jnp.max(sizes)) > 1.4 * paper
