@@ -61,6 +61,7 @@ from ._hyperparams import map_state as map_state
 from ._hyperparams import set_hyperparam as set_hyperparam
 from ._moments import AccumulateState as AccumulateState
 from ._moments import BiasCorrectionState as BiasCorrectionState
+from ._moments import DampedTraceState as DampedTraceState
 from ._moments import EmaState as EmaState
 from ._moments import TraceState as TraceState
 from ._moments import accumulate as accumulate
@@ -117,6 +118,7 @@ __all__ = [
     "AddNoiseState",
     "ApplyIfFiniteState",
     "BiasCorrectionState",
+    "DampedTraceState",
     "DozatMomentumState",
     "DtypeStorage",
     "EmaParamsState",

@@ -81,33 +81,55 @@ class TraceState(NamedTuple):
     trace: Any
 
 
+class DampedTraceState(NamedTuple):
+    """The state of `trace` with ``dampening``: the step count (``int32``) and the buffer."""
+
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
+    trace: Any
+
+
 def trace(
     decay: float,
     *,
     nesterov: bool = False,
+    dampening: float = 0.0,
     dtype: Any = None,
     storage: MomentStorage | None = None,
 ) -> MomentTransformation:
     r"""Heavy-ball momentum (Polyak; torch and optax's form): a trace of the updates.
 
     .. math::
-        b_t = \mu\, b_{t-1} + u_t, \qquad
-        \text{output } b_t \text{, or with Nesterov } u_t + \mu\, b_t.
+        b_t = \mu\, b_{t-1} + (1 - \tau)\, u_t, \qquad
+        \text{output } b_t \text{, or with Nesterov } u_t + \mu\, b_t,
+
+    with :math:`b_0 = 0`. With dampening :math:`\tau > 0` the first step is undamped,
+    :math:`b_1 = u_1`, as torch's ``SGD`` (which starts the buffer at the first gradient); with
+    :math:`\tau = 0` (the default, optax's ``trace``) the two starts coincide.
 
     Args:
       decay: :math:`\mu`, in ``[0, 1)``.
-      nesterov: output the Nesterov look-ahead :math:`u_t + \mu b_t`.
+      nesterov: output the Nesterov look-ahead :math:`u_t + \mu b_t` (torch requires
+        :math:`\tau = 0` for it, and so does adamx).
+      dampening: :math:`\tau` in ``[0, 1]`` (torch's ``dampening``).
       dtype: dtype of the stored buffer; ``None`` keeps each parameter's dtype.
       storage: a `MomentStorage` (instead of ``dtype``).
 
     Returns:
-      A `MomentTransformation` with state `TraceState`.
+      A `MomentTransformation` with state `TraceState` (or `DampedTraceState` with dampening).
     """
     check_decay(decay, "decay")
+    check_decay(dampening, "dampening", upper_inclusive=True)
     storage = _resolve_storage(storage, dtype, "dtype")
+    damped = not (isinstance(dampening, (int, float)) and dampening == 0)
+    if damped and nesterov:
+        raise ValueError(
+            f"Nesterov momentum needs `dampening=0`, got `dampening={dampening}` (torch's rule: "
+            "the look-ahead assumes an undamped buffer); drop one of the two."
+        )
 
     def init_fn(params):
-        return TraceState(trace=jax.tree.map(storage.init, params))
+        buffers = jax.tree.map(storage.init, params)
+        return DampedTraceState(zero_count(), buffers) if damped else TraceState(buffers)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -115,12 +137,19 @@ def trace(
         def one(u, stored):
             cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
             mu = as_hyperparameter(decay, cdt)
-            b = u.astype(cdt) + mu * storage.read(stored, cdt)
+            x = u.astype(cdt)
+            if damped:  # b_1 = u_1 (undamped), then (1 - tau) u_t
+                first = state.count == 0
+                x = jnp.where(first, x, as_hyperparameter(_complement(dampening), cdt) * x)
+            b = x + mu * storage.read(stored, cdt)
             out = u.astype(cdt) + mu * b if nesterov else b
             return out.astype(u.dtype), storage.write(b, stored)
 
         pairs = map_like(one, updates, state.trace, "optimizer state")
-        return _unzip(updates, pairs, TraceState)
+        new_updates, buffers = _unzip(updates, pairs, TraceState)
+        if damped:
+            return new_updates, DampedTraceState(safe_increment(state.count), buffers.trace)
+        return new_updates, buffers
 
     return MomentTransformation(init_fn, update_fn)
 

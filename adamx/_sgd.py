@@ -16,6 +16,8 @@ def sgd(
     momentum: float | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any = None,
+    *,
+    dampening: float = 0.0,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent (Robbins & Monro, 1951), with optional momentum.
 
@@ -34,7 +36,9 @@ def sgd(
 
     * torch initialises the buffer to :math:`g_1` and skips ``dampening`` on the first step; with
       ``dampening = 0`` (torch's default, and required for Nesterov) that equals the zero-initialised
-      trace here. torch's ``dampening != 0`` has no counterpart in adamx or optax.
+      trace here. ``dampening`` :math:`\tau` gives torch's damped buffer
+      :math:`b_t = \mu b_{t-1} + (1-\tau) g_t` with its undamped first step (optax has no
+      dampening).
     * torch's ``weight_decay`` is coupled L2: ``adamx.chain(adamx.add_decayed_weights(wd),
       sgd(lr, momentum))``. Without momentum L2 and decoupled decay coincide.
 
@@ -43,6 +47,7 @@ def sgd(
       momentum: :math:`\mu` in ``[0, 1)``, or ``None`` for plain SGD (no state).
       nesterov: use Nesterov momentum (needs ``momentum``).
       accumulator_dtype: dtype of the momentum buffer (default: the parameter's).
+      dampening: torch's dampening :math:`\tau` in ``[0, 1]`` (needs ``momentum``, not Nesterov).
 
     Returns:
       ``chain(trace(momentum, nesterov=nesterov) or identity(), scale_by_learning_rate(lr))``; the
@@ -70,8 +75,13 @@ def sgd(
             raise ValueError(
                 "`nesterov=True` needs momentum, got `momentum=None`; pass e.g. `momentum=0.9`."
             )
+        if dampening != 0:
+            raise ValueError(
+                f"`dampening={dampening}` needs momentum, got `momentum=None`; pass e.g. "
+                "`momentum=0.9`, or drop `dampening`."
+            )
         direction = identity()
     else:
         check_decay(momentum, "momentum")
-        direction = trace(momentum, nesterov=nesterov, dtype=accumulator_dtype)
+        direction = trace(momentum, nesterov=nesterov, dampening=dampening, dtype=accumulator_dtype)
     return chain(direction, scale_by_learning_rate(learning_rate))

@@ -116,6 +116,15 @@ CASES = [
         ),
     ),
     (
+        "sgd_dampening",  # torch's damped buffer, undamped on the first step; optax has none.
+        LR,
+        l2(lambda lr: sgd(lr, momentum=0.9, dampening=0.5)),
+        None,
+        lambda ps, lr: torch.optim.SGD(
+            ps, lr=lr, momentum=0.9, dampening=0.5, weight_decay=WD, foreach=False
+        ),
+    ),
+    (
         "rmsprop_torch",  # torch's defaults: alpha 0.99, eps outside the root.
         LR,
         l2(lambda lr: rmsprop(lr, decay=0.99, eps_in_sqrt=False)),
@@ -435,3 +444,22 @@ def test_bfloat16_updates_come_back_in_bfloat16():
 def test_concrete_hyperparameters_are_validated(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_sgd_dampening_skips_the_first_step_as_torch_does():
+    """torch starts the buffer at g_1 (undamped); a zero-started damped trace would give (1-tau)
+    g_1. The difference is what the option exists for."""
+    g = jnp.array([1.0, -2.0])
+    opt = sgd(1.0, momentum=0.9, dampening=0.5)
+    state = opt.init(g)
+    first, state = opt.update(g, state)
+    second, state = opt.update(g, state)
+    np.testing.assert_allclose(np.asarray(first), -np.asarray(g))  # b_1 = g_1
+    np.testing.assert_allclose(np.asarray(second), -(0.9 + 0.5) * np.asarray(g))  # 0.9 b_1 + 0.5 g
+
+
+def test_sgd_dampening_is_refused_with_nesterov_or_without_momentum():
+    with pytest.raises(ValueError, match="dampening=0"):
+        sgd(0.1, momentum=0.9, nesterov=True, dampening=0.5)
+    with pytest.raises(ValueError, match="needs momentum"):
+        sgd(0.1, dampening=0.5)
