@@ -17,6 +17,7 @@ from jax import lax
 from ._base import GradientTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
 from ._moments import _correction
+from ._scale import _evaluate
 from ._validate import _concrete, check_decay
 
 # ---- shared helpers -------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class MultiSteps:
     def update(
         self, updates: Any, state: MultiStepsState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, MultiStepsState]:
-        k = jnp.asarray(self._every_k(state.gradient_step), jnp.int32)
+        k = jnp.asarray(_evaluate(self._every_k, state.gradient_step, "every-k"), jnp.int32)
         n = state.mini_step
 
         def fold(g, acc):
@@ -202,6 +203,8 @@ def apply_if_finite(
     On such a step the updates returned are zeros and ``inner``'s state is returned untouched
     (bit-identical); the skip is counted. After more than ``max_consecutive_errors`` consecutive
     skips the step is applied anyway (``inner`` then sees the non-finite values), as in optax.
+    Without this wrapper a non-finite value enters the moments and parameters of its own leaf
+    only (see `adam`).
 
     Args:
       inner: the transformation to protect (typically a whole optimizer).

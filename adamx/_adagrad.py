@@ -13,7 +13,7 @@ from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import _complement, _resolve_storage, _unzip, accumulate
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _real_like, scale_by_second_moment
-from ._storage import MomentStorage, stored_dtypes
+from ._storage import MomentStorage, init_buffers, stored_dtypes
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -133,7 +133,7 @@ def scale_by_update_rms(
     storage = _resolve_storage(storage, dtype, "dtype")
 
     def init_fn(params):
-        return UpdateRmsState(ema=jax.tree.map(lambda p: storage.init(_real_like(p)), params))
+        return UpdateRmsState(ema=init_buffers(storage, jax.tree.map(_real_like, params)))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -9,6 +9,7 @@ from ._chain import chain
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
+from ._validate import check_decay
 from ._weight_decay import add_decayed_weights
 
 
@@ -31,6 +32,8 @@ def scale_by_adam(
       A `MomentTransformation`; its state is ``(EmaState(mu), BiasCorrectionState(count),
       SecondMomentState((EmaState(nu), BiasCorrectionState(count))))``.
     """
+    check_decay(b1, "b1")
+    check_decay(b2, "b2")
     return chain(
         ema(b1, dtype=mu_dtype),
         bias_correction(b1, nesterov=nesterov),
@@ -65,6 +68,14 @@ def adam(
     with :math:`\epsilon` before the correction of :math:`v`, which is a different algorithm.
     ``nesterov=True`` gives optax's NAdam (Dozat 2016 with constant momentum): :math:`\hat m_t` is
     replaced by :math:`\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`.
+
+    Non-finite gradients: every operation is per coordinate, so a NaN or Inf in one leaf never
+    reaches the moments or updates of the others. In its own coordinates it propagates: :math:`m`,
+    :math:`v`, the update and the parameter become NaN (or Inf) and stay so. Wrap the optimizer in
+    `apply_if_finite` to skip such steps. A finite :math:`|g|` above :math:`\sim 1.8 \cdot 10^{19}`
+    overflows :math:`|g|^2` in float32 (and bfloat16): :math:`v` becomes Inf and that coordinate's
+    update is 0 from then on, not NaN (torch and optax do the same); clip the gradient (`clip`)
+    where such values can occur.
 
     Reference: matches ``optax.adam`` (0.2.8) and ``torch.optim.Adam`` (2.13) step for step
     (``tests/test_adam.py``). torch's ``Adam(weight_decay=wd)`` is L2 regularisation:

@@ -13,7 +13,7 @@ from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import _resolve_storage, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import _real_like
-from ._storage import MomentStorage, stored_dtypes
+from ._storage import MomentStorage, init_buffers, stored_dtypes
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -43,7 +43,7 @@ def scale_by_infinity_norm(
     gradients. With ``eps = 0`` a coordinate whose :math:`u` is 0 gets a zero update, not NaN.
 
     Args:
-      decay: :math:`\beta_2`, in ``[0, 1)``.
+      decay: :math:`\beta_2`, in ``[0, 1]`` (1: the running maximum of :math:`|g_t| + \epsilon`).
       eps: :math:`\epsilon >= 0`, added to :math:`|g_t|` inside the maximum.
       dtype: dtype of the stored :math:`u`; ``None`` keeps the parameter's real dtype.
       storage: a `MomentStorage` for :math:`u` (instead of ``dtype``).
@@ -51,13 +51,13 @@ def scale_by_infinity_norm(
     Returns:
       A `MomentTransformation` with state `InfinityNormState`.
     """
-    check_decay(decay, "decay")
+    check_decay(decay, "decay", upper_inclusive=True)  # 1: the paper's undecayed maximum
     check_non_negative(eps, "eps")
     storage = _resolve_storage(storage, dtype, "dtype")
     guard_zero = isinstance(eps, (int, float)) and eps == 0
 
     def init_fn(params):
-        return InfinityNormState(norm=jax.tree.map(lambda p: storage.init(_real_like(p)), params))
+        return InfinityNormState(norm=init_buffers(storage, jax.tree.map(_real_like, params)))
 
     def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
         del params, extra_args
@@ -73,7 +73,7 @@ def scale_by_infinity_norm(
             )
             y = x.astype(cdt)
             if guard_zero:
-                positive = u > 0
+                positive = u != 0  # a NaN norm propagates
                 y = jnp.where(positive, y / jnp.where(positive, u, 1).astype(cdt), 0)
             else:
                 y = y / u.astype(cdt)
@@ -105,6 +105,7 @@ def scale_by_adamax(
       InfinityNormState(nu))`` (optax's ``ScaleByAdamState(count, mu, nu)``).
     """
     check_decay(b1, "b1")
+    check_decay(b2, "b2", upper_inclusive=True)
     return chain(
         ema(b1, dtype=mu_dtype),
         bias_correction(b1),
@@ -142,7 +143,8 @@ def adamax(
     Args:
       learning_rate: :math:`\eta`, a number >= 0 or a schedule of the step count.
       b1: :math:`\beta_1`, decay of the first moment, in ``[0, 1)``.
-      b2: :math:`\beta_2`, decay of the infinity norm, in ``[0, 1)``.
+      b2: :math:`\beta_2`, decay of the infinity norm, in ``[0, 1]`` (1: the paper's bound
+        :math:`|\Delta_t| \le \eta` holds).
       eps: :math:`\epsilon`, added to :math:`|g_t|` inside the maximum.
       mu_dtype: dtype of :math:`m` (default: the parameter's). optax has no such option.
       nu_dtype: dtype of :math:`u` (default: the parameter's real dtype).

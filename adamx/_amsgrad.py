@@ -13,7 +13,7 @@ from ._dtypes import compute_dtype
 from ._moments import _resolve_storage, _unzip, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
-from ._storage import MomentStorage, stored_dtypes
+from ._storage import MomentStorage, init_buffers, stored_dtypes
 from ._validate import check_decay
 
 _MAX_OF = ("corrected", "raw")
@@ -44,7 +44,7 @@ def running_max(*, dtype: Any = None, storage: MomentStorage | None = None) -> M
     storage = _resolve_storage(storage, dtype, "dtype")
 
     def init_fn(params):
-        return RunningMaxState(maximum=jax.tree.map(storage.init, params))
+        return RunningMaxState(maximum=init_buffers(storage, params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -24,6 +24,41 @@ def _keyword_filter(update: Callable[..., Any]) -> Callable[[dict[str, Any]], di
     return lambda extra: {k: v for k, v in extra.items() if k in names}
 
 
+def _type_names(states: tuple[Any, ...]) -> str:
+    return ", ".join(type(entry).__name__ for entry in states)
+
+
+def _explain_state(
+    error: Exception, member: Any, received: Any, position: int, params: Any, updates: Any
+) -> None:
+    """After ``member.update`` failed: if its state is of another type than its ``init`` makes,
+    raise a sentence saying so (the state of a different optimizer); otherwise return.
+
+    Run only on failure, so a correct state costs nothing.
+    """
+    try:
+        expected = type(jax.eval_shape(member.init, updates if params is None else params))
+    except Exception:  # noqa: BLE001 - no diagnosis; the original error stands
+        return
+    if isinstance(received, expected):
+        return
+    raise _wrong_state(expected, received, position) from error
+
+
+def _is_named(state: Any) -> bool:
+    """Whether ``state`` is a NamedTuple (the state of a block, not a chain's plain tuple)."""
+    return isinstance(state, tuple) and hasattr(state, "_fields")
+
+
+def _wrong_state(expected: type, received: Any, position: int) -> TypeError:
+    return TypeError(
+        f"Entry {position} of this chain's state should be a `{expected.__name__}` (the state of "
+        f"transformation {position}) but is a `{type(received).__name__}`: the state of a "
+        "different optimizer. Pass the state returned by this optimizer's `init` (to move a "
+        "state between optimizers, map its pieces with `adamx.map_state`)."
+    )
+
+
 @overload
 def chain(*transforms: MomentTransformation) -> MomentTransformation: ...
 
@@ -64,22 +99,35 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(member.init(params) for member in members)
 
     def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
-        if len(state) != len(members):
+        if not isinstance(state, tuple) or len(state) != len(members):
+            received = (
+                f"{len(state)} entries ({_type_names(state)})"
+                if isinstance(state, tuple)
+                else f"the type {type(state).__name__}"
+            )
             raise ValueError(
-                f"This chain has {len(members)} transformations but its state has {len(state)} "
-                "entries; pass the state returned by this optimizer's `init`."
+                f"This chain has {len(members)} transformations but its state has {received}; "
+                f"expected a tuple of {len(members)} entries, one per transformation: the state of "
+                "another optimizer? Pass the state returned by this optimizer's `init`."
             )
         dtypes = jax.tree.map(lambda u: u.dtype, updates)
         updates = jax.tree.map(upcast, updates)
         gradient = updates if gradient is None else jax.tree.map(upcast, gradient)
         new_state = []
-        for member, keep, moment, member_state in zip(
-            members, filters, is_moment, state, strict=True
+        for position, (member, keep, moment, member_state) in enumerate(
+            zip(members, filters, is_moment, state, strict=True)
         ):
-            updates, member_state = member.update(
-                updates, member_state, params, **keep({**extra_args, "gradient": gradient})
-            )
-            new_state.append(member_state)
+            try:
+                updates, new_member_state = member.update(
+                    updates, member_state, params, **keep({**extra_args, "gradient": gradient})
+                )
+            except Exception as error:
+                _explain_state(error, member, member_state, position, params, updates)
+                raise
+            if _is_named(member_state) and type(new_member_state) is not type(member_state):
+                # Blocks return the state type their `init` makes: the input was another's.
+                raise _wrong_state(type(new_member_state), member_state, position)
+            new_state.append(new_member_state)
             if not moment:
                 gradient = updates
         updates = jax.tree.map(lambda u, dtype: u.astype(dtype), updates, dtypes)

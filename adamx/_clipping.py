@@ -82,14 +82,32 @@ def global_norm(tree: Any) -> jax.Array:
     r"""The Euclidean norm :math:`\sqrt{\sum_i |x_i|^2}` over every element of every leaf.
 
     Computed in at least float32 (bfloat16 and float16 leaves are widened first, float64 leaves
-    make it float64) and real for complex leaves. A tree without leaves has norm 0.
+    make it float64) and real for complex leaves, without overflow for finite elements (squares
+    that overflow are recomputed scaled by the largest magnitude). A tree without leaves has
+    norm 0.
     """
     leaves = jax.tree.leaves(tree)
     dtype = real_dtype(compute_dtype(*(leaf.dtype for leaf in leaves)))
-    total = jnp.zeros((), dtype)
-    for leaf in leaves:
-        total = total + jnp.sum(_abs_sq(leaf.astype(compute_dtype(leaf.dtype, dtype))))
-    return _safe_sqrt(total)
+    wide = [leaf.astype(compute_dtype(leaf.dtype, dtype)) for leaf in leaves]
+
+    def sum_of_squares(scale: jax.Array) -> jax.Array:
+        total = jnp.zeros((), dtype)
+        for leaf in wide:
+            total = total + jnp.sum(_abs_sq(leaf / scale.astype(leaf.dtype)))
+        return total
+
+    total = sum_of_squares(jnp.ones((), dtype))
+
+    def rescaled() -> jax.Array:
+        # The squares overflowed (a finite norm above ~1.8e19 in float32): divide by the largest
+        # magnitude first. Only this branch pays the extra pass; an Inf element gives NaN here,
+        # which a later `apply_if_finite` catches rather than a silent all-zero update.
+        scale = jnp.zeros((), dtype)
+        for leaf in wide:
+            scale = jnp.maximum(scale, jnp.max(jnp.abs(leaf), initial=0).astype(dtype))
+        return scale * _safe_sqrt(sum_of_squares(scale))
+
+    return jax.lax.cond(jnp.isinf(total), rescaled, lambda: _safe_sqrt(total))
 
 
 def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 
 from ._base import MomentTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
-from ._storage import MomentStorage, filled, storage_for, stored_dtypes
+from ._storage import MomentStorage, filled, init_buffers, storage_for, stored_dtypes
 from ._trees import map_like
-from ._validate import check_decay, check_dtype
+from ._validate import _concrete, check_decay, check_dtype
 
 
 def _complement(decay: Any) -> Any:
@@ -55,7 +55,7 @@ def ema(
     storage = _resolve_storage(storage, dtype, "dtype")
 
     def init_fn(params):
-        return EmaState(ema=jax.tree.map(storage.init, params))
+        return EmaState(ema=init_buffers(storage, params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -120,15 +120,20 @@ def trace(
     check_decay(decay, "decay")
     check_decay(dampening, "dampening", upper_inclusive=True)
     storage = _resolve_storage(storage, dtype, "dtype")
+    # The state layout must not depend on a value: only a Python 0 means "undamped" (optax's
+    # TraceState). An array dampening, concrete at `init` and traced in `update` (as
+    # inject_hyperparams passes it), always takes the damped layout, which equals the undamped
+    # arithmetic when it is 0.
     damped = not (isinstance(dampening, (int, float)) and dampening == 0)
-    if damped and nesterov:
+    tau = _concrete(dampening)  # None when traced
+    if nesterov and tau is not None and tau != 0:
         raise ValueError(
             f"Nesterov momentum needs `dampening=0`, got `dampening={dampening}` (torch's rule: "
             "the look-ahead assumes an undamped buffer); drop one of the two."
         )
 
     def init_fn(params):
-        buffers = jax.tree.map(storage.init, params)
+        buffers = init_buffers(storage, params)
         return DampedTraceState(zero_count(), buffers) if damped else TraceState(buffers)
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -154,6 +159,22 @@ def trace(
     return MomentTransformation(init_fn, update_fn)
 
 
+def require_gradient(gradient: Any, updates: Any, name: str) -> Any:
+    """The gradient a look-ahead block reads beside the moment (a tree without leaves needs none).
+
+    Raises when it is missing: the block was used outside `adamx.chain`, which passes it.
+    """
+    if gradient is not None:
+        return gradient
+    if not jax.tree.leaves(updates):
+        return updates
+    raise ValueError(
+        f"`{name}` needs the gradient as well as the moment: compose it with "
+        f"`adamx.chain(ema(b1), {name.split('(')[0]}(b1, ...), ...)`, which passes `gradient=` "
+        "to it."
+    )
+
+
 class BiasCorrectionState(NamedTuple):
     """The state of `bias_correction`: the step count ``t`` of the last update (``int32``)."""
 
@@ -163,10 +184,10 @@ class BiasCorrectionState(NamedTuple):
 def _correction(decay: Any, count: jax.Array, dtype: Any) -> jax.Array:
     """``1 - decay^count`` in ``dtype``, computed as ``-expm1(count * log(decay))``.
 
-    The textbook ``1 - decay**count`` cancels catastrophically in float32 (for ``decay = 0.999`` and
-    ``count = 3`` it keeps only ~4 significant digits, and XLA's ``pow`` rounds differently under
-    ``jit`` and eagerly); ``expm1`` keeps full relative precision. ``log(decay)`` of a Python number
-    is taken in double precision on the host.
+    The textbook ``1 - decay**count`` has a relative error of ~1e-5 in float32 in early steps (the
+    rounding of ``decay`` to float32 is amplified by the cancellation, and XLA's ``pow`` rounds
+    differently under ``jit`` and eagerly); ``expm1`` keeps ~1e-7. ``log(decay)`` of a Python
+    number is taken in double precision on the host.
     """
     if isinstance(decay, jax.core.Tracer) or not jnp.ndim(decay) == 0:
         log_decay = jnp.log(as_hyperparameter(decay, dtype))
@@ -216,20 +237,16 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
                 return (m.astype(cdt) / _correction(decay, count, cdt)).astype(m.dtype)
 
             return jax.tree.map(one, updates), BiasCorrectionState(count)
-        if gradient is None:
-            raise ValueError(
-                "`bias_correction(nesterov=True)` needs the gradient as well as the moment: "
-                "compose it with `adamx.chain(ema(b1), bias_correction(b1, nesterov=True), ...)`, "
-                "which passes `gradient=` to it."
-            )
+        gradient = require_gradient(gradient, updates, "bias_correction(nesterov=True)")
         next_count = safe_increment(count)
 
         def lookahead(m, g):
             cdt = compute_dtype(m.dtype, g.dtype)
             b = as_hyperparameter(decay, cdt)
             m_next = m.astype(cdt) / _correction(decay, next_count, cdt)
-            g_hat = g.astype(cdt) / _correction(decay, count, cdt)
-            return (b * m_next + as_hyperparameter(_complement(decay), cdt) * g_hat).astype(m.dtype)
+            # (1 - b) / (1 - b^t) first: g / (1 - b^t) alone overflows for |g| near the maximum.
+            g_weight = as_hyperparameter(_complement(decay), cdt) / _correction(decay, count, cdt)
+            return (b * m_next + g_weight * g.astype(cdt)).astype(m.dtype)
 
         return jax.tree.map(lookahead, updates, gradient), BiasCorrectionState(count)
 
@@ -264,7 +281,7 @@ def accumulate(
     storage = filled(_resolve_storage(storage, dtype, "dtype"), initial_value)
 
     def init_fn(params):
-        return AccumulateState(sum=jax.tree.map(storage.init, params))
+        return AccumulateState(sum=init_buffers(storage, params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -18,19 +18,11 @@ from ._base import (
 )
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
-from ._moments import BiasCorrectionState, _complement, _correction, ema
+from ._moments import BiasCorrectionState, _complement, _correction, ema, require_gradient
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
-
-
-def _needs_gradient(gradient: Any, name: str) -> None:
-    if gradient is None:
-        raise ValueError(
-            f"`{name}` needs the gradient as well as the moment: compose it with "
-            f"`adamx.chain(ema(b1), {name}(b1, ...), ...)`, which passes `gradient=` to it."
-        )
 
 
 class DozatMomentumState(NamedTuple):
@@ -74,7 +66,7 @@ def dozat_momentum(decay: float = 0.9, momentum_decay: float = 4e-3) -> MomentTr
 
     def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
         del params, extra_args
-        _needs_gradient(gradient, "dozat_momentum")
+        gradient = require_gradient(gradient, updates, "dozat_momentum")
         count = safe_increment(state.count)
 
         def one(m, g, product):
@@ -128,7 +120,7 @@ def algoperf_momentum(decay: float = 0.9) -> MomentTransformation:
 
     def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
         del params, extra_args
-        _needs_gradient(gradient, "algoperf_momentum")
+        gradient = require_gradient(gradient, updates, "algoperf_momentum")
         count = safe_increment(state.count)
 
         def one(m, g):
@@ -165,6 +157,8 @@ def scale_by_nadam(
       A `MomentTransformation`; the second element of its state tuple is `BiasCorrectionState`
       (optax's and AlgoPerf's forms) or `DozatMomentumState` (torch's).
     """
+    check_decay(b1, "b1")
+    check_decay(b2, "b2")
     if momentum_decay is not None and algoperf:
         raise ValueError(
             "`momentum_decay` (torch's schedule) and `algoperf=True` choose different NAdam "

@@ -24,6 +24,7 @@ def _eps_split(eps: Any, eps_in_sqrt: bool) -> tuple[Any, Any]:
 
 
 def _estimator(decay, initial_scale, bias_correction, dtype, storage) -> GradientTransformation:
+    check_non_negative(initial_scale, "initial_scale")
     storage = filled(_resolve_storage(storage, dtype, "nu_dtype"), initial_scale)
     moment = ema(decay, storage=storage)
     return chain(moment, _bias_correction(decay)) if bias_correction else chain(moment)
@@ -140,10 +141,14 @@ def scale_by_stddev(
         def scale(u, m, v):
             cdt = compute_dtype(u.dtype, m.dtype, v.dtype)
             rdt = real_dtype(cdt)  # the variance of a complex gradient is real
-            variance = jnp.maximum(v.astype(rdt) - _abs_squared(m.astype(cdt)).astype(rdt), 0)
+            v = v.astype(rdt)
+            variance = jnp.maximum(v - _abs_squared(m.astype(cdt)).astype(rdt), 0)
+            # |g|^2 overflowed (|g| > ~1.8e19 in float32): Inf - Inf would give NaN; keep v = Inf,
+            # hence a zero update, as `scale_by_second_moment` gives.
+            variance = jnp.where(jnp.isinf(v), v, variance)
             root = jnp.sqrt(variance + as_hyperparameter(eps_root, rdt))
             denominator = root + as_hyperparameter(eps_out, rdt)
-            positive = denominator > 0
+            positive = denominator != 0  # a NaN denominator propagates
             safe = jnp.where(positive, denominator, 1).astype(cdt)
             x = jnp.where(positive, u.astype(cdt) / safe, jnp.zeros((), cdt))
             return x.astype(u.dtype)

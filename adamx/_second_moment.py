@@ -31,6 +31,14 @@ def _abs_squared(g: jax.Array) -> jax.Array:
     return g**2
 
 
+def _sqrt(v: jax.Array) -> jax.Array:
+    """``sqrt(v)`` whose derivative at ``v = 0`` is 0 rather than inf, so differentiating through
+    a step with a coordinate whose gradients were all zero gives 0, not ``0 * inf = NaN``. Values
+    are unchanged (NaN stays NaN); XLA fuses the selects into the same pass."""
+    zero = v == 0
+    return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, v)))
+
+
 def _real_like(param: jax.Array) -> jax.Array:
     """A stand-in for ``param`` with its real dtype, so the estimator's state is real-valued."""
     return jnp.real(param) if jnp.iscomplexobj(param) else param
@@ -97,11 +105,11 @@ def scale_by_second_moment(
 
         def scale(u, v):
             cdt = compute_dtype(u.dtype, v.dtype)
-            root = jnp.sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
+            root = _sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
             denominator = root + as_hyperparameter(eps, cdt)
             x = u.astype(cdt)
             if guard_zero:
-                positive = denominator > 0
+                positive = denominator != 0  # a NaN denominator propagates, as without the guard
                 x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
             else:
                 x = x / denominator

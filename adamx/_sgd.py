@@ -8,7 +8,7 @@ from ._base import GradientTransformation, ScalarOrSchedule, identity
 from ._chain import chain
 from ._moments import trace
 from ._scale import scale_by_learning_rate
-from ._validate import check_decay
+from ._validate import _concrete, check_decay
 
 
 def sgd(
@@ -75,7 +75,7 @@ def sgd(
             raise ValueError(
                 "`nesterov=True` needs momentum, got `momentum=None`; pass e.g. `momentum=0.9`."
             )
-        if dampening != 0:
+        if _concrete(dampening) not in (None, 0.0):
             raise ValueError(
                 f"`dampening={dampening}` needs momentum, got `momentum=None`; pass e.g. "
                 "`momentum=0.9`, or drop `dampening`."

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._trees import non_float_parameter
 from ._validate import check_non_negative
 
 
@@ -42,6 +43,23 @@ class DtypeStorage:
 
     def write(self, value: jax.Array, stored: jax.Array) -> jax.Array:
         return value.astype(stored.dtype)
+
+
+def init_buffers(storage: MomentStorage, params: Any) -> Any:
+    """``storage.init`` of every leaf of ``params``, refusing integer and boolean leaves.
+
+    Every moment-keeping block builds its buffers here, so the integer-leaf rule (docs/design.md,
+    section 5) lives in one place: a moment of an integer parameter would be written back rounded
+    to integers, silently, so the leaf is refused with its key path instead.
+    """
+
+    def one(path, param):
+        dtype = jnp.result_type(param)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise non_float_parameter(path, dtype)
+        return storage.init(param)
+
+    return jax.tree_util.tree_map_with_path(one, params)
 
 
 def storage_for(dtype: Any) -> DtypeStorage:

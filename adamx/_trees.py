@@ -32,6 +32,16 @@ def structure_mismatch(updates: Any, reference: Any, reference_name: str) -> Val
     )
 
 
+def non_float_parameter(path: Any, dtype: Any) -> TypeError:
+    """The integer/boolean-leaf rule's error (docs/design.md, section 5), naming the leaf's key path."""
+    return TypeError(
+        f"The parameter `{jax.tree_util.keystr(tuple(path)) or '<root>'}` has dtype {dtype}, but "
+        "optimizers update floating-point (or complex) parameters only. Keep it out of the "
+        "optimizer: pass it as None, mask it with `adamx.masked` or `adamx.freeze`, or split the "
+        "model with `eqx.filter(model, eqx.is_inexact_array)`."
+    )
+
+
 def map_like(fn: Callable[..., Any], updates: Any, reference: Any, name: str, *rest: Any) -> Any:
     """``jax.tree.map(fn, updates, reference, *rest)``; a structure mismatch names its key path."""
     try:

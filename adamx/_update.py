@@ -9,23 +9,32 @@ import jax.numpy as jnp
 
 from ._base import GradientTransformation, OptState, Params, Updates
 from ._dtypes import wider
+from ._trees import non_float_parameter, structure_mismatch
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
     """``params + updates``, leaf by leaf, each result in its parameter's dtype; ``None`` kept.
 
     The sum is taken in the wider of the two dtypes, then cast to the parameter's dtype, so a
-    bfloat16 parameter with a float32 update is rounded once.
+    bfloat16 parameter with a float32 update is rounded once. An integer or boolean parameter
+    given a floating-point update is refused with its key path (docs/design.md, section 5).
     """
 
-    def one(p, u):
+    def one(path, p, u):
         if p is None:
             return None
-        p = jnp.asarray(p)
-        wide = wider(p.dtype, jnp.asarray(u).dtype)
-        return (p.astype(wide) + jnp.asarray(u).astype(wide)).astype(p.dtype)
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        if not jnp.issubdtype(p.dtype, jnp.inexact) and jnp.issubdtype(u.dtype, jnp.inexact):
+            raise non_float_parameter(path, p.dtype)  # the update would be truncated silently
+        wide = wider(p.dtype, u.dtype)
+        return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
 
-    return jax.tree.map(one, params, updates, is_leaf=lambda x: x is None)
+    try:
+        return jax.tree_util.tree_map_with_path(one, params, updates, is_leaf=lambda x: x is None)
+    except ValueError as error:
+        if "structure" not in str(error) and "Custom node type mismatch" not in str(error):
+            raise
+        raise structure_mismatch(updates, params, "params") from None
 
 
 def step(

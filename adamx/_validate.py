@@ -57,8 +57,8 @@ def check_decay(value: Any, name: str, *, upper_inclusive: bool = False) -> None
     if not (math.isfinite(number) and number >= 0 and upper_ok):
         interval = "[0, 1]" if upper_inclusive else "[0, 1)"
         raise ValueError(
-            f"`{name}` must lie in {interval}, got {number!r}. It is the decay rate of a moving "
-            f"average: typical values are 0.9 to 0.999."
+            f"`{name}` is a decay rate and must lie in {interval}, got {number!r}; typical values "
+            "are 0.9 to 0.999 (0 keeps no memory)."
         )
 
 
@@ -68,7 +68,10 @@ def check_non_negative(value: Any, name: str) -> None:
     if number is None:
         return
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {number!r}.")
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0, got {number!r}; pass a non-negative value "
+            "(0 turns it off)."
+        )
 
 
 def check_dtype(value: Any, name: str) -> None:

@@ -8,6 +8,7 @@ import jax
 
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
+from ._scale import _evaluate
 from ._trees import map_like
 from ._validate import check_non_negative
 
@@ -51,7 +52,7 @@ def add_decayed_weights(
                 "`add_decayed_weights` needs the parameters: call "
                 "`update(grads, state, params)` with the current params."
             )
-        decay = weight_decay(state.count) if scheduled else weight_decay
+        decay = _evaluate(weight_decay, state.count, "weight-decay") if scheduled else weight_decay
         chosen = mask(params) if callable(mask) else mask
 
         def one(u, p):

@@ -435,7 +435,7 @@ def test_bfloat16_updates_come_back_in_bfloat16():
         (lambda: rmsprop(0.1, decay=1.0), "decay"),
         (lambda: rmsprop(0.1, eps=-1.0), "eps"),
         (lambda: rmsprop(0.1, nesterov=True), "needs momentum"),
-        (lambda: rmsprop(0.1, initial_scale=-1.0), "initial value"),
+        (lambda: rmsprop(0.1, initial_scale=-1.0), "initial_scale"),
         (lambda: adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
         (lambda: adadelta(rho=1.5), "rho"),
         (lambda: adadelta(eps=-1e-6), "eps"),
