@@ -75,3 +75,4 @@ html_theme_options = {
     "use_repository_button": True,
     "path_to_docs": "docs",
 }
+html_static_path = ["_static"]

@@ -1,0 +1,1 @@
+"""Experiments that reproduce papers with adamx (they need the ``examples`` extra)."""
