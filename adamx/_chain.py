@@ -108,7 +108,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             raise ValueError(
                 f"This chain has {len(members)} transformations but its state has {received}; "
                 f"expected a tuple of {len(members)} entries, one per transformation: the state of "
-                "another optimizer? Pass the state returned by this optimizer's `init`."
+                "another optimizer? Pass the state returned by this optimizer's `init` (a "
+                "checkpoint restored without a target comes back as lists and dicts: restore it "
+                "against `jax.eval_shape(opt.init, params)`)."
             )
         dtypes = jax.tree.map(lambda u: u.dtype, updates)
         updates = jax.tree.map(upcast, updates)
