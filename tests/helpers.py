@@ -6,6 +6,7 @@ To put a new optimizer through the whole matrix, add one line to ``OPTIMIZERS``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -160,3 +161,57 @@ def max_relative_difference(x, ref) -> float:
         for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(ref), strict=True)
     ]
     return max(diffs)
+
+
+# ---- the parity harness: one trajectory in JAX and in torch, side by side --------------------------
+
+PARITY_STEPS = 100
+
+
+def cosine(t: int, steps: int = PARITY_STEPS) -> float:
+    """Learning-rate multiplier: cosine decay over ``steps``; ``t`` the 0-based step count (what
+    torch's ``LambdaLR`` passes, and what an adamx/optax schedule sees on the same step)."""
+    return 0.5 * (1 + math.cos(math.pi * t / steps))
+
+
+def jax_cosine(base: float, dtype, steps: int = PARITY_STEPS):
+    """``base * cosine(count)`` as a schedule of an int32 count, computed in ``dtype``."""
+    return lambda count: base * 0.5 * (1 + jnp.cos(jnp.pi * count.astype(dtype) / steps))
+
+
+def run_jax(tx, apply, dtype, params, grads):
+    """``tx`` over the gradient sequence ``grads`` from ``params``, jitted, in ``dtype``."""
+    p = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+    state = tx.init(p)
+
+    @jax.jit
+    def one(p, s, g):
+        u, s = tx.update(g, s, p)
+        return apply(p, u), s
+
+    for g in grads:
+        p, state = one(p, state, jax.tree.map(lambda x: jnp.asarray(x, dtype), g))
+    return p
+
+
+def run_torch(make, dtype, params, grads, multiplier=cosine):
+    """The torch optimizer ``make(tensors)`` over the same gradients, its learning rate scaled by
+    ``multiplier`` through ``LambdaLR``; returns float64 NumPy leaves in ``params``' structure."""
+    import torch
+
+    # torch keeps scalar state (NAdam's mu_product, the step) in the default dtype: match the run's.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        leaves, treedef = jax.tree.flatten(params)
+        tensors = [torch.tensor(np.asarray(x), dtype=dtype, requires_grad=True) for x in leaves]
+        opt = make(tensors)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
+        for g in grads:
+            for t, gl in zip(tensors, jax.tree.leaves(g), strict=True):
+                t.grad = torch.tensor(np.asarray(gl), dtype=dtype)
+            opt.step()
+            sched.step()
+        return jax.tree.unflatten(treedef, [t.detach().double().numpy() for t in tensors])
+    finally:
+        torch.set_default_dtype(default)

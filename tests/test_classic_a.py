@@ -8,6 +8,7 @@ L2 weight decay (``chain(add_decayed_weights(wd), opt)``). The measure is
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -22,20 +23,19 @@ from adamx._adagrad import adadelta, adagrad, scale_by_adadelta, scale_by_rss
 from adamx._moments import AccumulateState, accumulate
 from adamx._rmsprop import rmsprop, scale_by_rms, scale_by_stddev
 from adamx._sgd import sgd
-from tests.helpers import max_relative_difference, random_tree, relaxed, x64
+from tests import helpers
+from tests.helpers import (
+    PARITY_STEPS,
+    jax_cosine,
+    max_relative_difference,
+    random_tree,
+    relaxed,
+    x64,
+)
 
-STEPS = 100
+STEPS = PARITY_STEPS
 LR = 1e-2
 WD = 0.1
-
-
-def cosine(t):
-    """Learning-rate multiplier: cosine decay over STEPS; ``t`` the 0-based step count."""
-    return 0.5 * (1 + math.cos(math.pi * t / STEPS))
-
-
-def jax_cosine(base, dtype):
-    return lambda count: base * 0.5 * (1 + jnp.cos(jnp.pi * count.astype(dtype) / STEPS))
 
 
 def gradients(seed=1):
@@ -46,38 +46,12 @@ def gradients(seed=1):
 
 GRADS = gradients()
 PARAMS = random_tree(0, np.float64)
-
-
-def run_jax(tx, apply, dtype):
-    p = jax.tree.map(lambda x: jnp.asarray(x, dtype), PARAMS)
-    state = tx.init(p)
-
-    @jax.jit
-    def one(p, s, g):
-        u, s = tx.update(g, s, p)
-        return apply(p, u), s
-
-    for g in GRADS:
-        p, state = one(p, state, jax.tree.map(lambda x: jnp.asarray(x, dtype), g))
-    return p
+run_jax = functools.partial(helpers.run_jax, params=PARAMS, grads=GRADS)
 
 
 def run_torch(make, lr, dtype=torch.float64):
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        leaves, treedef = jax.tree.flatten(PARAMS)
-        tensors = [torch.tensor(np.asarray(x), dtype=dtype, requires_grad=True) for x in leaves]
-        opt = make(tensors, lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-        for g in GRADS:
-            for t, gl in zip(tensors, jax.tree.leaves(g), strict=True):
-                t.grad = torch.tensor(np.asarray(gl), dtype=dtype)
-            opt.step()
-            sched.step()
-        return jax.tree.unflatten(treedef, [t.detach().double().numpy() for t in tensors])
-    finally:
-        torch.set_default_dtype(default)
+    """The torch builder ``make(tensors, lr)`` over this file's trajectory."""
+    return helpers.run_torch(lambda tensors: make(tensors, lr), dtype, PARAMS, GRADS)
 
 
 def l2(make):

@@ -9,7 +9,7 @@ running maximum matters). The measure is ``max |x - ref| / (|ref| + 1e-6)``; flo
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,20 +26,20 @@ from adamx._nadam import nadam, nadamw, scale_by_nadam
 from adamx._scale import scale_by_learning_rate
 from adamx._update import apply_updates
 from adamx._weight_decay import add_decayed_weights
-from tests.helpers import max_relative_difference, random_tree, relaxed, x64
+from tests import helpers
+from tests.helpers import (
+    PARITY_STEPS,
+    cosine,
+    jax_cosine,
+    max_relative_difference,
+    random_tree,
+    relaxed,
+    x64,
+)
 
-STEPS = 100
+STEPS = PARITY_STEPS
 LR = 1e-2
 WD = 0.1
-
-
-def cosine(t):
-    """Learning-rate multiplier: cosine decay over STEPS; ``t`` an int count (0 on the first step)."""
-    return 0.5 * (1 + math.cos(math.pi * t / STEPS))
-
-
-def jax_cosine(dtype):
-    return lambda count: LR * 0.5 * (1 + jnp.cos(jnp.pi * count.astype(dtype) / STEPS))
 
 
 def spiky_gradients(seed=2):
@@ -56,39 +56,8 @@ def spiky_gradients(seed=2):
 
 GRADS = spiky_gradients()
 PARAMS = random_tree(0, np.float64)
-
-
-def run_jax(tx, apply, dtype, params=PARAMS, grads=GRADS):
-    p = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-    state = tx.init(p)
-
-    @jax.jit
-    def one(p, s, g):
-        u, s = tx.update(g, s, p)
-        return apply(p, u), s
-
-    for g in grads:
-        p, state = one(p, state, jax.tree.map(lambda x: jnp.asarray(x, dtype), g))
-    return p
-
-
-def run_torch(make, dtype, params=PARAMS, grads=GRADS):
-    # torch keeps scalar state (NAdam's mu_product) in the default dtype: match the run's.
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        leaves, treedef = jax.tree.flatten(params)
-        tensors = [torch.tensor(np.asarray(x), dtype=dtype, requires_grad=True) for x in leaves]
-        opt = make(tensors)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-        for g in grads:
-            for t, gl in zip(tensors, jax.tree.leaves(g), strict=True):
-                t.grad = torch.tensor(np.asarray(gl), dtype=dtype)
-            opt.step()
-            sched.step()
-        return jax.tree.unflatten(treedef, [t.detach().double().numpy() for t in tensors])
-    finally:
-        torch.set_default_dtype(default)
+run_jax = functools.partial(helpers.run_jax, params=PARAMS, grads=GRADS)
+run_torch = functools.partial(helpers.run_torch, params=PARAMS, grads=GRADS)
 
 
 def l2(make):
@@ -189,10 +158,12 @@ IDS = [case[0] for case in CASES]
 @pytest.mark.parametrize("name, make_adamx, make_optax, make_torch", CASES, ids=IDS)
 def test_float64_parity(name, make_adamx, make_optax, make_torch):
     with x64():
-        ours = run_jax(make_adamx(jax_cosine(jnp.float64)), apply_updates, jnp.float64)
+        ours = run_jax(make_adamx(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
         if make_optax is not None:
             with relaxed():
-                ref = run_jax(make_optax(jax_cosine(jnp.float64)), optax.apply_updates, jnp.float64)
+                ref = run_jax(
+                    make_optax(jax_cosine(LR, jnp.float64)), optax.apply_updates, jnp.float64
+                )
             print(f"{name} float64 vs optax: {max_relative_difference(ours, ref):.2e}")
             assert max_relative_difference(ours, ref) <= 1e-10
     if make_torch is not None:
@@ -209,10 +180,10 @@ F32_CASES = [case for case in CASES if case[2] is not None and "l2" not in case[
 )
 def test_float32_against_optax(name, make_adamx, make_optax, make_torch):
     with x64():
-        truth = run_jax(make_adamx(jax_cosine(jnp.float64)), apply_updates, jnp.float64)
-    ours = run_jax(make_adamx(jax_cosine(jnp.float32)), apply_updates, jnp.float32)
+        truth = run_jax(make_adamx(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
+    ours = run_jax(make_adamx(jax_cosine(LR, jnp.float32)), apply_updates, jnp.float32)
     with relaxed():
-        ref = run_jax(make_optax(jax_cosine(jnp.float32)), optax.apply_updates, jnp.float32)
+        ref = run_jax(make_optax(jax_cosine(LR, jnp.float32)), optax.apply_updates, jnp.float32)
     ours_error = max_relative_difference(ours, truth)
     optax_error = max_relative_difference(ref, truth)
     difference = max_relative_difference(ours, ref)
@@ -233,11 +204,13 @@ def test_float32_against_optax(name, make_adamx, make_optax, make_torch):
 
 def test_optax_and_torch_amsgrad_differ_and_each_option_matches_its_reference():
     with x64():
-        corrected = run_jax(amsgrad(jax_cosine(jnp.float64)), apply_updates, jnp.float64)
-        raw = run_jax(amsgrad(jax_cosine(jnp.float64), max_of="raw"), apply_updates, jnp.float64)
+        corrected = run_jax(amsgrad(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
+        raw = run_jax(
+            amsgrad(jax_cosine(LR, jnp.float64), max_of="raw"), apply_updates, jnp.float64
+        )
         with relaxed():
             ref_optax = run_jax(
-                optax.amsgrad(jax_cosine(jnp.float64)), optax.apply_updates, jnp.float64
+                optax.amsgrad(jax_cosine(LR, jnp.float64)), optax.apply_updates, jnp.float64
             )
     ref_torch = run_torch(lambda ps: T.Adam(ps, lr=LR, amsgrad=True, foreach=False), torch.float64)
     gap = max_relative_difference(ref_optax, ref_torch)
@@ -250,7 +223,7 @@ def test_optax_and_torch_amsgrad_differ_and_each_option_matches_its_reference():
 
 def test_optax_and_torch_nadam_differ():
     with x64():
-        constant = run_jax(nadam(jax_cosine(jnp.float64)), apply_updates, jnp.float64)
+        constant = run_jax(nadam(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
     scheduled = run_torch(lambda ps: T.NAdam(ps, lr=LR, foreach=False), torch.float64)
     gap = max_relative_difference(constant, scheduled)
     print(f"optax-form vs torch-default NAdam: {gap:.2e}")
@@ -346,7 +319,7 @@ def test_algoperf_nadamw_matches_its_formula():
     b1, b2, eps = 0.9, 0.999, 1e-8
     with x64():
         ours = run_jax(
-            nadamw(jax_cosine(jnp.float64), weight_decay=WD, algoperf=True),
+            nadamw(jax_cosine(LR, jnp.float64), weight_decay=WD, algoperf=True),
             apply_updates,
             jnp.float64,
         )
@@ -444,6 +417,6 @@ def test_validation(build, error):
 
 def test_nadam_default_is_adam_nesterov():
     with x64():
-        a = run_jax(nadam(jax_cosine(jnp.float64)), apply_updates, jnp.float64)
-        b = run_jax(adam(jax_cosine(jnp.float64), nesterov=True), apply_updates, jnp.float64)
+        a = run_jax(nadam(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
+        b = run_jax(adam(jax_cosine(LR, jnp.float64), nesterov=True), apply_updates, jnp.float64)
     assert max_relative_difference(a, b) == 0.0
