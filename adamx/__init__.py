@@ -13,6 +13,10 @@ from ._accumulation import averaged_params as averaged_params
 from ._accumulation import ema_params as ema_params
 from ._accumulation import lookahead as lookahead
 from ._accumulation import multi_steps as multi_steps
+from ._adabelief import BeliefMomentState as BeliefMomentState
+from ._adabelief import adabelief as adabelief
+from ._adabelief import scale_by_belief as scale_by_belief
+from ._adabelief import scale_by_belief_moment as scale_by_belief_moment
 from ._adagrad import UpdateRmsState as UpdateRmsState
 from ._adagrad import adadelta as adadelta
 from ._adagrad import adagrad as adagrad
@@ -27,6 +31,22 @@ from ._adamax import adamax as adamax
 from ._adamax import adamaxw as adamaxw
 from ._adamax import scale_by_adamax as scale_by_adamax
 from ._adamax import scale_by_infinity_norm as scale_by_infinity_norm
+from ._adan import GradientDifferenceState as GradientDifferenceState
+from ._adan import ProximalStepState as ProximalStepState
+from ._adan import ScaleByAdanState as ScaleByAdanState
+from ._adan import adan as adan
+from ._adan import gradient_difference as gradient_difference
+from ._adan import proximal_step as proximal_step
+from ._adan import scale_by_adan as scale_by_adan
+from ._ademamix import AddSlowEmaState as AddSlowEmaState
+from ._ademamix import add_slow_ema as add_slow_ema
+from ._ademamix import ademamix as ademamix
+from ._ademamix import scale_by_ademamix as scale_by_ademamix
+from ._adopt import DelayedSecondMomentState as DelayedSecondMomentState
+from ._adopt import adopt as adopt
+from ._adopt import quarter_power as quarter_power
+from ._adopt import scale_by_adopt as scale_by_adopt
+from ._adopt import scale_by_delayed_second_moment as scale_by_delayed_second_moment
 from ._amsgrad import RunningMaxState as RunningMaxState
 from ._amsgrad import amsgrad as amsgrad
 from ._amsgrad import amsgrad_estimator as amsgrad_estimator
@@ -36,6 +56,10 @@ from ._base import EmptyState as EmptyState
 from ._base import GradientTransformation as GradientTransformation
 from ._base import MomentTransformation as MomentTransformation
 from ._base import identity as identity
+from ._cautious import CautiousState as CautiousState
+from ._cautious import cautious as cautious
+from ._cautious import cautious_adamw as cautious_adamw
+from ._cautious import cautious_lion as cautious_lion
 from ._chain import chain as chain
 from ._clipping import AddNoiseState as AddNoiseState
 from ._clipping import adaptive_grad_clip as adaptive_grad_clip
@@ -59,6 +83,15 @@ from ._hyperparams import get_state as get_state
 from ._hyperparams import inject_hyperparams as inject_hyperparams
 from ._hyperparams import map_state as map_state
 from ._hyperparams import set_hyperparam as set_hyperparam
+from ._laprop import DecayAfterUpdateState as DecayAfterUpdateState
+from ._laprop import WeightedEmaState as WeightedEmaState
+from ._laprop import decay_after_update as decay_after_update
+from ._laprop import laprop as laprop
+from ._laprop import scale_by_laprop as scale_by_laprop
+from ._laprop import weighted_ema as weighted_ema
+from ._lion import ScaleByLionState as ScaleByLionState
+from ._lion import lion as lion
+from ._lion import scale_by_lion as scale_by_lion
 from ._moments import AccumulateState as AccumulateState
 from ._moments import BiasCorrectionState as BiasCorrectionState
 from ._moments import DampedTraceState as DampedTraceState
@@ -76,6 +109,11 @@ from ._nadam import nadamw as nadamw
 from ._nadam import scale_by_nadam as scale_by_nadam
 from ._optax_compat import from_optax_state as from_optax_state
 from ._optax_compat import to_optax_state as to_optax_state
+from ._radam import RectificationState as RectificationState
+from ._radam import radam as radam
+from ._radam import rectification as rectification
+from ._radam import root_bias_correction as root_bias_correction
+from ._radam import scale_by_radam as scale_by_radam
 from ._rmsprop import StddevState as StddevState
 from ._rmsprop import rmsprop as rmsprop
 from ._rmsprop import scale_by_rms as scale_by_rms
@@ -99,13 +137,23 @@ from ._schedules import warmup_stable_decay_schedule as warmup_stable_decay_sche
 from ._second_moment import SecondMomentState as SecondMomentState
 from ._second_moment import scale_by_second_moment as scale_by_second_moment
 from ._sgd import sgd as sgd
+from ._stable_adamw import ClippedSecondMomentState as ClippedSecondMomentState
+from ._stable_adamw import scale_by_clipped_second_moment as scale_by_clipped_second_moment
+from ._stable_adamw import scale_by_stable_adamw as scale_by_stable_adamw
+from ._stable_adamw import stable_adamw as stable_adamw
 from ._storage import DtypeStorage as DtypeStorage
 from ._storage import FilledStorage as FilledStorage
 from ._storage import MomentStorage as MomentStorage
+from ._train import make_train_step as make_train_step
+from ._train import nnx_update as nnx_update
 from ._update import apply_updates as apply_updates
 from ._update import step as step
 from ._weight_decay import AddDecayedWeightsState as AddDecayedWeightsState
 from ._weight_decay import add_decayed_weights as add_decayed_weights
+from ._yogi import YogiMomentState as YogiMomentState
+from ._yogi import scale_by_yogi as scale_by_yogi
+from ._yogi import yogi as yogi
+from ._yogi import yogi_moment as yogi_moment
 
 try:
     __version__ = version("adamx")
@@ -116,15 +164,22 @@ __all__ = [
     "AccumulateState",
     "AddDecayedWeightsState",
     "AddNoiseState",
+    "AddSlowEmaState",
     "ApplyIfFiniteState",
+    "BeliefMomentState",
     "BiasCorrectionState",
+    "CautiousState",
+    "ClippedSecondMomentState",
     "DampedTraceState",
+    "DecayAfterUpdateState",
+    "DelayedSecondMomentState",
     "DozatMomentumState",
     "DtypeStorage",
     "EmaParamsState",
     "EmaState",
     "EmptyState",
     "FilledStorage",
+    "GradientDifferenceState",
     "GradientTransformation",
     "InfinityNormState",
     "InjectHyperparamsState",
@@ -137,22 +192,33 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "PartitionState",
+    "ProximalStepState",
+    "RectificationState",
     "RunningMaxState",
+    "ScaleByAdanState",
+    "ScaleByLionState",
     "ScaleByScheduleState",
     "SecondMomentState",
     "StddevState",
     "TraceState",
     "UpdateRmsState",
+    "WeightedEmaState",
+    "YogiMomentState",
     "accumulate",
+    "adabelief",
     "adadelta",
     "adagrad",
     "adam",
     "adamax",
     "adamaxw",
     "adamw",
+    "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
     "add_noise",
+    "add_slow_ema",
+    "ademamix",
+    "adopt",
     "algoperf_momentum",
     "amsgrad",
     "amsgrad_estimator",
@@ -160,6 +226,9 @@ __all__ = [
     "apply_updates",
     "averaged_params",
     "bias_correction",
+    "cautious",
+    "cautious_adamw",
+    "cautious_lion",
     "centralize",
     "chain",
     "clip",
@@ -168,6 +237,7 @@ __all__ = [
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
+    "decay_after_update",
     "dozat_momentum",
     "ema",
     "ema_params",
@@ -177,39 +247,62 @@ __all__ = [
     "get_hyperparam",
     "get_state",
     "global_norm",
+    "gradient_difference",
     "identity",
     "inject_hyperparams",
     "join_schedules",
+    "laprop",
     "linear_schedule",
+    "lion",
     "lookahead",
+    "make_train_step",
     "map_state",
     "masked",
     "multi_steps",
     "nadam",
     "nadamw",
+    "nnx_update",
     "partition",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "proximal_step",
+    "quarter_power",
+    "radam",
+    "rectification",
     "rmsprop",
+    "root_bias_correction",
     "running_max",
     "scale",
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_amsgrad",
+    "scale_by_belief",
+    "scale_by_belief_moment",
+    "scale_by_clipped_second_moment",
+    "scale_by_delayed_second_moment",
     "scale_by_infinity_norm",
+    "scale_by_laprop",
     "scale_by_learning_rate",
+    "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_second_moment",
+    "scale_by_stable_adamw",
     "scale_by_stddev",
     "scale_by_update_rms",
+    "scale_by_yogi",
     "set_hyperparam",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "stable_adamw",
     "step",
     "to_optax_state",
     "trace",
@@ -217,4 +310,7 @@ __all__ = [
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_stable_decay_schedule",
+    "weighted_ema",
+    "yogi",
+    "yogi_moment",
 ]

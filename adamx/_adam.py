@@ -6,6 +6,7 @@ from typing import Any
 
 from ._base import GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
+from ._fused import adam_rule, fusable
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
@@ -113,10 +114,15 @@ def adam(
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
       https://arxiv.org/abs/1412.6980
     """
-    return chain(
+    tx = chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
+        weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )  # fmt: skip
+    return fusable(tx, rule)
 
 
 def adamw(
@@ -171,8 +177,13 @@ def adamw(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
       https://arxiv.org/abs/1711.05101
     """
-    return chain(
+    tx = chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
+        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )  # fmt: skip
+    return fusable(tx, rule)

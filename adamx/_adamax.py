@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ._base import GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._fused import adam_rule, fusable
 from ._moments import _resolve_storage, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import _real_like
@@ -156,10 +157,15 @@ def adamax(
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, section 7.1,
       https://arxiv.org/abs/1412.6980
     """
-    return chain(
+    tx = chain(
         scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=0.0, nesterov=False, learning_rate=learning_rate,
+        weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype, algorithm="adamax",
+    )  # fmt: skip
+    return fusable(tx, rule)
 
 
 def adamaxw(
@@ -194,8 +200,14 @@ def adamaxw(
       ``chain(scale_by_adamax(...), add_decayed_weights(weight_decay, mask),
       scale_by_learning_rate(learning_rate))``.
     """
-    return chain(
+    tx = chain(
         scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=0.0, nesterov=False, learning_rate=learning_rate,
+        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        algorithm="adamax",
+    )  # fmt: skip
+    return fusable(tx, rule)

@@ -212,7 +212,9 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
         \bar m_t = \frac{\beta\, m_t}{1 - \beta^{t+1}} + \frac{(1 - \beta)\, g_t}{1 - \beta^t}.
 
     Correct each moment before combining them: Adam corrects :math:`m_t` here and :math:`v_t` inside
-    `scale_by_second_moment`, before the square root.
+    `scale_by_second_moment`, before the square root. The division is written as a multiplication
+    by :math:`1/(1 - \beta^t)`, which is what XLA compiles a division by a scalar into under
+    ``jit``: so eager, jitted and fused-kernel steps give the same bits.
 
     Args:
       decay: the :math:`\beta` of the average being corrected.
@@ -234,7 +236,7 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
 
             def one(m):
                 cdt = compute_dtype(m.dtype)
-                return (m.astype(cdt) / _correction(decay, count, cdt)).astype(m.dtype)
+                return (m.astype(cdt) * (1 / _correction(decay, count, cdt))).astype(m.dtype)
 
             return jax.tree.map(one, updates), BiasCorrectionState(count)
         gradient = require_gradient(gradient, updates, "bias_correction(nesterov=True)")
@@ -243,7 +245,7 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
         def lookahead(m, g):
             cdt = compute_dtype(m.dtype, g.dtype)
             b = as_hyperparameter(decay, cdt)
-            m_next = m.astype(cdt) / _correction(decay, next_count, cdt)
+            m_next = m.astype(cdt) * (1 / _correction(decay, next_count, cdt))
             # (1 - b) / (1 - b^t) first: g / (1 - b^t) alone overflows for |g| near the maximum.
             g_weight = as_hyperparameter(_complement(decay), cdt) / _correction(decay, count, cdt)
             return (b * m_next + g_weight * g.astype(cdt)).astype(m.dtype)

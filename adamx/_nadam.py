@@ -18,6 +18,7 @@ from ._base import (
 )
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._fused import adam_rule, fusable
 from ._moments import BiasCorrectionState, _complement, _correction, ema, require_gradient
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
@@ -234,12 +235,19 @@ def nadam(
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop,
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
-    return chain(
+    tx = chain(
         scale_by_nadam(
             b1, b2, eps, eps_root, mu_dtype, momentum_decay=momentum_decay, nu_dtype=nu_dtype
         ),
         scale_by_learning_rate(learning_rate),
     )
+    if momentum_decay is not None:  # torch's schedule: not in the kernel
+        return tx
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True, learning_rate=learning_rate,
+        weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )  # fmt: skip
+    return fusable(tx, rule)
 
 
 def nadamw(
@@ -296,7 +304,7 @@ def nadamw(
       Dahl et al., "Benchmarking Neural Network Training Algorithms", 2023,
       https://arxiv.org/abs/2306.07179
     """
-    return chain(
+    tx = chain(
         scale_by_nadam(
             b1,
             b2,
@@ -310,3 +318,10 @@ def nadamw(
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    if momentum_decay is not None or algoperf:  # torch's and AlgoPerf's: not in the kernel
+        return tx
+    rule = adam_rule(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True, learning_rate=learning_rate,
+        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    )  # fmt: skip
+    return fusable(tx, rule)

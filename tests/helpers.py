@@ -38,6 +38,11 @@ def _warmup(lr: float, steps: int = 10):
     return lambda count: lr * jnp.minimum(1.0, (count.astype(jnp.float32) + 1) / steps)
 
 
+def _halving(lr: float):
+    """``lr * 0.5^(count / 100)``, in the dtype of ``lr`` (a float64 lr under meta-gradients)."""
+    return lambda count: lr * 0.5 ** (count.astype(jnp.result_type(lr)) / 100)
+
+
 def _chained_adam(lr: float) -> adamx.GradientTransformation:
     """Adam assembled by hand from the blocks, as a user would (must equal `adamx.adam`)."""
     return adamx.chain(
@@ -83,6 +88,31 @@ OPTIMIZERS: tuple[Case, ...] = (
     Case("nadam_torch", lambda lr: adamx.nadam(lr, momentum_decay=4e-3)),
     Case("nadamw", lambda lr: adamx.nadamw(lr, weight_decay=1e-4)),
     Case("nadamw_algoperf", lambda lr: adamx.nadamw(lr, weight_decay=1e-4, algoperf=True)),
+    # Rectified methods take plain SGD steps while rho_t <= 5: the first Rosenbrock gradient (~215)
+    # needs a small rate; at 1e-1 RAdam's rectifier is still ~0.15 after 50 steps (interop test).
+    Case("radam", lambda lr: adamx.radam(lr), 3e-1, (5e-3, 10000)),
+    Case(
+        "radam_optax",
+        lambda lr: adamx.radam(lr, inclusive=True, eps_before_correction=False),
+        3e-1,
+        (5e-3, 10000),
+    ),
+    Case("adabelief", lambda lr: adamx.adabelief(lr), 1e-1, (5e-3, 10000)),
+    Case("adabelief_optax", lambda lr: adamx.adabelief(lr, rectify=False), 1e-1, (2e-2, 3000)),
+    Case("yogi", lambda lr: adamx.yogi(lr), 1e-1, (5e-2, 3000)),
+    Case("adan", lambda lr: adamx.adan(lr, weight_decay=1e-4), 1e-1, (2e-2, 3000)),
+    Case("adopt", lambda lr: adamx.adopt(lr), 1e-1, (1.0, 3000)),
+    # b3 = 0.9999 (the default) has a half-life of ~6930 steps: longer than the matrix's budgets.
+    Case(
+        "ademamix", lambda lr: adamx.ademamix(lr, b3=0.999, weight_decay=1e-4), 1e-1, (5e-2, 3000)
+    ),
+    Case("laprop", lambda lr: adamx.laprop(lr)),
+    Case("stable_adamw", lambda lr: adamx.stable_adamw(lr, weight_decay=1e-4), 1e-1, (1e-2, 3000)),
+    # A sign method moves by +-lr around the minimum: halve the rate every 100 steps to settle.
+    Case("lion", lambda lr: adamx.lion(_halving(lr)), 1e-1, (1e-1, 3000)),
+    Case("cautious_adamw", lambda lr: adamx.cautious_adamw(lr, weight_decay=1e-4)),
+    Case("cautious_lion", lambda lr: adamx.cautious_lion(_halving(lr)), 1e-1, (1e-1, 3000)),
+    Case("cautious_adam", lambda lr: adamx.cautious(adamx.adam(lr), descent=True)),
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]

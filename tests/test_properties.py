@@ -247,7 +247,8 @@ def adam_bound(t, b1, b2):
 def adamax_bound(t, b1, b2):
     """AdaMax, eps = 0 (algorithms.md 32.3): (1-b1)(1-(b1/b2)^t) / ((1-b1^t)(1-b1/b2))."""
     r = b1 / b2
-    return (1 - b1) * (1 - r**t) / ((1 - b1**t) * (1 - r))
+    geometric = t if r == 1 else (1 - r**t) / (1 - r)  # sum of r^k, k < t; t when b1 == b2
+    return (1 - b1) * geometric / (1 - b1**t)
 
 
 # name -> (make(lr, b1, b2), bound(t, b1, b2) / lr). AMSGrad divides by a running max that is at least

@@ -1,0 +1,239 @@
+"""ADOPT: normalise by the previous second moment, then take momentum (the official update)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._base import (
+    GradientTransformation,
+    MomentTransformation,
+    ScalarOrSchedule,
+    safe_increment,
+    zero_count,
+)
+from ._chain import chain
+from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._moments import _resolve_storage, ema
+from ._scale import _evaluate, scale_by_learning_rate
+from ._second_moment import _abs_squared, _real_like, _sqrt
+from ._storage import MomentStorage, init_buffers, stored_dtypes
+from ._trees import map_like
+from ._validate import check_decay, check_non_negative
+from ._weight_decay import add_decayed_weights
+
+
+def quarter_power(step: jax.Array) -> jax.Array:
+    r"""ADOPT's default clip value :math:`c_t = (t - 1)^{1/4}`, of the previous-step count."""
+    return step**0.25
+
+
+class DelayedSecondMomentState(NamedTuple):
+    """The state of `scale_by_delayed_second_moment`: the step count (``int32``) and :math:`v`."""
+
+    count: jax.Array  # type: ignore[assignment]  # optax's field name; shadows tuple.count
+    nu: Any
+
+
+def scale_by_delayed_second_moment(
+    decay: float = 0.9999,
+    *,
+    eps: float = 1e-6,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    nu_dtype: Any = None,
+    storage: MomentStorage | None = None,
+) -> MomentTransformation:
+    r"""Divide the updates by the root of the *previous* second moment, then clip: ADOPT's block.
+
+    .. math::
+        n_t = \operatorname{clip}\!\left(\frac{u_t}{\max(\sqrt{v_{t-1}}, \epsilon)},\ c_t\right),
+        \qquad v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, |g_t|^2,
+
+    for :math:`t \ge 2`. The first call only sets :math:`v_1 = |g_1|^2` and outputs zeros.
+    :math:`c_t` = ``clip_value_fn(t - 1)``, the count of previous calls as a float (ADOPT's
+    :math:`(t-1)^{1/4}` by default; ``None``: no clipping). :math:`\epsilon` is a floor on the
+    root, not an addend. :math:`g_t` is the gradient of this block's run in `adamx.chain` (used on
+    its own, its input). For complex gradients :math:`v` is real and the clip bounds
+    :math:`|n_t|`, keeping the phase. With ``eps = 0`` a zero root gives a zero output, not NaN.
+
+    Args:
+      decay: :math:`\beta_2`, in ``[0, 1)``.
+      eps: :math:`\epsilon >= 0`, the floor of :math:`\sqrt{v_{t-1}}`.
+      clip_value_fn: :math:`c` as a function of the previous-step count, or ``None``.
+      nu_dtype: dtype of the stored :math:`v`; ``None`` keeps the parameter's real dtype.
+      storage: a `MomentStorage` for :math:`v` (instead of ``nu_dtype``).
+
+    Returns:
+      A `MomentTransformation` with state `DelayedSecondMomentState`.
+    """
+    check_decay(decay, "decay")
+    check_non_negative(eps, "eps")
+    storage = _resolve_storage(storage, nu_dtype, "nu_dtype")
+    guard_zero = not (isinstance(eps, (int, float)) and eps > 0)
+
+    def init_fn(params):
+        nu = init_buffers(storage, jax.tree.map(_real_like, params))
+        return DelayedSecondMomentState(count=zero_count(), nu=nu)
+
+    def update_fn(updates, state, params=None, *, gradient=None, **extra_args):
+        del params, extra_args
+        gradient = updates if gradient is None else gradient
+        first = state.count == 0
+
+        def one(u, stored, g):
+            cdt = compute_dtype(u.dtype, g.dtype, *stored_dtypes(stored))
+            rdt = real_dtype(cdt)
+            v = storage.read(stored, rdt)
+            root = jnp.maximum(_sqrt(v), as_hyperparameter(eps, rdt))
+            x = u.astype(cdt)
+            if guard_zero:
+                positive = root != 0  # a NaN root propagates
+                n = jnp.where(positive, x / jnp.where(positive, root, 1).astype(cdt), 0)
+            else:
+                n = x / root.astype(cdt)
+            if clip_value_fn is not None:
+                c = jnp.asarray(clip_value_fn(state.count.astype(rdt))).astype(rdt)
+                if jnp.iscomplexobj(n):
+                    magnitude = jnp.abs(n)
+                    over = magnitude > c
+                    n = jnp.where(over, n * (c / jnp.where(over, magnitude, 1)).astype(cdt), n)
+                else:
+                    n = jnp.clip(n, -c, c)
+            n = jnp.where(first, jnp.zeros_like(n), n)  # the first call makes no step
+            b = as_hyperparameter(decay, rdt)
+            new_v = jnp.where(
+                first,
+                _abs_squared(g).astype(rdt),
+                b * v + as_hyperparameter(1 - decay, rdt) * _abs_squared(g).astype(rdt),
+            )
+            return n.astype(u.dtype), storage.write(new_v, stored)
+
+        pairs = map_like(one, updates, state.nu, "optimizer state", gradient)
+        scaled = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
+        nu = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
+        return scaled, DelayedSecondMomentState(safe_increment(state.count), nu)
+
+    return MomentTransformation(init_fn, update_fn)
+
+
+def scale_by_adopt(
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    *,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> MomentTransformation:
+    r"""ADOPT's direction :math:`m_t`: ``chain(scale_by_delayed_second_moment(b2), ema(b1))``.
+
+    The normalised gradient is zero on the first call, so :math:`m_1 = 0` and the first step is
+    zero. :math:`m` is not bias-corrected. See `adopt` for the update and arguments.
+
+    Returns:
+      A `MomentTransformation`; its state is ``(DelayedSecondMomentState(count, nu),
+      EmaState(mu))``.
+    """
+    check_decay(b1, "b1")
+    return chain(
+        scale_by_delayed_second_moment(b2, eps=eps, clip_value_fn=clip_value_fn, nu_dtype=nu_dtype),
+        ema(b1, dtype=mu_dtype),
+    )
+
+
+def _after_first_step(weight_decay: ScalarOrSchedule) -> Callable[[jax.Array], jax.Array]:
+    """``weight_decay`` as a schedule that is 0 on the first call (when ADOPT makes no step)."""
+
+    def schedule(count):
+        value = (
+            _evaluate(weight_decay, count, "weight-decay")
+            if callable(weight_decay)
+            else (weight_decay)
+        )
+        return jnp.where(count > 0, value, jnp.zeros_like(value))
+
+    return schedule
+
+
+def adopt(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: Any = None,
+    *,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> GradientTransformation:
+    r"""ADOPT (Taniguchi et al., 2024): Adam normalised by the previous :math:`v`, momentum after.
+
+    .. math::
+        v_1 &= |g_1|^2, \quad m_1 = 0, \quad \theta_1 = \theta_0 \quad \text{(the first call
+        makes no step)}, \\
+        n_t &= \operatorname{clip}\!\left(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)},\
+        (t-1)^{1/4}\right), \qquad
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1)\, n_t, \\
+        \theta_t &= \theta_{t-1} - \eta_t\, (m_t + \lambda\, \theta_{t-1}), \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, |g_t|^2 \qquad (t \ge 2).
+
+    :math:`\epsilon` is a floor on the root (a clamp, not an addend), :math:`m` is not
+    bias-corrected, and the clip value is taken of the previous-step count :math:`t - 1`
+    (``clip_value_fn``; ``None`` turns clipping off, the first arXiv version). The decoupled decay
+    is skipped on the first call, as in the official code.
+
+    Reference: matches a NumPy transcription of the official ``iShohei220/adopt`` update and
+    ``optax.contrib.adopt`` (0.2.8) step for step, with and without clipping
+    (``tests/test_variants_adan_adopt_ademamix.py``); the two references agree. The official
+    ``weight_decay`` with ``decouple=False`` (its default) is L2:
+    ``adamx.chain(adamx.add_decayed_weights(wd), adopt(lr))``; ``decouple=True`` is this
+    ``weight_decay``. optax's ``nesterov`` option is not provided. Defaults are the official ones.
+
+    Args:
+      learning_rate: :math:`\eta`, a number >= 0 or a schedule of the step count.
+      b1: :math:`\beta_1`, decay of the momentum, in ``[0, 1)``.
+      b2: :math:`\beta_2`, decay of the second moment, in ``[0, 1)``.
+      eps: :math:`\epsilon`, the floor of :math:`\sqrt{v}`.
+      weight_decay: :math:`\lambda >= 0` (decoupled), or a schedule.
+      mask: which leaves to decay: a pytree of booleans like the params, or a function of the
+        params returning one; ``None`` decays all.
+      clip_value_fn: the clip value as a function of the previous-step count, or ``None``.
+      mu_dtype: dtype of :math:`m` (default: the parameter's).
+      nu_dtype: dtype of :math:`v` (default: the parameter's real dtype).
+
+    Returns:
+      A `GradientTransformation`: ``chain(scale_by_adopt(...), add_decayed_weights(decay skipped
+      on the first call, mask), scale_by_learning_rate(lr))``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, adamx
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+      >>> opt = adamx.adopt(learning_rate=0.1)
+      >>> state = opt.init(params)
+      >>> for _ in range(3):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = opt.update(grads, state, params)
+      ...     params = adamx.apply_updates(params, updates)
+      ...     print(f"{loss(params):.4f}")
+      5.0000
+      4.9402
+      4.8281
+
+    References:
+      Taniguchi, Harada, Minegishi, Oshima, Jeong, Nagahara, Iiyama, Suzuki, Iwasawa & Matsuo,
+      "ADOPT: Modified Adam Can Converge with Any beta2 with the Optimal Rate", NeurIPS 2024,
+      https://arxiv.org/abs/2411.02853
+    """
+    check_non_negative(weight_decay, "weight_decay")
+    return chain(
+        scale_by_adopt(
+            b1, b2, eps, clip_value_fn=clip_value_fn, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        ),
+        add_decayed_weights(_after_first_step(weight_decay), mask),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,105 @@
+"""The optional compiled kernel: built from ``fused_step.cc`` on first use, cached, never required.
+
+adamx ships the C++ source, not a binary. The first fused step on a CPU compiles it with the
+machine's C++ compiler for that machine (``-march=native`` is safe: the binary never leaves the
+machine it was built on) into a cache folder, keyed by a hash of the source, the flags, the
+compiler and jaxlib, and registers it with XLA through ``jax.ffi``. Without a compiler, with an
+unsupported jaxlib, or with ``ADAMX_NATIVE=0`` in the environment, `status` says why and adamx
+uses the jnp path, which computes the same numbers (docs/design.md, section 8).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("fused_step.cc")
+TARGET = "adamx_fused_step"
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",  # sqrt vectorises only without errno
+    "-ffp-contract=off",  # no fused multiply-add: the jnp path's rounding, bit for bit
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-std=c++17",
+    "-w",
+)
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ADAMX_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    base = Path(root) if root else Path.home() / ".cache"
+    return (base if os.environ.get("ADAMX_CACHE_DIR") else base / "adamx") / "native"
+
+
+def _build(compiler: str, include: str) -> Path:
+    import jaxlib
+
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), *FLAGS, *version, jaxlib.__version__, sys.platform]).encode()
+    ).hexdigest()[:16]
+    folder = _cache_dir()
+    library = folder / f"fused_step-{key}.so"
+    if library.exists():
+        return library
+    folder.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes (pytest-xdist) never see half a file.
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        partial = Path(scratch) / library.name
+        result = subprocess.run(
+            [compiler, *FLAGS, "-I", include, str(SOURCE), "-o", str(partial)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"`{compiler}` failed:\n{result.stderr[-2000:]}")
+        os.replace(partial, library)
+    return library
+
+
+@functools.cache
+def _load() -> tuple[bool, str]:
+    if os.environ.get("ADAMX_NATIVE", "1") == "0":
+        return False, "disabled by ADAMX_NATIVE=0"
+    try:
+        import jax
+        import jax.ffi
+    except ImportError as error:  # pragma: no cover - jax < 0.4.31
+        return False, f"this jax has no `jax.ffi` ({error})"
+    compiler = _compiler()
+    if compiler is None:
+        return False, "no C++ compiler found (set CXX, or install g++ or clang++)"
+    try:
+        library = _build(compiler, jax.ffi.include_dir())
+        handle = ctypes.cdll.LoadLibrary(str(library))
+        jax.ffi.register_ffi_target(
+            TARGET, jax.ffi.pycapsule(handle.AdamxFusedStep), platform="cpu"
+        )
+    except Exception as error:  # a failed build must never break training: fall back
+        return False, f"the kernel could not be built or loaded: {error}"
+    return True, f"built with {compiler} into {library}"
+
+
+def status() -> tuple[bool, str]:
+    """``(available, explanation)`` for the native CPU kernel; builds it on the first call."""
+    return _load()

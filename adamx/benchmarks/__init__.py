@@ -1,0 +1,367 @@
+"""Step time of adamx against optax, torch and the memory-bandwidth limit, side by side in one process.
+
+Run ``python -m adamx.benchmarks`` (``--help`` for the options). For each configuration (a
+parameter count, a number of leaves, a parameter dtype) it builds one AdamW of each library on the
+same parameters and gradients, compiles the JAX steps ahead of time (reporting the compile time),
+warms each up, and then times them in interleaved rounds: in every round each implementation runs
+``--steps`` steps, in an order that rotates between rounds. It reports the median step time of
+each, as ratios to the limit and to the peers, the state bytes per parameter measured from the
+arrays, and the temporary bytes of the compiled adamx step (``memory_analysis()``).
+
+The limit is measured in the same run by a kernel of this repository: one in-place pass that reads
+p, g, m, v and writes p, m, v with the same dtypes as the AdamW state (28 bytes per float32
+parameter) and no arithmetic to speak of. A jitted triad ``p + a*g`` is reported beside it; it
+under-reports the bandwidth a one-pass kernel reaches on CPUs (performance.md).
+
+Times depend on the machine and the moment: quote ratios measured in one run, not milliseconds
+from different runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adamx
+from adamx import _fused, _native
+
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One benchmark configuration: ``params`` parameters in ``leaves`` leaves of ``dtype``."""
+
+    params: int
+    leaves: int
+    dtype: str = "float32"
+
+    @property
+    def name(self) -> str:
+        size = f"{self.params / 1e6:g}M"
+        return f"{size} {self.dtype}, {self.leaves} " + ("leaf" if self.leaves == 1 else "leaves")
+
+
+DEFAULT_CONFIGS = (
+    Config(50_000_000, 1),
+    Config(50_000_000, 500),
+    Config(5_000_000, 1),
+    Config(5_000_000, 2000),
+    Config(50_000_000, 1, "bfloat16"),
+    Config(50_000_000, 500, "bfloat16"),
+    Config(100_000_000, 1),
+)
+QUICK_CONFIGS = (Config(200_000, 1), Config(200_000, 50), Config(200_000, 50, "bfloat16"))
+
+
+def leaf_sizes(total: int, leaves: int, seed: int = 0) -> list[int]:
+    """``leaves`` sizes summing to ``total``: log-uniform mixed sizes (matrices and small vectors)."""
+    if leaves == 1:
+        return [total]
+    rng = np.random.default_rng(seed)
+    weights = np.exp(rng.uniform(0, np.log(4096), leaves))
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
+    sizes[np.argmax(sizes)] += total - int(sizes.sum())
+    return [int(s) for s in sizes]
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(
+        int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+    )
+
+
+@dataclasses.dataclass
+class Implementation:
+    """A step to time: ``run(steps)`` runs ``steps`` steps and blocks until they are done."""
+
+    name: str
+    run: Callable[[int], None]
+    compile_s: float | None = None
+    state_bytes: int | None = None
+    temp_bytes: int | None = None
+    bytes_per_param: float | None = None  # what the limit kernel moves, for the limit itself
+
+
+def _jax_step(step, params, state, grads) -> tuple[Callable[[int], None], float, int]:
+    """Compile ``step(params, state, grads) -> (params, state)`` with params and state donated."""
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    compiled = jitted.lower(params, state, grads).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    temp = int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0
+    box = [params, state]
+
+    def run(steps: int) -> None:
+        p, s = box
+        for _ in range(steps):
+            p, s = compiled(p, s, grads)
+        jax.block_until_ready((p, s))
+        box[:] = [p, s]
+
+    return run, compile_s, temp
+
+
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def build(config: Config, seed: int = 0) -> tuple[list[Implementation], dict[str, Any]]:
+    """Every implementation available here, on the same parameters and gradients."""
+    dtype = jnp.dtype(config.dtype)
+    rng = np.random.default_rng(seed)
+    sizes = leaf_sizes(config.params, config.leaves, seed)
+    host = [rng.standard_normal(s, dtype=np.float32) for s in sizes]
+    params = {f"leaf{i:05d}": jnp.asarray(x, dtype) for i, x in enumerate(host)}
+    grads = {
+        k: jnp.asarray(1e-2 * rng.standard_normal(v.shape, dtype=np.float32), dtype)
+        for k, v in params.items()
+    }
+    notes: dict[str, Any] = {}
+    impls: list[Implementation] = []
+
+    # The limit: one in-place pass over p, g, m, v with the AdamW state's dtypes.
+    available, why = _native.status()
+    notes["native_kernel"] = why
+    tx = adamx.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    state_dtypes = [x.dtype for x in jax.tree.leaves(tx.init(params)) if np.ndim(x) > 0]
+    moment_dtype = state_dtypes[0] if state_dtypes else dtype
+    if available and jax.default_backend() == "cpu":
+        moments = tuple(
+            [jnp.zeros(x.shape, moment_dtype) for x in params.values()] for _ in range(2)
+        )
+        hyper = jnp.full((_fused._HYPER,), 1e-3, jnp.float32)
+
+        def stream(p, s, g):
+            leaves = list(p.values())
+            new_p, m, v = _fused.kernel_call(
+                "stream", hyper, leaves, list(g.values()), s[0], s[1], [0] * len(leaves)
+            )
+            return dict(zip(p, new_p, strict=True)), (m, v)
+
+        run, compile_s, temp = _jax_step(stream, _copy(params), moments, grads)
+        moved = 3 * dtype.itemsize + 4 * np.dtype(moment_dtype).itemsize  # p r/w, g r; m, v r/w
+        impls.append(Implementation("limit (1-pass kernel)", run, compile_s, None, temp, moved))
+
+    # A jitted triad on the same number of elements (reported beside the limit).
+    def triad(p, s, g):
+        return jax.tree.map(lambda a, b: a + jnp.asarray(0.5, a.dtype) * b, p, g), s
+
+    run, compile_s, _ = _jax_step(triad, _copy(params), (), grads)
+    impls.append(Implementation("triad p+a*g", run, compile_s, None, None, 3 * dtype.itemsize))
+
+    # adamx: the fused kernel, and the jnp path.
+    for label, fused in (("adamx fused", True), ("adamx jnp", False)):
+        if fused and not available:
+            notes["adamx fused"] = why
+            continue
+        state = tx.init(params)
+
+        def adamx_step(p, s, g, fused=fused):
+            return adamx.step(tx, g, s, p, fused=fused)
+
+        run, compile_s, temp = _jax_step(adamx_step, _copy(params), state, grads)
+        impls.append(Implementation(label, run, compile_s, _tree_bytes(state), temp))
+
+    # optax.
+    try:
+        import optax
+
+        otx = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        ostate = otx.init(params)
+
+        def optax_step(p, s, g):
+            updates, s = otx.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        run, compile_s, temp = _jax_step(optax_step, _copy(params), ostate, grads)
+        impls.append(Implementation("optax", run, compile_s, _tree_bytes(ostate), temp))
+    except ImportError:
+        notes["optax"] = "not installed"
+
+    # torch, fused and foreach.
+    try:
+        import torch
+
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+        for label, option in (("torch fused", "fused"), ("torch foreach", "foreach")):
+            tensors = [torch.tensor(x).to(torch_dtype).requires_grad_() for x in host]
+            for t, g in zip(tensors, grads.values(), strict=True):
+                t.grad = torch.tensor(np.asarray(g, np.float32)).to(torch_dtype)
+            try:
+                opt = torch.optim.AdamW(
+                    tensors,
+                    lr=LEARNING_RATE,
+                    weight_decay=WEIGHT_DECAY,
+                    fused=option == "fused" or None,
+                    foreach=option == "foreach" or None,
+                )
+                opt.step()
+            except Exception as error:  # e.g. fused=True unsupported for a dtype on this build
+                notes[label] = f"unavailable: {error}"
+                continue
+
+            def torch_run(steps: int, opt=opt) -> None:
+                for _ in range(steps):
+                    opt.step()
+
+            state_bytes = sum(
+                v.numel() * v.element_size()
+                for s in opt.state.values()
+                for v in s.values()
+                if torch.is_tensor(v) and v.dim() > 0
+            )
+            impls.append(Implementation(label, torch_run, None, state_bytes, None))
+    except ImportError:
+        notes["torch"] = "not installed"
+    return impls, notes
+
+
+def measure(impls: list[Implementation], rounds: int, steps: int) -> dict[str, list[float]]:
+    """Per-step seconds of each implementation, one entry per round, in interleaved rounds."""
+    for impl in impls:
+        impl.run(2)  # warm up: page in buffers, first-call costs
+    times: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for r in range(rounds):
+        order = impls[r % len(impls) :] + impls[: r % len(impls)]
+        for impl in order:
+            start = time.perf_counter()
+            impl.run(steps)
+            times[impl.name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def run_config(config: Config, rounds: int, steps: int, seed: int = 0) -> dict[str, Any]:
+    """Build, time and summarise one configuration; returns a JSON-ready record."""
+    impls, notes = build(config, seed)
+    times = measure(impls, rounds, steps)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    limit = next((i for i in impls if i.name.startswith("limit")), None)
+    results = []
+    for impl in impls:
+        t = median[impl.name]
+        row: dict[str, Any] = {
+            "name": impl.name,
+            "median_ms": 1e3 * t,
+            "per_round_ms": [1e3 * x for x in times[impl.name]],
+            "compile_s": impl.compile_s,
+            "state_bytes_per_param": None
+            if impl.state_bytes is None
+            else impl.state_bytes / config.params,
+            "temp_bytes": impl.temp_bytes,
+        }
+        for peer in ("limit (1-pass kernel)", "optax", "torch fused"):
+            if peer in median and peer != impl.name:
+                row[f"ratio_to_{peer.split()[0]}"] = t / median[peer]
+        if impl.bytes_per_param is not None:
+            row["bandwidth_GBps"] = impl.bytes_per_param * config.params / t / 1e9
+        results.append(row)
+    return {
+        "config": dataclasses.asdict(config) | {"name": config.name},
+        "limit_bytes_per_param": None if limit is None else limit.bytes_per_param,
+        "results": results,
+        "notes": notes,
+    }
+
+
+def _format(record: dict[str, Any]) -> str:
+    lines = [f"\n## {record['config']['name']}"]
+    if record["limit_bytes_per_param"]:
+        lines[0] += f"  (limit moves {record['limit_bytes_per_param']:g} B/param)"
+    header = f"{'implementation':<24}{'ms':>9}{'x limit':>9}{'x optax':>9}{'x torch':>9}"
+    header += f"{'compile s':>11}{'state B/p':>11}{'GB/s':>8}"
+    lines += [header, "-" * len(header)]
+
+    def cell(value, fmt, width):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
+    for row in record["results"]:
+        lines.append(
+            f"{row['name']:<24}{row['median_ms']:>9.2f}"
+            + cell(row.get("ratio_to_limit"), ".2f", 9)
+            + cell(row.get("ratio_to_optax"), ".2f", 9)
+            + cell(row.get("ratio_to_torch"), ".2f", 9)
+            + cell(row["compile_s"], ".2f", 11)
+            + cell(row["state_bytes_per_param"], ".2f", 11)
+            + cell(row.get("bandwidth_GBps"), ".1f", 8)
+        )
+    for key, note in record["notes"].items():
+        lines.append(f"  {key}: {note}")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
+    for name in ("optax", "torch"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def parse_configs(text: str) -> list[Config]:
+    """``"50e6x1,50e6x500:bfloat16"`` -> configurations (params x leaves [: dtype])."""
+    configs = []
+    for item in text.split(","):
+        spec, _, dtype = item.partition(":")
+        params, _, leaves = spec.partition("x")
+        configs.append(Config(int(float(params)), int(leaves or 1), dtype or "float32"))
+    return configs
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m adamx.benchmarks",
+        description="AdamW step time: adamx (fused kernel and jnp path), optax, torch fused and "
+        "foreach, and the memory-bandwidth limit, measured side by side in one process.",
+    )
+    parser.add_argument(
+        "--configs",
+        type=parse_configs,
+        default=None,
+        help="comma-separated PARAMSxLEAVES[:DTYPE], e.g. 50e6x1,50e6x500,5e6x2000:bfloat16 "
+        "(default: the standard set; see --quick)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small configurations (seconds)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--steps", type=int, default=5, help="steps per round (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="adamx-benchmark.json", help="where to write results")
+    args = parser.parse_args(argv)
+    configs = args.configs or list(QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
+    env = environment()
+    print(f"adamx benchmark: jax {env['jax']} on {env['backend']}, {env['cpus']} CPUs; "
+          f"optax {env['optax']}, torch {env['torch']}; median of {args.rounds} rounds x "
+          f"{args.steps} steps")  # fmt: skip
+    records = []
+    for config in configs:
+        record = run_config(config, args.rounds, args.steps, args.seed)
+        print(_format(record), flush=True)
+        records.append(record)
+    with open(args.json, "w") as f:
+        json.dump({"environment": env, "configs": records}, f, indent=1)
+    print(f"\nwrote {args.json}")
+    return records

@@ -1,0 +1,6 @@
+"""``python -m adamx.benchmarks``: see `adamx.benchmarks`."""
+
+from adamx.benchmarks import main
+
+if __name__ == "__main__":
+    main()
