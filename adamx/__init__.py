@@ -17,6 +17,10 @@ from ._adabelief import BeliefMomentState as BeliefMomentState
 from ._adabelief import adabelief as adabelief
 from ._adabelief import scale_by_belief as scale_by_belief
 from ._adabelief import scale_by_belief_moment as scale_by_belief_moment
+from ._adafactor import FactoredRmsState as FactoredRmsState
+from ._adafactor import adafactor as adafactor
+from ._adafactor import scale_by_adafactor as scale_by_adafactor
+from ._adafactor import scale_by_factored_rms as scale_by_factored_rms
 from ._adagrad import UpdateRmsState as UpdateRmsState
 from ._adagrad import adadelta as adadelta
 from ._adagrad import adagrad as adagrad
@@ -83,6 +87,9 @@ from ._hyperparams import get_state as get_state
 from ._hyperparams import inject_hyperparams as inject_hyperparams
 from ._hyperparams import map_state as map_state
 from ._hyperparams import set_hyperparam as set_hyperparam
+from ._lamb import lamb as lamb
+from ._lamb import lars as lars
+from ._lamb import scale_by_trust_ratio as scale_by_trust_ratio
 from ._laprop import DecayAfterUpdateState as DecayAfterUpdateState
 from ._laprop import WeightedEmaState as WeightedEmaState
 from ._laprop import decay_after_update as decay_after_update
@@ -109,6 +116,8 @@ from ._nadam import nadamw as nadamw
 from ._nadam import scale_by_nadam as scale_by_nadam
 from ._optax_compat import from_optax_state as from_optax_state
 from ._optax_compat import to_optax_state as to_optax_state
+from ._prodigy import ProdigyState as ProdigyState
+from ._prodigy import prodigy as prodigy
 from ._radam import RectificationState as RectificationState
 from ._radam import radam as radam
 from ._radam import rectification as rectification
@@ -122,6 +131,10 @@ from ._scale import ScaleByScheduleState as ScaleByScheduleState
 from ._scale import scale as scale
 from ._scale import scale_by_learning_rate as scale_by_learning_rate
 from ._scale import scale_by_schedule as scale_by_schedule
+from ._schedule_free import ScheduleFreeState as ScheduleFreeState
+from ._schedule_free import schedule_free as schedule_free
+from ._schedule_free import schedule_free_adamw as schedule_free_adamw
+from ._schedule_free import schedule_free_eval_params as schedule_free_eval_params
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import cosine_decay_schedule as cosine_decay_schedule
 from ._schedules import cosine_onecycle_schedule as cosine_onecycle_schedule
@@ -178,6 +191,7 @@ __all__ = [
     "EmaParamsState",
     "EmaState",
     "EmptyState",
+    "FactoredRmsState",
     "FilledStorage",
     "GradientDifferenceState",
     "GradientTransformation",
@@ -192,12 +206,14 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "PartitionState",
+    "ProdigyState",
     "ProximalStepState",
     "RectificationState",
     "RunningMaxState",
     "ScaleByAdanState",
     "ScaleByLionState",
     "ScaleByScheduleState",
+    "ScheduleFreeState",
     "SecondMomentState",
     "StddevState",
     "TraceState",
@@ -207,6 +223,7 @@ __all__ = [
     "accumulate",
     "adabelief",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -251,7 +268,9 @@ __all__ = [
     "identity",
     "inject_hyperparams",
     "join_schedules",
+    "lamb",
     "laprop",
+    "lars",
     "linear_schedule",
     "lion",
     "lookahead",
@@ -265,6 +284,7 @@ __all__ = [
     "partition",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "prodigy",
     "proximal_step",
     "quarter_power",
     "radam",
@@ -274,6 +294,7 @@ __all__ = [
     "running_max",
     "scale",
     "scale_by_adadelta",
+    "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
@@ -284,6 +305,7 @@ __all__ = [
     "scale_by_belief_moment",
     "scale_by_clipped_second_moment",
     "scale_by_delayed_second_moment",
+    "scale_by_factored_rms",
     "scale_by_infinity_norm",
     "scale_by_laprop",
     "scale_by_learning_rate",
@@ -296,8 +318,12 @@ __all__ = [
     "scale_by_second_moment",
     "scale_by_stable_adamw",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
     "scale_by_update_rms",
     "scale_by_yogi",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
     "set_hyperparam",
     "set_to_zero",
     "sgd",

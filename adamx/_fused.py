@@ -255,6 +255,7 @@ def kernel_call(algorithm: str, hyper, p, g, m, v, decayed: list[int]):
             _native.TARGET,
             [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs],
             input_output_aliases=aliases,
+            vmap_method="sequential",  # under vmap (e.g. over learning rates): one call per member
         )
         results = call(
             hyper,

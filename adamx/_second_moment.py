@@ -44,6 +44,21 @@ def _real_like(param: jax.Array) -> jax.Array:
     return jnp.real(param) if jnp.iscomplexobj(param) else param
 
 
+def divide_by_root(u: jax.Array, v: jax.Array, eps: Any, eps_root: Any, guard_zero: bool):
+    """``u / (sqrt(v + eps_root) + eps)`` in the compute dtype, returned in ``u``'s dtype; with
+    ``guard_zero``, a zero denominator gives 0 instead of NaN (a NaN denominator propagates)."""
+    cdt = compute_dtype(u.dtype, v.dtype)
+    root = _sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
+    denominator = root + as_hyperparameter(eps, cdt)
+    x = u.astype(cdt)
+    if guard_zero:
+        positive = denominator != 0
+        x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
+    else:
+        x = x / denominator
+    return x.astype(u.dtype)
+
+
 def scale_by_second_moment(
     decay: float = 0.999,
     *,
@@ -103,19 +118,9 @@ def scale_by_second_moment(
             jax.tree.map(_abs_squared, gradient), state.estimator, params
         )
 
-        def scale(u, v):
-            cdt = compute_dtype(u.dtype, v.dtype)
-            root = _sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
-            denominator = root + as_hyperparameter(eps, cdt)
-            x = u.astype(cdt)
-            if guard_zero:
-                positive = denominator != 0  # a NaN denominator propagates, as without the guard
-                x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
-            else:
-                x = x / denominator
-            return x.astype(u.dtype)
-
-        scaled = jax.tree.map(scale, updates, v_hat)
+        scaled = jax.tree.map(
+            lambda u, v: divide_by_root(u, v, eps, eps_root, guard_zero), updates, v_hat
+        )
         return scaled, SecondMomentState(estimator=estimator_state)
 
     return MomentTransformation(init_fn, update_fn)

@@ -113,6 +113,44 @@ OPTIMIZERS: tuple[Case, ...] = (
     Case("cautious_adamw", lambda lr: adamx.cautious_adamw(lr, weight_decay=1e-4)),
     Case("cautious_lion", lambda lr: adamx.cautious_lion(_halving(lr)), 1e-1, (1e-1, 3000)),
     Case("cautious_adam", lambda lr: adamx.cautious(adamx.adam(lr), descent=True)),
+    # Erratic on Rosenbrock before ~6000 steps; (2e-2, 8000) and (1e-2, 8000) do not get there.
+    Case("schedule_free_adamw", lambda lr: adamx.schedule_free_adamw(lr), 1e-1, (3e-2, 10000)),
+    # d0 = 1e-5: from the default 1e-6 the first steps barely move (interop's clipping check
+    # would compare two runs that did nothing).
+    Case("prodigy", lambda lr: adamx.prodigy(lr, d0=1e-5), 1.0, (1.0, 3000)),
+    Case(
+        "adafactor",
+        lambda lr: adamx.adafactor(lr, min_dim_size_to_factor=1, momentum=0.9),
+        1e-1,
+        (1e-1, 3000),
+    ),
+    Case(
+        "adafactor_torch",
+        lambda lr: adamx.adafactor(
+            lr, eps=None, eps_placement="clamp", factored_dims="last", min_dim_size_to_factor=1
+        ),
+        1e-1,
+        None,
+        "the relative step min(lr, 1/sqrt(t)) shrinks to 0.01 by step 1e4: from (-1.2, 1) it is at "
+        "(0.982, 0.978) after 10000 steps for lr 0.1 and 1.0; with momentum=0.9 it converges "
+        "(case 'adafactor')",
+    ),
+    # The trust ratio moves a leaf by lr * |theta|: a scalar leaf starting near 0 would stay there,
+    # so LAMB adapts only non-scalar leaves here (the usual choice: not biases and scales).
+    Case(
+        "lamb",
+        lambda lr: adamx.lamb(
+            _halving(lr), trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p)
+        ),
+        2e-1,
+        (3e-1, 3000),
+    ),
+    Case(
+        "lars",
+        lambda lr: adamx.lars(_halving(lr), weight_decay=1e-3, trust_coefficient=1.0),
+        1e-1,
+        (2e-2, 3000),
+    ),
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]
