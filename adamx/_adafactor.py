@@ -194,13 +194,16 @@ def scale_by_factored_rms(
             axes = axes_of(param)
             # The unused buffers are 1-element placeholders, as in optax: each of v_row, v_col and
             # v is then a tree laid out like the params (None where they have None).
-            placeholder = storage.init(jax.ShapeDtypeStruct((1,), real.dtype))
+            # Each placeholder is its own buffer: a state holding one buffer twice cannot be donated.
+            def placeholder():
+                return storage.init(jax.ShapeDtypeStruct((1,), real.dtype))
+
             if axes is None:
-                return placeholder, placeholder, storage.init(real)
+                return placeholder(), placeholder(), storage.init(real)
             over_cols, over_rows = axes
             v_row = jax.eval_shape(lambda x: jnp.mean(x, axis=over_cols), real)
             v_col = jax.eval_shape(lambda x: jnp.mean(x, axis=over_rows), real)
-            return storage.init(v_row), storage.init(v_col), placeholder
+            return storage.init(v_row), storage.init(v_col), placeholder()
 
         triples = jax.tree_util.tree_map_with_path(one, params)
         outer = jax.tree.structure(params)

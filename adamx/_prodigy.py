@@ -182,7 +182,8 @@ def prodigy(
             mu=first.init(params),
             nu=second.init(params),
             s=weighted_sum.init(params),
-            x0=jax.tree.map(lambda p, s: origin.write(jnp.asarray(p), s), params, zeros),
+            # a copy: a state sharing the params' buffers could not be donated with them
+            x0=jax.tree.map(lambda p, s: origin.write(jnp.array(p, copy=True), s), params, zeros),
             decay=decay.init(params),
         )
 

@@ -100,7 +100,8 @@ def _schedule_free(
     def init_fn(params):
         dtype = _scalar_dtype(params)
         zeros = init_buffers(storage, params)
-        z = jax.tree.map(lambda p, s: storage.write(jnp.asarray(p), s), params, zeros)
+        # A copy: a state sharing the params' buffers could not be donated with them.
+        z = jax.tree.map(lambda p, s: storage.write(jnp.array(p, copy=True), s), params, zeros)
         return ScheduleFreeState(
             count=zero_count(),
             b1=as_hyperparameter(b1, dtype),

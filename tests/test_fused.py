@@ -341,3 +341,18 @@ def test_benchmark_module_writes_ratios(tmp_path):
     )
     bf16 = data["configs"][1]
     assert bf16["limit_bytes_per_param"] == 14  # bfloat16 p, g, m, v
+
+
+def test_benchmark_compares_optimizers_against_adamw(tmp_path):
+    """``--compare``: each optimizer's step time relative to AdamW on a tree of matrices, and its
+    state bytes per parameter (Adafactor's factored state is far below AdamW's 8)."""
+    out = tmp_path / "compare.json"
+    benchmark_main(["--quick", "--compare", "lion,adafactor", "--rounds", "1", "--steps", "1",
+                    "--json", str(out)])  # fmt: skip
+    rows = {row["name"]: row for row in json.loads(out.read_text())["optimizers"]["results"]}
+    assert rows["adamw"]["ratio_to_adamw"] == 1.0
+    assert rows["adamw"]["state_bytes_per_param"] == pytest.approx(8.0, rel=1e-2)
+    assert rows["lion"]["state_bytes_per_param"] == pytest.approx(4.0, rel=1e-2)
+    assert rows["adafactor"]["state_bytes_per_param"] < 1.0
+    with pytest.raises(ValueError, match="adamx does not have"):
+        benchmark_main(["--quick", "--compare", "nosuch", "--json", str(out)])

@@ -138,3 +138,18 @@ def test_updates_come_back_in_the_gradient_dtype(case):
 def test_transformation_holds_no_arrays(case):
     opt = case.make(case.learning_rate)
     assert not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(opt))
+
+
+@matrix
+def test_params_and_state_can_be_donated_together(case):
+    """A jitted training step donates params and state (`make_train_step`): the state must share
+    no buffer with the params nor hold one buffer twice, or XLA refuses to donate it."""
+    params = jax.tree.map(jnp.asarray, random_tree(0))
+    opt = case.make(case.learning_rate)
+    state = opt.init(params)
+    step = adamx.make_train_step(parabola, opt)
+    start = float(parabola(params))
+    new_params, new_state, loss = step(params, state)  # the params `init` saw, as users write it
+    assert float(loss) == start
+    new_params, _, _ = step(new_params, new_state)  # the returned ones donate too
+    assert float(parabola(new_params)) < float(loss)

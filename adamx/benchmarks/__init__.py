@@ -322,6 +322,93 @@ def environment() -> dict[str, Any]:
     return info
 
 
+# ---- other optimizers against AdamW on one tree -------------------------------------------------
+
+# name -> builder(learning_rate): the optimizers `--compare` can time (``adamx.<name>`` by default).
+BUILDERS: dict[str, Callable[[float], Any]] = {
+    "adamw": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY),
+    "adam": lambda lr: adamx.adam(lr),
+    "lion": lambda lr: adamx.lion(lr),
+    "adafactor": lambda lr: adamx.adafactor(lr),
+    "lamb": lambda lr: adamx.lamb(lr),
+    "adan": lambda lr: adamx.adan(lr),
+    "ademamix": lambda lr: adamx.ademamix(lr),
+    "schedule_free_adamw": lambda lr: adamx.schedule_free_adamw(lr),
+    "prodigy": lambda lr: adamx.prodigy(lr),
+}
+
+
+def matrix_tree(seed: int = 0, size: int = 1024, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """A transformer-like tree: four ``size x size`` matrices, a stacked ``(4, size/4, size)`` leaf
+    and vectors (biases, a norm scale)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[-1]), dtype)
+
+    return {
+        "attention": {"q": normal(size, size), "k": normal(size, size), "v": normal(size, size)},
+        "mlp": {"w": normal(size, size), "b": normal(size)},
+        "stacked": normal(4, size // 4, size),
+        "norm": {"scale": jnp.ones((size,), dtype)},
+    }
+
+
+def compare_optimizers(
+    names: list[str], rounds: int = 7, steps: int = 5, seed: int = 0, size: int = 1024
+) -> dict[str, Any]:
+    """Step time of each optimizer relative to AdamW on `matrix_tree`, and its state bytes/param."""
+    params = matrix_tree(seed, size)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    rng = np.random.default_rng(seed + 1)
+    grads = jax.tree.map(
+        lambda x: jnp.asarray(1e-2 * rng.standard_normal(x.shape, dtype=np.float32), x.dtype),
+        params,
+    )
+    impls = []
+    for name in ["adamw", *[n for n in names if n != "adamw"]]:
+        if name in BUILDERS:
+            tx = BUILDERS[name](LEARNING_RATE)
+        elif callable(getattr(adamx, name, None)):
+            tx = getattr(adamx, name)(LEARNING_RATE)
+        else:
+            raise ValueError(
+                f"`--compare` takes adamx optimizer names; got {name!r}, which adamx does not have."
+            )
+        state = tx.init(params)
+
+        def opt_step(p, s, g, tx=tx):
+            return adamx.step(tx, g, s, p)
+
+        run, compile_s, temp = _jax_step(opt_step, _copy(params), state, grads)
+        impls.append(Implementation(name, run, compile_s, _tree_bytes(state), temp))
+    times = measure(impls, rounds, steps)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    rows = [
+        {
+            "name": impl.name,
+            "median_ms": 1e3 * median[impl.name],
+            "ratio_to_adamw": median[impl.name] / median["adamw"],
+            "compile_s": impl.compile_s,
+            "state_bytes_per_param": (impl.state_bytes or 0) / n_params,
+        }
+        for impl in impls
+    ]
+    return {"tree": f"matrix_tree(size={size})", "params": n_params, "results": rows}
+
+
+def _format_comparison(record: dict[str, Any]) -> str:
+    lines = [f"\n## optimizers on {record['tree']} ({record['params'] / 1e6:.2f}M params)"]
+    header = f"{'optimizer':<24}{'ms':>9}{'x adamw':>9}{'compile s':>11}{'state B/p':>11}"
+    lines += [header, "-" * len(header)]
+    for row in record["results"]:
+        lines.append(
+            f"{row['name']:<24}{row['median_ms']:>9.2f}{row['ratio_to_adamw']:>9.2f}"
+            f"{row['compile_s']:>11.2f}{row['state_bytes_per_param']:>11.2f}"
+        )
+    return "\n".join(lines)
+
+
 def parse_configs(text: str) -> list[Config]:
     """``"50e6x1,50e6x500:bfloat16"`` -> configurations (params x leaves [: dtype])."""
     configs = []
@@ -350,8 +437,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=5, help="steps per round (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="adamx-benchmark.json", help="where to write results")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="comma-separated adamx optimizers to time against AdamW on a transformer-like tree "
+        "of matrices (e.g. lion,adafactor,muon); skips the AdamW configurations unless "
+        "--configs is also given",
+    )
     args = parser.parse_args(argv)
-    configs = args.configs or list(QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
+    if args.compare and not args.configs:
+        configs: list[Config] = []
+    else:
+        configs = args.configs or list(QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
     env = environment()
     print(f"adamx benchmark: jax {env['jax']} on {env['backend']}, {env['cpus']} CPUs; "
           f"optax {env['optax']}, torch {env['torch']}; median of {args.rounds} rounds x "
@@ -361,7 +458,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         record = run_config(config, args.rounds, args.steps, args.seed)
         print(_format(record), flush=True)
         records.append(record)
+    output: dict[str, Any] = {"environment": env, "configs": records}
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        size = 256 if args.quick else 1024
+        comparison = compare_optimizers(names, args.rounds, args.steps, args.seed, size)
+        print(_format_comparison(comparison), flush=True)
+        output["optimizers"] = comparison
     with open(args.json, "w") as f:
-        json.dump({"environment": env, "configs": records}, f, indent=1)
+        json.dump(output, f, indent=1)
     print(f"\nwrote {args.json}")
     return records
