@@ -30,6 +30,15 @@ from ._adagrad import scale_by_update_rms as scale_by_update_rms
 from ._adam import adam as adam
 from ._adam import adamw as adamw
 from ._adam import scale_by_adam as scale_by_adam
+from ._adam_mini import BlockMeanState as BlockMeanState
+from ._adam_mini import Blocks as Blocks
+from ._adam_mini import adam_mini as adam_mini
+from ._adam_mini import adam_mini_blocks as adam_mini_blocks
+from ._adam_mini import adam_mini_decay_mask as adam_mini_decay_mask
+from ._adam_mini import adam_mini_partition as adam_mini_partition
+from ._adam_mini import block_mean as block_mean
+from ._adam_mini import path_name as path_name
+from ._adam_mini import scale_by_adam_mini as scale_by_adam_mini
 from ._adamax import InfinityNormState as InfinityNormState
 from ._adamax import adamax as adamax
 from ._adamax import adamaxw as adamaxw
@@ -99,6 +108,12 @@ from ._laprop import weighted_ema as weighted_ema
 from ._lion import ScaleByLionState as ScaleByLionState
 from ._lion import lion as lion
 from ._lion import scale_by_lion as scale_by_lion
+from ._mars import MarsCorrectionState as MarsCorrectionState
+from ._mars import clip_by_block_norm as clip_by_block_norm
+from ._mars import mars as mars
+from ._mars import mars_correction as mars_correction
+from ._mars import mars_labels as mars_labels
+from ._mars import scale_by_mars as scale_by_mars
 from ._moments import AccumulateState as AccumulateState
 from ._moments import BiasCorrectionState as BiasCorrectionState
 from ._moments import DampedTraceState as DampedTraceState
@@ -108,6 +123,14 @@ from ._moments import accumulate as accumulate
 from ._moments import bias_correction as bias_correction
 from ._moments import ema as ema
 from ._moments import trace as trace
+from ._muon import is_embedding_or_head as is_embedding_or_head
+from ._muon import muon as muon
+from ._muon import muon_labels as muon_labels
+from ._muon import nesterov_ema as nesterov_ema
+from ._muon import newton_schulz as newton_schulz
+from ._muon import orthogonalize as orthogonalize
+from ._muon import scale_by_muon as scale_by_muon
+from ._muon import scale_by_shape as scale_by_shape
 from ._nadam import DozatMomentumState as DozatMomentumState
 from ._nadam import algoperf_momentum as algoperf_momentum
 from ._nadam import dozat_momentum as dozat_momentum
@@ -150,6 +173,15 @@ from ._schedules import warmup_stable_decay_schedule as warmup_stable_decay_sche
 from ._second_moment import SecondMomentState as SecondMomentState
 from ._second_moment import scale_by_second_moment as scale_by_second_moment
 from ._sgd import sgd as sgd
+from ._soap import SoapState as SoapState
+from ._soap import scale_by_soap as scale_by_soap
+from ._soap import soap as soap
+from ._soap import soap_labels as soap_labels
+from ._sophia import ClippedHessianState as ClippedHessianState
+from ._sophia import hutchinson_diagonal as hutchinson_diagonal
+from ._sophia import scale_by_clipped_hessian as scale_by_clipped_hessian
+from ._sophia import scale_by_sophia as scale_by_sophia
+from ._sophia import sophia as sophia
 from ._stable_adamw import ClippedSecondMomentState as ClippedSecondMomentState
 from ._stable_adamw import scale_by_clipped_second_moment as scale_by_clipped_second_moment
 from ._stable_adamw import scale_by_stable_adamw as scale_by_stable_adamw
@@ -181,7 +213,10 @@ __all__ = [
     "ApplyIfFiniteState",
     "BeliefMomentState",
     "BiasCorrectionState",
+    "BlockMeanState",
+    "Blocks",
     "CautiousState",
+    "ClippedHessianState",
     "ClippedSecondMomentState",
     "DampedTraceState",
     "DecayAfterUpdateState",
@@ -199,6 +234,7 @@ __all__ = [
     "InjectHyperparamsState",
     "LookaheadParams",
     "LookaheadState",
+    "MarsCorrectionState",
     "MaskedNode",
     "MaskedState",
     "MomentStorage",
@@ -215,6 +251,7 @@ __all__ = [
     "ScaleByScheduleState",
     "ScheduleFreeState",
     "SecondMomentState",
+    "SoapState",
     "StddevState",
     "TraceState",
     "UpdateRmsState",
@@ -226,6 +263,10 @@ __all__ = [
     "adafactor",
     "adagrad",
     "adam",
+    "adam_mini",
+    "adam_mini_blocks",
+    "adam_mini_decay_mask",
+    "adam_mini_partition",
     "adamax",
     "adamaxw",
     "adamw",
@@ -243,12 +284,14 @@ __all__ = [
     "apply_updates",
     "averaged_params",
     "bias_correction",
+    "block_mean",
     "cautious",
     "cautious_adamw",
     "cautious_lion",
     "centralize",
     "chain",
     "clip",
+    "clip_by_block_norm",
     "clip_by_block_rms",
     "clip_by_global_norm",
     "constant_schedule",
@@ -265,8 +308,10 @@ __all__ = [
     "get_state",
     "global_norm",
     "gradient_difference",
+    "hutchinson_diagonal",
     "identity",
     "inject_hyperparams",
+    "is_embedding_or_head",
     "join_schedules",
     "lamb",
     "laprop",
@@ -276,12 +321,21 @@ __all__ = [
     "lookahead",
     "make_train_step",
     "map_state",
+    "mars",
+    "mars_correction",
+    "mars_labels",
     "masked",
     "multi_steps",
+    "muon",
+    "muon_labels",
     "nadam",
     "nadamw",
+    "nesterov_ema",
+    "newton_schulz",
     "nnx_update",
+    "orthogonalize",
     "partition",
+    "path_name",
     "piecewise_constant_schedule",
     "polynomial_schedule",
     "prodigy",
@@ -296,6 +350,7 @@ __all__ = [
     "scale_by_adadelta",
     "scale_by_adafactor",
     "scale_by_adam",
+    "scale_by_adam_mini",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_ademamix",
@@ -303,6 +358,7 @@ __all__ = [
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_belief_moment",
+    "scale_by_clipped_hessian",
     "scale_by_clipped_second_moment",
     "scale_by_delayed_second_moment",
     "scale_by_factored_rms",
@@ -310,12 +366,17 @@ __all__ = [
     "scale_by_laprop",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_mars",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_second_moment",
+    "scale_by_shape",
+    "scale_by_soap",
+    "scale_by_sophia",
     "scale_by_stable_adamw",
     "scale_by_stddev",
     "scale_by_trust_ratio",
@@ -328,6 +389,9 @@ __all__ = [
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
+    "soap",
+    "soap_labels",
+    "sophia",
     "stable_adamw",
     "step",
     "to_optax_state",

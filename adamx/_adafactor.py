@@ -192,6 +192,7 @@ def scale_by_factored_rms(
                 raise non_float_parameter(path, dtype)
             real = _real_like(param)
             axes = axes_of(param)
+
             # The unused buffers are 1-element placeholders, as in optax: each of v_row, v_col and
             # v is then a tree laid out like the params (None where they have None).
             # Each placeholder is its own buffer: a state holding one buffer twice cannot be donated.

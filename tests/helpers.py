@@ -151,6 +151,11 @@ OPTIMIZERS: tuple[Case, ...] = (
         1e-1,
         (2e-2, 3000),
     ),
+    # No Hessian estimate reaches it here (the registry passes none): sign-momentum, so it needs
+    # the halving schedule as lion does, and no decay (the default 0.1 pulls away from 1).
+    Case("sophia", lambda lr: adamx.sophia(_halving(lr), weight_decay=0.0), 1e-1, (1e-1, 3000)),
+    Case("adam_mini", lambda lr: adamx.adam_mini(lr), 1e-1, (5e-2, 3000)),
+    Case("mars", lambda lr: adamx.mars(lr, optimize_1d=True), 1e-1, (2e-2, 3000)),
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]
@@ -234,6 +239,19 @@ def max_relative_difference(x, ref) -> float:
 # ---- the parity harness: one trajectory in JAX and in torch, side by side --------------------------
 
 PARITY_STEPS = 100
+
+
+def spiky_gradients(params, seed: int, steps: int = PARITY_STEPS) -> list:
+    """``steps`` N(0, 1) gradient trees like ``params``, times 10 on every 10th step (steps 1, 11,
+    21, ...): the parity tests' sequence, where running maxima and clipping matter."""
+    rng = np.random.default_rng(seed)
+    return [
+        jax.tree.map(
+            lambda x, s=(10.0 if i % 10 == 0 else 1.0): s * rng.standard_normal(np.shape(x)),
+            params,
+        )
+        for i in range(steps)
+    ]
 
 
 def cosine(t: int, steps: int = PARITY_STEPS) -> float:

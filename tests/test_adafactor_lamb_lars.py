@@ -46,15 +46,7 @@ def make_params(seed=0):
 
 
 def spiky_gradients(params, seed=9, steps=STEPS):
-    """N(0, 1) gradients, times 10 on every 10th step (steps 1, 11, 21, ...)."""
-    rng = np.random.default_rng(seed)
-    return [
-        jax.tree.map(
-            lambda x, s=(10.0 if i % 10 == 0 else 1.0): s * rng.standard_normal(np.shape(x)),
-            params,
-        )
-        for i in range(steps)
-    ]
+    return helpers.spiky_gradients(params, seed, steps)
 
 
 PARAMS = make_params()

@@ -43,15 +43,7 @@ WD = 0.1
 
 
 def spiky_gradients(seed=2):
-    """N(0, 1) gradients, times 10 on every 10th step (steps 1, 11, 21, ...)."""
-    rng = np.random.default_rng(seed)
-    tree = random_tree(0, np.float64)
-    return [
-        jax.tree.map(
-            lambda x, s=(10.0 if i % 10 == 0 else 1.0): s * rng.standard_normal(np.shape(x)), tree
-        )
-        for i in range(STEPS)
-    ]
+    return helpers.spiky_gradients(random_tree(0, np.float64), seed)
 
 
 GRADS = spiky_gradients()

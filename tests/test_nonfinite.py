@@ -22,6 +22,9 @@ FINITE_UNDER_INF = {
     # n_t = clip(g / max(sqrt(v), eps), (t-1)^(1/4)): an Inf gradient is a step of the clip value,
     # and v = Inf afterwards zeroes that coordinate's n (the official code does the same).
     "adopt",
+    # the step is m / max(gamma h, eps) clipped to [-1, 1]: an Inf gradient is a step of +-lr,
+    # and m = Inf afterwards keeps that coordinate at the clip (the authors' code does the same).
+    "sophia",
 }
 # Optimizers with one statistic over the whole tree: a non-finite leaf reaches every leaf through
 # it, by the algorithm's definition (wrap them in `apply_if_finite`).
