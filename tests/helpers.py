@@ -213,6 +213,26 @@ def minimise(tx, loss, params, steps: int, *, jit: bool = True):
     return params, state
 
 
+def scan_keeps_dtypes(opt, dtype, steps: int = 5):
+    """``steps`` of ``opt`` in a ``lax.scan`` on a small ``dtype`` tree; asserts the params and
+    state keep their dtypes (the carry) and the params stay finite. Returns ``(params, state)``."""
+    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
+    state = opt.init(params)
+    dtypes = jax.tree.map(lambda x: x.dtype, state)
+
+    def body(carry, _):
+        p, s = carry
+        g = jax.tree.map(lambda x: x - jnp.asarray(0.5, x.dtype), p)
+        u, s = opt.update(g, s, p)
+        return (adamx.apply_updates(p, u), s), None
+
+    (p, s), _ = jax.lax.scan(body, (params, state), None, length=steps)
+    assert jax.tree.map(lambda x: x.dtype, p) == jax.tree.map(lambda x: x.dtype, params)
+    assert jax.tree.map(lambda x: x.dtype, s) == dtypes
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+    return p, s
+
+
 def x64():
     """Scoped float64 (jax_enable_x64) for one test, never for the whole suite."""
     if hasattr(jax, "enable_x64"):

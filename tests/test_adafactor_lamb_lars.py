@@ -541,21 +541,7 @@ SCANNED = [a for a in ALL if "eps0" not in a[0]]
 @pytest.mark.parametrize("name, make", SCANNED, ids=[a[0] for a in SCANNED])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    opt = make()
-    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
-    state = opt.init(params)
-    dtypes = jax.tree.map(lambda x: x.dtype, state)
-
-    def body(carry, _):
-        p, s = carry
-        g = jax.tree.map(lambda x: x - jnp.asarray(0.5, x.dtype), p)
-        u, s = opt.update(g, s, p)
-        return (apply_updates(p, u), s), None
-
-    (p, s), _ = jax.lax.scan(body, (params, state), None, length=5)
-    assert jax.tree.map(lambda x: x.dtype, p) == jax.tree.map(lambda x: x.dtype, params)
-    assert jax.tree.map(lambda x: x.dtype, s) == dtypes
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+    _, s = helpers.scan_keeps_dtypes(make(), dtype)
     if dtype == jnp.complex64:  # statistics of complex parameters are real
         real = {np.dtype(jnp.float32), np.dtype(jnp.int32)}
         stats = jax.tree.leaves(s[0][0]) if name.startswith("adafactor") else []

@@ -348,21 +348,7 @@ ALL = [
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    opt = make()
-    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
-    state = opt.init(params)
-    dtypes = jax.tree.map(lambda x: x.dtype, state)
-
-    def body(carry, _):
-        p, s = carry
-        g = jax.tree.map(lambda x: x - jnp.asarray(0.5, x.dtype), p)
-        u, s = opt.update(g, s, p)
-        return (apply_updates(p, u), s), None
-
-    (p, s), _ = jax.lax.scan(body, (params, state), None, length=5)
-    assert jax.tree.map(lambda x: x.dtype, p) == jax.tree.map(lambda x: x.dtype, params)
-    assert jax.tree.map(lambda x: x.dtype, s) == dtypes
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+    helpers.scan_keeps_dtypes(make(), dtype)
 
 
 def test_zero_gradient_with_eps_zero_gives_zero_not_nan():

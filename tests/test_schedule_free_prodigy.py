@@ -37,6 +37,7 @@ from adamx._schedule_free import (
 )
 from adamx._update import apply_updates
 from adamx._weight_decay import add_decayed_weights
+from tests import helpers
 from tests.helpers import (
     PARITY_STEPS,
     cosine,
@@ -463,21 +464,7 @@ def test_prodigy_skips_all_zero_gradients_where_optax_gives_nan():
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    opt = make()
-    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
-    state = opt.init(params)
-    dtypes = jax.tree.map(lambda x: x.dtype, state)
-
-    def body(carry, _):
-        p, s = carry
-        g = jax.tree.map(lambda x: x - jnp.asarray(0.5, x.dtype), p)
-        u, s = opt.update(g, s, p)
-        return (apply_updates(p, u), s), None
-
-    (p, s), _ = jax.lax.scan(body, (params, state), None, length=5)
-    assert jax.tree.map(lambda x: x.dtype, p) == jax.tree.map(lambda x: x.dtype, params)
-    assert jax.tree.map(lambda x: x.dtype, s) == dtypes
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+    _, s = helpers.scan_keeps_dtypes(make(), dtype)
     real = jnp.float32
     scalars = [x for x in jax.tree.leaves(s) if x.ndim == 0 and x.dtype != jnp.int32]
     assert all(x.dtype == real for x in scalars)  # float32 bookkeeping, never float64
