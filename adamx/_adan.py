@@ -19,7 +19,7 @@ from ._moments import _resolve_storage, bias_correction, ema
 from ._scale import _evaluate, scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
 from ._storage import MomentStorage, init_buffers, stored_dtypes
-from ._trees import map_like
+from ._trees import map_like, resolve
 from ._validate import check_decay, check_learning_rate, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -192,7 +192,7 @@ def proximal_step(
             if callable(weight_decay)
             else weight_decay
         )
-        chosen = mask(params) if callable(mask) else mask
+        chosen = resolve(mask, params)
 
         def step(u, p, decay=True):
             cdt = compute_dtype(u.dtype, p.dtype)

@@ -8,7 +8,7 @@ equals ``chain(clip, masked(scale_by_adam(), m))``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +17,8 @@ import numpy as np
 
 from ._base import EmptyState, GradientTransformation, MomentTransformation
 from ._chain import _keyword_filter
+from ._trees import resolve as _resolve
+from ._trees import structure_mismatch
 
 
 class MaskedNode(NamedTuple):
@@ -133,7 +135,7 @@ def masked(
     keep = _keyword_filter(inner.update)
 
     def resolve(tree):
-        return mask(tree) if callable(mask) else mask
+        return _resolve(mask, tree)
 
     def init_fn(params):
         if not jax.tree.leaves(params):
@@ -206,7 +208,7 @@ def partition(
         )
 
     def resolve(tree):
-        labels = param_labels(tree) if callable(param_labels) else param_labels
+        labels = _resolve(param_labels, tree)
         unknown = {label for label in jax.tree.leaves(labels) if label not in transforms}
         if unknown:
             raise ValueError(
@@ -238,6 +240,8 @@ def partition(
                     updates, state.inner_states[label], params, **extra_args
                 )
             return updates, PartitionState(new_states)
+        if params is not None and jax.tree.structure(updates) != jax.tree.structure(params):
+            raise structure_mismatch(updates, params, "params")
         labels = resolve(updates if params is None else params)
         new_states = {}
         # The groups are disjoint: each one rewrites only its own leaves of `updates`.
@@ -302,6 +306,7 @@ def freeze(optimizer: GradientTransformation, mask: Any = _NO_MASK) -> GradientT
     def to_labels(frozen: Any) -> Any:
         return jax.tree.map(lambda m: "frozen" if _as_bool(m, "freeze") else "train", frozen)
 
-    labels: Callable[[Any], Any] | Any
-    labels = (lambda params: to_labels(mask(params))) if callable(mask) else to_labels(mask)
-    return partition({"train": optimizer, "frozen": set_to_zero()}, labels)
+    return partition(
+        {"train": optimizer, "frozen": set_to_zero()},
+        lambda params: to_labels(_resolve(mask, params)),
+    )

@@ -15,7 +15,7 @@ from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import trace
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _sqrt
-from ._trees import map_like
+from ._trees import map_like, resolve
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -82,7 +82,7 @@ def scale_by_trust_ratio(
                 "`scale_by_trust_ratio` needs the parameters: call "
                 "`update(grads, state, params)` with the current params."
             )
-        chosen = mask(params) if callable(mask) else mask
+        chosen = resolve(mask, params)
 
         def one(u, p):
             cdt = compute_dtype(u.dtype, p.dtype)

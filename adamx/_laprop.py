@@ -21,7 +21,7 @@ from ._moments import _complement, _resolve_storage, bias_correction, ema
 from ._scale import _evaluate, scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
 from ._storage import MomentStorage, init_buffers, stored_dtypes
-from ._trees import map_like
+from ._trees import map_like, resolve
 from ._validate import check_decay, check_learning_rate, check_non_negative
 
 
@@ -143,7 +143,7 @@ def decay_after_update(
                 "`update(grads, state, params)` with the current params."
             )
         decay = _evaluate(weight_decay, state.count, "weight-decay") if scheduled else weight_decay
-        chosen = mask(params) if callable(mask) else mask
+        chosen = resolve(mask, params)
 
         def one(u, p):
             cdt = compute_dtype(u.dtype, p.dtype)

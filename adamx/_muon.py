@@ -235,6 +235,8 @@ def _shape_factor(
     if adjust_lr is None:
         return 1.0
     fan_in, fan_out = _matrix_shape(tuple(shape), batch_dims)
+    if fan_in == 0 or fan_out == 0:
+        return 1.0  # an empty matrix: no entry to scale
     if adjust_lr == "original":
         return math.sqrt(max(1.0, fan_out / fan_in))
     return float(target_rms) * math.sqrt(max(fan_in, fan_out))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,10 +17,19 @@ from ._moments import _correction, _resolve_storage
 from ._scale import _evaluate, scale_by_learning_rate
 from ._second_moment import _real_like
 from ._storage import init_buffers, stored_dtypes
+from ._trees import map_like
 from ._validate import check_decay, check_learning_rate, check_non_negative
 
 SOAP, ADAM = "soap", "adam"
 BatchDims = int | Callable[[Any], int]
+
+
+class Unrotated(NamedTuple):
+    """The statistic and basis of an axis SOAP does not rotate: a pytree node with no leaves.
+
+    Not ``None``, so that the state has ``None`` only where the parameters do (Equinox's filtered
+    models), and every tree utility skips it.
+    """
 
 
 class SoapState(NamedTuple):
@@ -28,7 +38,7 @@ class SoapState(NamedTuple):
     ``count`` is the number of calls (``int32``; the authors' step is ``count - 1``, their first
     call being skipped). Per parameter: ``mu`` and ``nu``, Adam's moments *in the eigenbasis*;
     ``stats``, a tuple with one Shampoo statistic per axis of the matrix (:math:`L`, :math:`R`;
-    shape ``batch + (d, d)``, ``None`` for an axis that is not rotated); ``bases``, their
+    shape ``batch + (d, d)``, ``Unrotated()`` for an axis that is not rotated); ``bases``, their
     eigenbases :math:`Q` laid out alike.
     """
 
@@ -86,13 +96,14 @@ def _matmul(a: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
 def _to_rows(x: jax.Array, axis: int, nb: int) -> tuple[jax.Array, tuple[int, ...]]:
     """``x`` with ``axis`` moved last and the other core axes flattened: ``batch + (r, d)``."""
     moved = jnp.moveaxis(x, axis, -1)
-    return moved.reshape(*moved.shape[:nb], -1, moved.shape[-1]), moved.shape
+    rows = math.prod(moved.shape[nb:-1])  # explicit, not -1: a zero-size leaf has no inferable axis
+    return moved.reshape(*moved.shape[:nb], rows, moved.shape[-1]), moved.shape
 
 
 def _rotate(x: jax.Array, bases: tuple, nb: int, precision: Any, *, back: bool) -> jax.Array:
     r"""Project ``x`` onto the eigenbases (:math:`Q_L^H X Q_R`), or back (:math:`Q_L X Q_R^H`)."""
     for i, q in enumerate(bases):
-        if q is None:
+        if isinstance(q, Unrotated):
             continue
         axis = nb + i
         rows, moved_shape = _to_rows(x, axis, nb)
@@ -195,7 +206,7 @@ def scale_by_soap(
             cdt = compute_dtype(jnp.result_type(leaf))
             batch, core = jnp.shape(leaf)[:nb], jnp.shape(leaf)[nb:]
             return tuple(
-                jnp.zeros(batch + (d, d), cdt) if r else None
+                jnp.zeros(batch + (d, d), cdt) if r else Unrotated()
                 for d, r in zip(core, rotated, strict=True)
             )
 
@@ -211,6 +222,7 @@ def scale_by_soap(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
+        map_like(lambda *_: None, updates, state.mu, "optimizer state")  # names a mismatch's key
         layout = plan(updates if params is None else params)
         count = state.count
 
@@ -223,7 +235,7 @@ def scale_by_soap(
             x = g.astype(cdt)
             w = as_hyperparameter(weight, cdt)
             return tuple(
-                None if s is None else s + w * (_outer(x, nb + i, nb, precision) - s)
+                s if isinstance(s, Unrotated) else s + w * (_outer(x, nb + i, nb, precision) - s)
                 for i, s in enumerate(stats)
             )
 
@@ -232,7 +244,7 @@ def scale_by_soap(
 
             def one(g, s, lay):
                 new = lerp_stats(g, s, lay, 1 - beta_s)
-                return new, tuple(None if x is None else _eigenbasis(x) for x in new)
+                return new, tuple(x if isinstance(x, Unrotated) else _eigenbasis(x) for x in new)
 
             pairs = jax.tree.map(one, updates, stats, layout)
             new_stats = jax.tree.map(lambda _, p: p[0], updates, pairs)
@@ -275,8 +287,8 @@ def scale_by_soap(
                     back = _rotate(m, q, nb, precision, back=True)
                     new_q = []
                     for i, (si, qi) in enumerate(zip(s, q, strict=True)):
-                        if si is None:
-                            new_q.append(None)
+                        if isinstance(si, Unrotated):
+                            new_q.append(si)
                             continue
                         qi, v = _refresh(si, qi, v, nb + i, nb, precision)
                         new_q.append(qi)
@@ -297,7 +309,14 @@ def scale_by_soap(
             nu_out = jax.tree.map(nu_storage.write, v_new, nu)
             return out, new_stats, new_bases, mu_out, nu_out
 
-        operands = (state.stats, state.bases, state.mu, state.nu)
+        # One tuple per leaf, whatever container a framework rebuilt it as (Flax NNX's state
+        # returns a tuple of arrays as a dict keyed 0, 1, ...).
+        def per_axis(container):
+            return tuple(jax.tree.leaves(container, is_leaf=lambda x: isinstance(x, Unrotated)))
+
+        stats = jax.tree.map(lambda _, s: per_axis(s), updates, state.stats)
+        bases = jax.tree.map(lambda _, q: per_axis(q), updates, state.bases)
+        operands = (stats, bases, state.mu, state.nu)
         out, stats, bases, mu, nu = jax.lax.cond(count == 0, first, later, operands)
         return out, SoapState(safe_increment(count), mu, nu, stats, bases)
 

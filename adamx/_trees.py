@@ -50,3 +50,21 @@ def map_like(fn: Callable[..., Any], updates: Any, reference: Any, name: str, *r
         if "structure" not in str(error) and "Custom node type mismatch" not in str(error):
             raise
         raise structure_mismatch(updates, reference, name) from None
+
+
+def resolve(spec: Any, tree: Any) -> Any:
+    """``spec(tree)`` if ``spec`` is a function of the params, else ``spec`` (a tree itself).
+
+    A mask or label tree may be callable (an Equinox module built with ``jax.tree.map`` from a
+    model), and a function may be a pytree (Equinox and Optimistix turn closures into modules): a
+    callable counts as a tree when it is a pytree node laid out like ``tree`` (or a prefix of it).
+    """
+    if not callable(spec):
+        return spec
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(spec)):
+        return spec(tree)
+    try:
+        jax.tree.map(lambda *_: None, spec, tree)
+    except (ValueError, TypeError, KeyError):
+        return spec(tree)
+    return spec

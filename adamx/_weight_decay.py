@@ -9,7 +9,7 @@ import jax
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
 from ._scale import _evaluate
-from ._trees import map_like
+from ._trees import map_like, resolve
 from ._validate import check_non_negative
 
 
@@ -53,7 +53,7 @@ def add_decayed_weights(
                 "`update(grads, state, params)` with the current params."
             )
         decay = _evaluate(weight_decay, state.count, "weight-decay") if scheduled else weight_decay
-        chosen = mask(params) if callable(mask) else mask
+        chosen = resolve(mask, params)
 
         def one(u, p):
             cdt = compute_dtype(u.dtype, p.dtype)

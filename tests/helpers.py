@@ -156,6 +156,9 @@ OPTIMIZERS: tuple[Case, ...] = (
     Case("sophia", lambda lr: adamx.sophia(_halving(lr), weight_decay=0.0), 1e-1, (1e-1, 3000)),
     Case("adam_mini", lambda lr: adamx.adam_mini(lr), 1e-1, (5e-2, 3000)),
     Case("mars", lambda lr: adamx.mars(lr, optimize_1d=True), 1e-1, (2e-2, 3000)),
+    Case("mars_adamw_1d", lambda lr: adamx.mars(lr, weight_decay_1d=0.0), 1e-1, (2e-2, 3000)),
+    Case("muon", lambda lr: adamx.muon(lr), 1e-1, (2e-2, 3000)),
+    Case("soap", lambda lr: adamx.soap(lr), 1e-1, (2e-2, 3000)),
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from adamx._soap import scale_by_soap, soap, soap_labels
+from adamx._soap import Unrotated, scale_by_soap, soap, soap_labels
 from adamx._sophia import hutchinson_diagonal, sophia
 from adamx._update import apply_updates
 from tests import helpers
@@ -166,13 +166,13 @@ def test_soap_labels_and_routing():
     }  # fmt: skip
     assert soap_labels(PARAMS, precondition_1d=True)["b"] == "soap"
     state = scale_by_soap(max_precond_dim=6, batch_dims=_stacked).init(PARAMS)
-    assert state.stats["tall"][0] is None and state.stats["tall"][1].shape == (4, 4)
+    assert isinstance(state.stats["tall"][0], Unrotated) and state.stats["tall"][1].shape == (4, 4)
     assert state.stats["stack"][0].shape == (3, 4, 4)  # one L per layer
-    assert state.stats["b"] == (None,) and state.stats["s"] == ()
+    assert state.stats["b"] == (Unrotated(),) and state.stats["s"] == ()
     # Relabelling a matrix "adam" gives it the standard basis: SOAP's Adam (eps before the
     # correction), the authors' treatment of vectors.
     relabel = scale_by_soap(labels=lambda p: jax.tree.map(lambda _: "adam", p)).init(PARAMS)
-    assert relabel.stats["w"] == (None, None)
+    assert relabel.stats["w"] == (Unrotated(), Unrotated())
     with pytest.raises(ValueError, match="labels must be"):
         scale_by_soap(labels={k: "muon" for k in PARAMS}).init(PARAMS)
 
