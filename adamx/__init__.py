@@ -141,6 +141,16 @@ from ._optax_compat import from_optax_state as from_optax_state
 from ._optax_compat import to_optax_state as to_optax_state
 from ._prodigy import ProdigyState as ProdigyState
 from ._prodigy import prodigy as prodigy
+from ._quantize import Blockwise as Blockwise
+from ._quantize import QuantizedBuffer as QuantizedBuffer
+from ._quantize import Rank1 as Rank1
+from ._quantize import RoundedBuffer as RoundedBuffer
+from ._quantize import StochasticBfloat16 as StochasticBfloat16
+from ._quantize import blockwise_4bit as blockwise_4bit
+from ._quantize import blockwise_8bit as blockwise_8bit
+from ._quantize import low_bit_moments as low_bit_moments
+from ._quantize import rank1_4bit as rank1_4bit
+from ._quantize import stochastic_bfloat16 as stochastic_bfloat16
 from ._radam import RectificationState as RectificationState
 from ._radam import radam as radam
 from ._radam import rectification as rectification
@@ -215,6 +225,7 @@ __all__ = [
     "BiasCorrectionState",
     "BlockMeanState",
     "Blocks",
+    "Blockwise",
     "CautiousState",
     "ClippedHessianState",
     "ClippedSecondMomentState",
@@ -244,7 +255,10 @@ __all__ = [
     "PartitionState",
     "ProdigyState",
     "ProximalStepState",
+    "QuantizedBuffer",
+    "Rank1",
     "RectificationState",
+    "RoundedBuffer",
     "RunningMaxState",
     "ScaleByAdanState",
     "ScaleByLionState",
@@ -253,6 +267,7 @@ __all__ = [
     "SecondMomentState",
     "SoapState",
     "StddevState",
+    "StochasticBfloat16",
     "TraceState",
     "UpdateRmsState",
     "WeightedEmaState",
@@ -285,6 +300,8 @@ __all__ = [
     "averaged_params",
     "bias_correction",
     "block_mean",
+    "blockwise_4bit",
+    "blockwise_8bit",
     "cautious",
     "cautious_adamw",
     "cautious_lion",
@@ -319,6 +336,7 @@ __all__ = [
     "linear_schedule",
     "lion",
     "lookahead",
+    "low_bit_moments",
     "make_train_step",
     "map_state",
     "mars",
@@ -342,6 +360,7 @@ __all__ = [
     "proximal_step",
     "quarter_power",
     "radam",
+    "rank1_4bit",
     "rectification",
     "rmsprop",
     "root_bias_correction",
@@ -394,6 +413,7 @@ __all__ = [
     "sophia",
     "stable_adamw",
     "step",
+    "stochastic_bfloat16",
     "to_optax_state",
     "trace",
     "unitwise_norm",

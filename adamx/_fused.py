@@ -21,6 +21,7 @@ import numpy as np
 from . import _native
 from ._base import GradientTransformation, ScalarOrSchedule, safe_increment
 from ._moments import _correction
+from ._storage import is_storage
 
 ALGORITHMS = {"adam": 0, "adam_nesterov": 1, "adamax": 2, "lion": 3, "stream": 4}
 _HYPER = 12  # the length of the kernel's scalar buffer (fused_step.cc, enum Hyper)
@@ -75,6 +76,15 @@ def _python_number(*values: Any) -> bool:
 # ---- the state layouts of the optimizers that carry a rule -------------------------------------------
 
 
+def _kernel_dtype(dtype: Any) -> bool:
+    """Whether the kernel keeps a moment of ``dtype`` (a dtype; a `MomentStorage` it does not)."""
+    if dtype is None:
+        return True
+    if is_storage(dtype):
+        return False
+    return np.dtype(dtype) in _KERNEL_DTYPES
+
+
 def lion_rule(
     *,
     b1: Any,
@@ -87,7 +97,7 @@ def lion_rule(
     """The rule of ``chain(scale_by_lion, add_decayed_weights, scale_by_learning_rate)``."""
     if not _python_number(b1, b2):
         return None
-    if mu_dtype is not None and np.dtype(mu_dtype) not in _KERNEL_DTYPES:
+    if not _kernel_dtype(mu_dtype):
         return None
 
     def moments(state):  # (ScaleByLionState(count, mu), decay state, learning-rate state)
@@ -119,7 +129,7 @@ def adam_rule(
     """The rule of ``chain(scale_by_adam | scale_by_adamax, [add_decayed_weights], lr)``."""
     if not _python_number(b1, b2, eps, eps_root):
         return None
-    if any(d is not None and np.dtype(d) not in _KERNEL_DTYPES for d in (mu_dtype, nu_dtype)):
+    if not (_kernel_dtype(mu_dtype) and _kernel_dtype(nu_dtype)):
         return None
     name = "adam_nesterov" if (algorithm == "adam" and nesterov) else algorithm
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._base import MomentTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype
-from ._storage import MomentStorage, filled, init_buffers, storage_for, stored_dtypes
+from ._storage import MomentStorage, filled, init_buffers, is_storage, storage_for, stored_dtypes
 from ._trees import map_like
 from ._validate import _concrete, check_decay, check_dtype
 
@@ -21,6 +21,14 @@ def _complement(decay: Any) -> Any:
 
 
 def _resolve_storage(storage: MomentStorage | None, dtype: Any, name: str) -> MomentStorage:
+    """The storage of a moment: ``storage``, or what ``dtype`` names (a dtype, or a storage such as
+    `adamx.blockwise_8bit` passed as ``mu_dtype``/``nu_dtype``)."""
+    if is_storage(dtype):
+        if storage is not None:
+            raise ValueError(
+                f"Pass either `{name}` or `storage`, not both; `{name}` is a shorthand."
+            )
+        return dtype
     check_dtype(dtype, name)
     if storage is not None and dtype is not None:
         raise ValueError(f"Pass either `{name}` or `storage`, not both; `{name}` is a shorthand.")

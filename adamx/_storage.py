@@ -45,6 +45,13 @@ class DtypeStorage:
         return value.astype(stored.dtype)
 
 
+def is_storage(value: Any) -> bool:
+    """Whether ``value`` is a `MomentStorage` (passed where a moment dtype is expected)."""
+    return not isinstance(value, type | np.dtype | str) and all(
+        callable(getattr(value, name, None)) for name in ("init", "read", "write")
+    )
+
+
 def init_buffers(storage: MomentStorage, params: Any) -> Any:
     """``storage.init`` of every leaf of ``params``, refusing integer and boolean leaves.
 

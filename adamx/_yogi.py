@@ -12,9 +12,9 @@ from ._dtypes import as_hyperparameter, compute_dtype
 from ._moments import _complement, _resolve_storage, _unzip, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
-from ._storage import MomentStorage, filled, init_buffers, storage_for, stored_dtypes
+from ._storage import MomentStorage, filled, init_buffers, stored_dtypes
 from ._trees import map_like
-from ._validate import check_decay, check_dtype, check_non_negative
+from ._validate import check_decay, check_non_negative
 
 
 class YogiMomentState(NamedTuple):
@@ -98,9 +98,10 @@ def scale_by_yogi(
     """
     check_decay(b1, "b1")
     check_decay(b2, "b2")
-    check_dtype(mu_dtype, "mu_dtype")
     check_non_negative(initial_accumulator_value, "initial_accumulator_value")
-    first = ema(b1, storage=filled(storage_for(mu_dtype), initial_accumulator_value))
+    first = ema(
+        b1, storage=filled(_resolve_storage(None, mu_dtype, "mu_dtype"), initial_accumulator_value)
+    )
     estimator = chain(
         yogi_moment(b2, initial_value=initial_accumulator_value, dtype=nu_dtype),
         bias_correction(b2),

@@ -1,0 +1,420 @@
+"""Low-bit moment storage: bfloat16 with stochastic rounding, 8-bit and 4-bit quantised moments.
+
+Each class here is a `MomentStorage` (``adamx/_storage.py``): a moment block reads its buffer
+through ``read`` into float32, does its float32 math, and writes it back through ``write``. So any
+optimizer that takes ``mu_dtype`` / ``nu_dtype`` takes one of these instead of a dtype, with no
+copy of itself (docs/design.md, section 7).
+
+The 8- and 4-bit codes are *dynamic-exponent* codes in the style of bitsandbytes (Dettmers et al.
+2022): a magnitude code ``k`` of ``b`` bits has its leading one at bit ``i`` (the decade) and the
+``i`` bits below it as a linear fraction ``j``:
+
+.. math::
+    |x|(k) = 10^{\\,i - b + 1} \\left(0.1 + 0.9\\, \\frac{j + 1}{2^i}\\right),
+    \\qquad k = 2^i + j,\\quad 0 \\le j < 2^i, \\qquad |x|(0) = 0,
+
+so the codes cover ``b`` decades below 1, each decade with twice the points of the one below, and
+the largest code is exactly 1 (a block's absmax element is stored exactly). Inside decade ``i``,
+together with the top of decade ``i - 1``, the points are evenly spaced: the nearest code is one
+``round``, computed from ``log10`` of the value, not a search of a table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BatchDims = int | Callable[[Any], int]
+
+
+# ---- the dynamic-exponent code ------------------------------------------------------------------
+
+
+def dynamic_code(bits: int) -> np.ndarray:
+    """The ``2**bits`` magnitudes of the dynamic-exponent code, indexed by code (ascending)."""
+    values = [0.0]
+    for i in range(bits):
+        for j in range(2**i):
+            values.append(10.0 ** (i - bits + 1) * (0.1 + 0.9 * (j + 1) / 2**i))
+    return np.asarray(values, np.float64)
+
+
+def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax.Array:
+    """The code of the nearest magnitude to each ``y`` in ``[0, 1]`` (``int32``), analytically.
+
+    ``zero_free``: a positive ``y`` never gets code 0 (the second moment: a zero ``v`` under a
+    nonzero ``m`` would blow the step up).
+    """
+    y = jnp.clip(y.astype(jnp.float32), 0.0, 1.0)
+    tiny = 10.0 ** (1 - bits)  # the single point of decade 0
+    safe = jnp.maximum(y, tiny)
+    decade = jnp.clip(jnp.floor(jnp.log10(safe)).astype(jnp.int32) + bits, 0, bits - 1)
+    top = jnp.power(10.0, (decade - bits + 1).astype(jnp.float32))  # decade's largest point
+    points = jnp.left_shift(1, decade)  # 2**i points in the decade
+    # t in [0.1, 1]; the grid 0.1 + 0.9 (j + 1) / 2**i for j = -1 .. 2**i - 1 (j = -1: the
+    # previous decade's top, code 2**i - 1).
+    u = (safe / top - 0.1) * points.astype(jnp.float32) / 0.9 - 1.0
+    j = jnp.clip(jnp.round(u).astype(jnp.int32), -1, points - 1)
+    code = points + j
+    below = jnp.where(y >= 0.5 * tiny, 1, 0)  # under decade 0's point: 0 or that point
+    if zero_free:
+        below = jnp.where(y > 0, 1, 0)
+    return jnp.where(y < tiny, below, code)
+
+
+# ---- stochastic rounding to bfloat16 ------------------------------------------------------------
+
+
+def _hash32(x: jax.Array) -> jax.Array:
+    """A 32-bit integer finaliser (Wellons' lowbias32): counter in, well-mixed bits out."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def stochastic_round_bfloat16(value: jax.Array, counter: jax.Array) -> jax.Array:
+    """``value`` rounded to bfloat16 up or down with probability proportional to its distance.
+
+    The random bits are a hash of (element index, ``counter``): no PRNG key, no extra array. The
+    expectation of the result is ``value`` (unbiased), unlike round-to-nearest, which drops every
+    increment smaller than half a bfloat16 ulp (an EMA with ``1 - b2 = 1e-3`` stalls).
+    """
+    x = value.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+    noise = _hash32(index * jnp.uint32(0x9E3779B9) + _hash32(counter.astype(jnp.uint32))) >> 16
+    rounded = (bits + noise) & jnp.uint32(0xFFFF0000)
+    out = jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(jnp.bfloat16)
+    # NaN keeps its payload's NaN-ness; the sum above could turn a low-bit payload into inf.
+    return jnp.where(jnp.isnan(x), x.astype(jnp.bfloat16), out)
+
+
+class RoundedBuffer(NamedTuple):
+    """The stored form of `StochasticBfloat16`: the bfloat16 buffer and its write counter."""
+
+    value: jax.Array
+    counter: jax.Array  # uint32 scalar: writes so far, the hash's counter
+
+
+@dataclass(frozen=True)
+class StochasticBfloat16:
+    """A bfloat16 moment written with stochastic rounding: 2 bytes per element, unbiased.
+
+    Built by `stochastic_bfloat16`.
+    """
+
+    def init(self, param: jax.Array) -> RoundedBuffer:
+        return RoundedBuffer(jnp.zeros(jnp.shape(param), jnp.bfloat16), jnp.zeros((), jnp.uint32))
+
+    def read(self, stored: RoundedBuffer, dtype: Any) -> jax.Array:
+        return stored.value.astype(dtype)
+
+    def write(self, value: jax.Array, stored: RoundedBuffer) -> RoundedBuffer:
+        counter = stored.counter + jnp.uint32(1)
+        if jnp.iscomplexobj(value):
+            raise TypeError(
+                "`stochastic_bfloat16` stores real moments, got a complex one; keep complex "
+                "parameters' first moment in a float dtype (`mu_dtype=None`)."
+            )
+        return RoundedBuffer(stochastic_round_bfloat16(value, counter), counter)
+
+
+def stochastic_bfloat16() -> StochasticBfloat16:
+    """bfloat16 moment storage with stochastic rounding (half of float32's bytes).
+
+    Pass it as ``mu_dtype`` or ``nu_dtype`` of any optimizer that has them, e.g.
+    ``adamx.adamw(1e-3, mu_dtype=adamx.stochastic_bfloat16(), nu_dtype=adamx.stochastic_bfloat16())``.
+    """
+    return StochasticBfloat16()
+
+
+# ---- block-wise quantisation --------------------------------------------------------------------
+
+
+def _layers(batch_dims: BatchDims, shape: tuple[int, ...]) -> int:
+    """How many leading axes of a leaf of ``shape`` index stacked layers (validated)."""
+    nb = (
+        batch_dims(jax.ShapeDtypeStruct(shape, jnp.float32)) if callable(batch_dims) else batch_dims
+    )
+    if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= len(shape):
+        raise ValueError(
+            f"`batch_dims` must be an int from 0 to the leaf's rank {len(shape)} (the number of "
+            f"leading stacked-layer axes), got {nb!r} for a leaf of shape {shape}; a "
+            "(layers, rows, cols) leaf of `nn.scan` takes `batch_dims=1`."
+        )
+    return nb
+
+
+def _pack4(codes: jax.Array) -> jax.Array:
+    """Two 4-bit codes per byte along the last axis (even length)."""
+    pairs = codes.astype(jnp.uint8).reshape(*codes.shape[:-1], -1, 2)
+    return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def _unpack4(packed: jax.Array) -> jax.Array:
+    low, high = packed & jnp.uint8(15), packed >> 4
+    return jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
+
+
+@jax.tree_util.register_pytree_node_class
+class QuantizedBuffer:
+    """The stored form of a quantised moment: integer codes and float32 scales.
+
+    ``codes`` are ``uint8`` (two 4-bit codes per byte when ``bits == 4``), ``scales`` the float32
+    block scales (block-wise) or ``(rows, cols)`` factors (rank-1). ``shape`` is the moment's shape
+    (static, part of the tree structure).
+    """
+
+    def __init__(self, codes: Any, scales: Any, shape: tuple[int, ...]):
+        self.codes = codes
+        self.scales = scales
+        self.shape = tuple(shape)
+
+    def tree_flatten(self):
+        return (self.codes, self.scales), self.shape
+
+    @classmethod
+    def tree_unflatten(cls, shape, children):
+        return cls(*children, shape)
+
+    def __repr__(self) -> str:
+        return f"QuantizedBuffer(shape={self.shape}, codes={self.codes!r}, scales={self.scales!r})"
+
+
+def _check_real(value: Any, who: str) -> None:
+    if jnp.iscomplexobj(value):
+        raise TypeError(
+            f"`{who}` quantises real moments, got a complex one; keep complex parameters' first "
+            "moment in a float dtype (`mu_dtype=None`), or exclude them with `adamx.partition`."
+        )
+
+
+@dataclass(frozen=True)
+class Blockwise:
+    """Block-wise quantised moment storage: one absmax per block of ``block_size`` elements.
+
+    Built by `blockwise_8bit` and `blockwise_4bit`; the fields are theirs.
+    """
+
+    bits: int = 8
+    signed: bool = True
+    block_size: int = 256
+    min_size: int = 4096
+    batch_dims: BatchDims = 0
+    linear: bool = False  # the zero-free linear code of `Rank1` (a 4-bit unsigned vector)
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"`bits` must be 8 or 4, got {self.bits!r}.")
+        if not isinstance(self.block_size, int) or self.block_size < 2 or self.block_size % 2:
+            raise ValueError(
+                f"`block_size` must be an even int >= 2, got {self.block_size!r}; bitsandbytes "
+                "uses 256 (8-bit), Li et al. 128 (4-bit)."
+            )
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ValueError(f"`min_size` must be an int >= 0, got {self.min_size!r}.")
+        nb = self.batch_dims
+        if not callable(nb) and (isinstance(nb, bool) or not isinstance(nb, int) or nb < 0):
+            raise ValueError(
+                f"`batch_dims` must be an int >= 0 or a function `leaf -> int`, got {nb!r}; pass "
+                "the number of leading stacked-layer axes (1 for a `nn.scan` stack)."
+            )
+
+    @property
+    def _magnitude_bits(self) -> int:
+        return self.bits - 1 if self.signed else self.bits
+
+    def _layout(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """(layers, elements per layer, blocks per layer)."""
+        nb = _layers(self.batch_dims, shape)
+        layers, size = math.prod(shape[:nb]), math.prod(shape[nb:])
+        return layers, size, -(-size // self.block_size)
+
+    def init(self, param: jax.Array) -> Any:
+        shape = tuple(jnp.shape(param))
+        if math.prod(shape) < self.min_size:  # small tensors stay in float32 (bitsandbytes' rule)
+            return jnp.zeros(shape, jnp.float32)
+        _check_real(param, "blockwise storage")
+        layers, _, blocks = self._layout(shape)
+        width = self.block_size // 2 if self.bits == 4 else self.block_size
+        codes = jnp.zeros((layers, blocks, width), jnp.uint8)
+        return QuantizedBuffer(codes, jnp.zeros((layers, blocks), jnp.float32), shape)
+
+    def read(self, stored: Any, dtype: Any) -> jax.Array:
+        if not isinstance(stored, QuantizedBuffer):
+            return stored.astype(dtype)
+        layers, size, _ = self._layout(stored.shape)
+        codes = _unpack4(stored.codes) if self.bits == 4 else stored.codes
+        if self.linear:
+            unit = (codes.astype(jnp.float32) + 1.0) / 16.0
+        else:
+            unit = jnp.asarray(self._table(), jnp.float32)[codes.astype(jnp.int32)]
+        values = unit * stored.scales[..., None]
+        return values.reshape(layers, -1)[:, :size].reshape(stored.shape).astype(dtype)
+
+    def _table(self) -> np.ndarray:
+        magnitudes = dynamic_code(self._magnitude_bits)
+        if not self.signed:
+            return magnitudes
+        return np.concatenate([magnitudes, -magnitudes])  # code = sign bit | magnitude
+
+    def write(self, value: jax.Array, stored: Any) -> Any:
+        if not isinstance(stored, QuantizedBuffer):
+            return value.astype(stored.dtype)
+        _check_real(value, "blockwise storage")
+        layers, size, blocks = self._layout(stored.shape)
+        flat = value.astype(jnp.float32).reshape(layers, size)
+        flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
+        x = flat.reshape(layers, blocks, self.block_size)
+        scale = jnp.max(jnp.abs(x), axis=-1)
+        y = jnp.abs(x) / jnp.where(scale > 0, scale, 1.0)[..., None]
+        mag_bits = self._magnitude_bits
+        if self.linear:
+            code = _linear_code(jnp.where(x > 0, y, 0.0))
+        else:
+            code = encode_magnitude(y, mag_bits, zero_free=not self.signed)
+        if self.signed:
+            code = code | jnp.where(x < 0, 1 << mag_bits, 0)
+        code = code.astype(jnp.uint8)
+        return QuantizedBuffer(
+            _pack4(code) if self.bits == 4 else code, scale.astype(jnp.float32), stored.shape
+        )
+
+
+def blockwise_8bit(
+    signed: bool = True, *, block_size: int = 256, min_size: int = 4096, batch_dims: BatchDims = 0
+) -> Blockwise:
+    """8-bit block-wise moment storage (bitsandbytes' scheme): 1 byte per element + 4 per block.
+
+    Args:
+      signed: ``True`` for a first moment (a sign bit and a 7-bit dynamic-exponent magnitude),
+        ``False`` for a second moment, which is never negative (8-bit magnitude, and a positive
+        value never stored as 0). An unsigned storage clips negative values to 0: use it for
+        ``nu_dtype`` only.
+      block_size: elements per absmax scale (bitsandbytes: 256).
+      min_size: tensors with fewer elements stay float32 (bitsandbytes: 4096).
+      batch_dims: leading stacked-layer axes (an int, or a function ``leaf -> int``); a block
+        never spans two layers.
+    """
+    return Blockwise(8, signed, block_size, min_size, batch_dims)
+
+
+def blockwise_4bit(
+    signed: bool = True, *, block_size: int = 128, min_size: int = 4096, batch_dims: BatchDims = 0
+) -> Blockwise:
+    """4-bit block-wise moment storage (Li et al. 2023's first moment): two codes per byte.
+
+    Args as in `blockwise_8bit`; the default block is 128 elements (Li et al.).
+    """
+    return Blockwise(4, signed, block_size, min_size, batch_dims)
+
+
+@dataclass(frozen=True)
+class Rank1:
+    """4-bit second-moment storage after Li et al. (2023): rank-1 scales and a linear code.
+
+    Each element of a layer viewed as a ``(rows, cols)`` matrix (``cols``: the last axis) is scaled
+    by ``min(row max, column max)`` and coded linearly without zero: ``(k + 1) / 16``, ``k < 16``.
+    Vectors are scaled by blocks of ``block_size`` instead. Built by `rank1_4bit`.
+    """
+
+    min_size: int = 4096
+    block_size: int = 128
+    batch_dims: BatchDims = 0
+
+    def _matrix(self, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+        nb = _layers(self.batch_dims, shape)
+        core = shape[nb:]
+        if len(core) < 2:
+            return None
+        return math.prod(shape[:nb]), math.prod(core[:-1]), core[-1]
+
+    def _vector(self) -> Blockwise:
+        return Blockwise(4, False, self.block_size, 0, self.batch_dims, linear=True)
+
+    def init(self, param: jax.Array) -> Any:
+        shape = tuple(jnp.shape(param))
+        if math.prod(shape) < self.min_size:
+            return jnp.zeros(shape, jnp.float32)
+        _check_real(param, "rank1_4bit")
+        matrix = self._matrix(shape)
+        if matrix is None:
+            return self._vector().init(param)
+        layers, rows, cols = matrix
+        codes = jnp.zeros((layers, -(-rows * cols // 2)), jnp.uint8)
+        scales = (jnp.zeros((layers, rows), jnp.float32), jnp.zeros((layers, cols), jnp.float32))
+        return QuantizedBuffer(codes, scales, shape)
+
+    def read(self, stored: Any, dtype: Any) -> jax.Array:
+        if not isinstance(stored, QuantizedBuffer):
+            return stored.astype(dtype)
+        if not isinstance(stored.scales, tuple):
+            return self._vector().read(stored, dtype)
+        layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
+        codes = _unpack4(stored.codes)[:, : rows * cols].reshape(layers, rows, cols)
+        row, col = stored.scales
+        scale = jnp.minimum(row[:, :, None], col[:, None, :])
+        values = (codes.astype(jnp.float32) + 1.0) / 16.0 * scale
+        return values.reshape(stored.shape).astype(dtype)
+
+    def write(self, value: jax.Array, stored: Any) -> Any:
+        if not isinstance(stored, QuantizedBuffer):
+            return value.astype(stored.dtype)
+        _check_real(value, "rank1_4bit")
+        if not isinstance(stored.scales, tuple):
+            return self._vector().write(value, stored)
+        layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
+        x = jnp.maximum(value.astype(jnp.float32).reshape(layers, rows, cols), 0.0)
+        row, col = jnp.max(x, axis=2), jnp.max(x, axis=1)
+        scale = jnp.minimum(row[:, :, None], col[:, None, :])
+        code = _linear_code(x / jnp.where(scale > 0, scale, 1.0))
+        flat = code.reshape(layers, -1)
+        flat = jnp.pad(flat, ((0, 0), (0, (rows * cols) % 2)))
+        return QuantizedBuffer(_pack4(flat), (row, col), stored.shape)
+
+
+def _linear_code(y: jax.Array) -> jax.Array:
+    """The nearest of the 16 points ``(k + 1) / 16`` to ``y`` in ``[0, 1]`` (no zero point)."""
+    return jnp.clip(jnp.round(y * 16.0 - 1.0), 0, 15).astype(jnp.uint8)
+
+
+def rank1_4bit(*, min_size: int = 4096, block_size: int = 128, batch_dims: BatchDims = 0) -> Rank1:
+    """4-bit second-moment storage (Li et al. 2023): rank-1 scales, a linear code without zero.
+
+    Args:
+      min_size: tensors with fewer elements stay float32.
+      block_size: the block of a vector (1-D layer), scaled block-wise instead.
+      batch_dims: leading stacked-layer axes: each layer gets its own row and column scales.
+    """
+    return Rank1(min_size, block_size, batch_dims)
+
+
+def low_bit_moments(bits: int, *, batch_dims: BatchDims = 0) -> dict[str, Any]:
+    """``mu_dtype`` and ``nu_dtype`` storing both moments in ``bits`` bits: 16, 8 or 4.
+
+    ``adamx.adamw(1e-3, **adamx.low_bit_moments(8))``. 16: `stochastic_bfloat16` (4 bytes per
+    parameter for both moments); 8: `blockwise_8bit`, signed for ``m``, unsigned for ``v`` (about
+    2.03); 4: `blockwise_4bit` for ``m`` and `rank1_4bit` for ``v`` (about 1.04). Tensors under 4096
+    elements stay float32.
+    """
+    if bits == 16:
+        return {"mu_dtype": stochastic_bfloat16(), "nu_dtype": stochastic_bfloat16()}
+    if bits == 8:
+        return {
+            "mu_dtype": blockwise_8bit(True, batch_dims=batch_dims),
+            "nu_dtype": blockwise_8bit(False, batch_dims=batch_dims),
+        }
+    if bits == 4:
+        return {
+            "mu_dtype": blockwise_4bit(True, batch_dims=batch_dims),
+            "nu_dtype": rank1_4bit(batch_dims=batch_dims),
+        }
+    raise ValueError(f"`bits` must be 16, 8 or 4, got {bits!r}.")

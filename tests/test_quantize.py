@@ -1,0 +1,323 @@
+"""Low-bit moment storage (adamx/_quantize.py): codes, round trips, layouts, bytes and training.
+
+References: the dynamic-exponent code is checked against a brute-force nearest-point search of its
+own table; bitsandbytes' block and size rules and Li et al.'s rank-1 scales are checked from the
+stored arrays; the training comparisons are against adamx's own float32 AdamW.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+from adamx._quantize import dynamic_code, encode_magnitude, stochastic_round_bfloat16
+
+RNG = np.random.default_rng(0)
+
+
+# ---- the code -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [3, 7, 8])
+def test_the_analytic_code_is_the_nearest_point_of_the_table(bits):
+    table = dynamic_code(bits).astype(np.float32)
+    assert len(table) == 2**bits and table[0] == 0 and table[-1] == 1 and np.all(np.diff(table) > 0)
+    y = np.concatenate([RNG.random(50_000) ** 6, table, RNG.random(1000) * 1e-9]).astype(np.float32)
+    code = np.asarray(encode_magnitude(jnp.asarray(y), bits))
+    ours = np.abs(table[code] - y)
+    best = np.abs(table[None, :] - y[:, None]).min(axis=1)
+    # Equal to the brute-force nearest point, up to float32 ties at the midpoints.
+    np.testing.assert_allclose(ours, best, rtol=0, atol=4e-8)
+
+
+def test_zero_free_code_never_stores_a_positive_value_as_zero():
+    y = jnp.asarray([0.0, 1e-30, 1e-9, 1e-3], jnp.float32)
+    assert np.asarray(encode_magnitude(y, 8)).tolist()[:2] == [0, 0]
+    assert np.all(np.asarray(encode_magnitude(y, 8, zero_free=True))[1:] >= 1)
+    assert int(encode_magnitude(jnp.zeros(()), 8, zero_free=True)) == 0
+
+
+# ---- round trips --------------------------------------------------------------------------------
+
+
+def _round_trip(storage, value):
+    return storage.read(storage.write(value, storage.init(value)), jnp.float32)
+
+
+def _blocks(x, block):
+    flat = np.asarray(x).reshape(-1)
+    pad = (-len(flat)) % block
+    return np.pad(flat, (0, pad)).reshape(-1, block), pad
+
+
+@pytest.mark.parametrize("bits, signed", [(8, True), (8, False), (4, True)])
+def test_blockwise_round_trip_is_within_half_a_code_step_of_each_block(bits, signed):
+    make = adamx.blockwise_8bit if bits == 8 else adamx.blockwise_4bit
+    storage = make(signed)
+    block = storage.block_size
+    x = RNG.standard_normal(10_000).astype(np.float32) * np.exp(RNG.normal(0, 2, 10_000))
+    x = x if signed else np.abs(x)
+    back = np.asarray(_round_trip(storage, jnp.asarray(x)))
+    table = dynamic_code(bits - 1 if signed else bits)
+    blocks, pad = _blocks(x, block)
+    scale = np.abs(blocks).max(axis=1, keepdims=True)
+    y = np.abs(blocks) / scale
+    nearest = np.abs(table[None, None, :] - y[..., None]).min(axis=-1)  # in units of the scale
+    if not signed:  # zero-free: a positive value below the first point is stored as that point
+        nearest = np.where((y > 0) & (y < table[1]), table[1] - y, nearest)
+    error = np.abs(_blocks(back, block)[0] - blocks) / scale
+    assert np.all(error <= nearest + 1e-6)
+    assert np.all(np.sign(back) * np.sign(x) >= 0)  # no sign flips
+
+
+def test_rank1_round_trip_is_within_half_a_step_of_its_row_column_scale():
+    storage = adamx.rank1_4bit()
+    v = (RNG.standard_normal((96, 80)) ** 2).astype(np.float32) * np.linspace(0.1, 10, 80)
+    back = np.asarray(_round_trip(storage, jnp.asarray(v)))
+    scale = np.minimum(v.max(axis=1, keepdims=True), v.max(axis=0, keepdims=True))
+    # The linear code (k + 1) / 16: half a step, 1/32, above 1/16; below it, up to 1/16.
+    bound = np.where(v / scale >= 1 / 16, 1 / 32, 1 / 16) * scale
+    assert np.all(np.abs(back - v) <= bound * (1 + 1e-6))
+    assert np.all(back > 0)  # zero-free: no v is stored as 0
+
+
+def test_small_tensors_stay_float32_and_round_trip_exactly():
+    x = jnp.asarray(RNG.standard_normal(4095), jnp.float32)
+    for storage in (adamx.blockwise_8bit(), adamx.blockwise_4bit(), adamx.rank1_4bit()):
+        stored = storage.init(x)
+        assert isinstance(stored, jax.Array) and stored.dtype == jnp.float32
+        np.testing.assert_array_equal(_round_trip(storage, jnp.abs(x)), jnp.abs(x))
+
+
+def test_a_block_never_spans_two_layers():
+    # Two stacked layers of 200 elements whose magnitudes differ by 1e9: with batch_dims=1 each
+    # layer has its own blocks of 256, so the quiet layer keeps its resolution.
+    x = RNG.standard_normal((2, 200)).astype(np.float32) * np.array([[1.0], [1e-9]], np.float32)
+    storage = adamx.blockwise_8bit(min_size=0, batch_dims=1)
+    stored = storage.write(jnp.asarray(x), storage.init(jnp.asarray(x)))
+    assert stored.codes.shape == (2, 1, 256) and stored.scales.shape == (2, 1)
+    back = np.asarray(storage.read(stored, jnp.float32))
+    relative = np.abs(back - x).max(axis=1) / np.abs(x).max(axis=1)
+    assert np.all(relative < 0.01)
+    # Without the layer axis the first block holds 56 of the quiet layer's elements under the
+    # loud layer's scale: 1e-9 of it is under the code's smallest point, so they are lost.
+    flat = adamx.blockwise_8bit(min_size=0)
+    lost = np.asarray(_round_trip(flat, jnp.asarray(x)))
+    np.testing.assert_array_equal(lost[1, :56], 0.0)
+
+
+def test_a_stacked_leaf_gets_rank1_scales_per_layer():
+    storage = adamx.rank1_4bit(batch_dims=1, min_size=0)
+    v = jnp.asarray(RNG.random((4, 6, 10)), jnp.float32)
+    stored = storage.write(v, storage.init(v))
+    rows, cols = stored.scales
+    assert rows.shape == (4, 6) and cols.shape == (4, 10)
+    assert stored.codes.shape == (4, 30) and stored.codes.dtype == jnp.uint8  # 60 codes, 2 a byte
+
+
+# ---- the quantised path equals the plain path when the code is exact -----------------------------
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantised_adamw_equals_float32_adamw_when_every_moment_is_a_code(bits):
+    # Per step, every gradient element of a layer has the same magnitude c_t and a fixed sign
+    # pattern: m and v stay constant in magnitude across each block, so each is stored as +-1
+    # times its block's scale, exactly. Any misplaced element (a layout bug) changes the result.
+    shape = (2, 64, 96)
+    signs = np.where(RNG.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+    magnitudes = [0.3, 1.7, 0.9, 2.5, 0.1, 1.1]
+    grads = [{"w": jnp.asarray(signs * c)} for c in magnitudes]
+    params = {"w": jnp.asarray(RNG.standard_normal(shape), jnp.float32)}
+    kw = adamx.low_bit_moments(bits, batch_dims=1)
+    if bits == 4:  # the rank-1 scale is exact too: every row and column has the same max
+        kw["nu_dtype"] = adamx.rank1_4bit(batch_dims=1)
+    plain, low = adamx.adamw(1e-2, weight_decay=0.1), adamx.adamw(1e-2, weight_decay=0.1, **kw)
+    p1, s1 = params, plain.init(params)
+    p2, s2 = params, low.init(params)
+    assert any(isinstance(x, adamx.QuantizedBuffer) for x in jax.tree.leaves(
+        s2, is_leaf=lambda x: isinstance(x, adamx.QuantizedBuffer)))  # fmt: skip
+    # Eagerly, op by op: under jit XLA:CPU contracts multiply-adds differently per program.
+    for g in grads:
+        p1, s1 = adamx.step(plain, g, s1, p1, fused=False)
+        p2, s2 = adamx.step(low, g, s2, p2, fused=False)
+    np.testing.assert_array_equal(p2["w"], p1["w"])
+    # ... and with one gradient element changed the code is not exact, and the paths part.
+    bumped = [{"w": g["w"].at[0, 0, 0].multiply(0.37)} for g in grads]
+    p3, s3 = params, low.init(params)
+    p4, s4 = params, plain.init(params)
+    for g in bumped:
+        p3, s3 = adamx.step(low, g, s3, p3, fused=False)
+        p4, s4 = adamx.step(plain, g, s4, p4, fused=False)
+    assert not np.array_equal(np.asarray(p3["w"]), np.asarray(p4["w"]))
+
+
+# ---- bytes --------------------------------------------------------------------------------------
+
+
+def _state_bytes_per_param(bits):
+    params = {
+        "embed": jnp.zeros((512, 256)),
+        "layers": jnp.zeros((4, 256, 256)),
+        "head": jnp.zeros((256, 512)),
+        "bias": jnp.zeros((256,)),
+    }
+    kw = {} if bits == 32 else adamx.low_bit_moments(bits, batch_dims=lambda x: int(x.ndim == 3))
+    state = adamx.adamw(1e-3, **kw).init(params)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    return sum(x.nbytes for x in jax.tree.leaves(state)) / n
+
+
+def test_state_bytes_per_parameter_measured_from_the_arrays():
+    assert _state_bytes_per_param(32) == pytest.approx(8.0, abs=1e-4)
+    assert 4.0 <= _state_bytes_per_param(16) <= 4.01
+    assert 2.0 <= _state_bytes_per_param(8) <= 2.1
+    assert 1.0 <= _state_bytes_per_param(4) <= 1.1
+
+
+# ---- stochastic rounding ------------------------------------------------------------------------
+
+
+def test_stochastic_rounding_is_unbiased_and_round_to_nearest_is_not():
+    value = 1.0 + 2.0**-10  # 1/8 of a bfloat16 ulp above 1
+    x = jnp.full((200_000,), value, jnp.float32)
+    rounded = np.asarray(stochastic_round_bfloat16(x, jnp.uint32(7)).astype(jnp.float32))
+    assert set(np.unique(rounded)) == {1.0, 1.0 + 2.0**-7}
+    # P(up) = 1/8; the mean's standard error is ulp * sqrt(p (1 - p) / n) = 5.8e-6.
+    assert abs(rounded.mean() - value) < 4 * 5.8e-6
+    assert float(x.astype(jnp.bfloat16)[0]) == 1.0  # nearest rounding drops the 2**-10
+    # Another counter draws other bits.
+    again = np.asarray(stochastic_round_bfloat16(x, jnp.uint32(8)).astype(jnp.float32))
+    assert not np.array_equal(rounded, again)
+
+
+def test_stochastic_rounding_keeps_specials():
+    x = jnp.asarray([jnp.inf, -jnp.inf, jnp.nan, 0.0, -0.0, 3.0], jnp.float32)
+    out = np.asarray(stochastic_round_bfloat16(x, jnp.uint32(1)).astype(jnp.float32))
+    assert out[0] == np.inf and out[1] == -np.inf and np.isnan(out[2])
+    np.testing.assert_array_equal(out[3:], [0.0, -0.0, 3.0])
+
+
+def test_a_bfloat16_ema_with_small_increments_tracks_only_with_stochastic_rounding():
+    # v_t = 0.999 v + 0.001 g^2 from v = 1 towards g^2 = 1.5: each increment (5e-4) is under half
+    # a bfloat16 ulp at 1 (3.9e-3), so round-to-nearest never moves; stochastic rounding does.
+    x = jnp.ones((4096,), jnp.float32)
+    sr, rn = adamx.stochastic_bfloat16(), adamx.DtypeStorage(np.dtype(jnp.bfloat16))
+    s_sr, s_rn = sr.write(x, sr.init(x)), rn.write(x, rn.init(x))
+    exact = 1.0
+    for _ in range(300):
+        exact = 0.999 * exact + 0.001 * 1.5
+        s_sr = sr.write(0.999 * sr.read(s_sr, jnp.float32) + 0.001 * 1.5, s_sr)
+        s_rn = rn.write(0.999 * rn.read(s_rn, jnp.float32) + 0.001 * 1.5, s_rn)
+    assert float(jnp.mean(rn.read(s_rn, jnp.float32))) == 1.0
+    assert abs(float(jnp.mean(sr.read(s_sr, jnp.float32))) - exact) < 0.01 * (exact - 1.0)
+
+
+# ---- plumbing: every moment-keeping optimizer, jit, dtypes, errors -------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda kw: adamx.adamw(1e-2, **kw),
+        lambda kw: adamx.nadamw(1e-2, **kw),
+        lambda kw: adamx.adamax(1e-2, **kw),
+        lambda kw: adamx.amsgrad(1e-2, **kw),
+        lambda kw: adamx.radam(1e-2, **kw),
+        lambda kw: adamx.adabelief(1e-2, **kw),
+        lambda kw: adamx.yogi(1e-2, **kw),
+        lambda kw: adamx.laprop(1e-2, **kw),
+        lambda kw: adamx.adan(1e-2, **kw),
+        lambda kw: adamx.ademamix(1e-2, **kw),
+        lambda kw: adamx.adopt(1e-2, **kw),
+        lambda kw: adamx.lion(1e-3, mu_dtype=kw["mu_dtype"]),
+    ],
+    ids=[
+        "adamw",
+        "nadamw",
+        "adamax",
+        "amsgrad",
+        "radam",
+        "adabelief",
+        "yogi",
+        "laprop",
+        "adan",
+        "ademamix",
+        "adopt",
+        "lion",
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_moment_keeping_optimizers_take_low_bit_storage_and_keep_its_structure(make, bits):
+    params = {"w": jnp.asarray(RNG.standard_normal((64, 96)), jnp.bfloat16), "b": jnp.zeros(8)}
+    grads = {"w": jnp.ones((64, 96), jnp.bfloat16), "b": jnp.ones(8)}
+    opt = make(adamx.low_bit_moments(bits))
+    state = opt.init(params)
+    stored = [x for x in jax.tree.leaves(state, is_leaf=_is_stored) if _is_stored(x)]
+    assert stored, "no moment went through the low-bit storage"
+    new_params, new_state = jax.jit(adamx.step, static_argnums=0)(opt, grads, state, params)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    assert new_params["w"].dtype == jnp.bfloat16
+    assert all(
+        bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(new_params)
+    )
+
+
+def _is_stored(x):
+    return isinstance(x, adamx.QuantizedBuffer | adamx.RoundedBuffer)
+
+
+def test_a_zero_gradient_gives_a_zero_update_not_nan():
+    params = {"w": jnp.ones((64, 128))}
+    for bits in (16, 8, 4):
+        opt = adamx.adam(1e-2, **adamx.low_bit_moments(bits))
+        state = opt.init(params)
+        for _ in range(3):
+            updates, state = opt.update({"w": jnp.zeros((64, 128))}, state, params)
+            np.testing.assert_array_equal(updates["w"], 0.0)
+
+
+def test_low_bit_state_is_not_fused_and_says_why():
+    from adamx import _fused
+
+    params = {"w": jnp.ones((64, 128))}
+    opt = adamx.adamw(1e-2, **adamx.low_bit_moments(8))
+    reason = _fused.why_not(opt, params, opt.init(params), params)
+    assert reason is not None and "fused rule" in reason
+
+
+def test_bad_arguments_are_refused_with_a_sentence():
+    with pytest.raises(ValueError, match="16, 8 or 4"):
+        adamx.low_bit_moments(2)
+    with pytest.raises(ValueError, match="block_size"):
+        adamx.blockwise_8bit(block_size=3)
+    with pytest.raises(ValueError, match="batch_dims"):
+        adamx.blockwise_8bit(batch_dims=-1)
+    with pytest.raises(ValueError, match="batch_dims"):
+        adamx.blockwise_8bit(batch_dims=3, min_size=0).init(jnp.zeros((4, 4)))
+    with pytest.raises(ValueError, match="not both"):
+        adamx.ema(0.9, dtype=adamx.stochastic_bfloat16(), storage=adamx.stochastic_bfloat16())
+    with pytest.raises(TypeError, match="complex"):
+        adamx.blockwise_8bit(min_size=0).init(jnp.zeros(8, jnp.complex64))
+
+
+# ---- quality: the short version of `python -m adamx.experiments.low_bit` -------------------------
+
+
+@pytest.mark.parametrize("problem", ["digits", "lm"])
+def test_low_bit_adamw_trains_within_2_percent_of_float32(problem):
+    from adamx.experiments import low_bit
+
+    made = low_bit.digits_problem() if problem == "digits" else low_bit.lm_problem()
+    runs = low_bit.compare(made, steps=200, variants=("float32", "8-bit", "4-bit"))
+    base = runs["float32"]
+    assert low_bit.final(base) < 0.5 * float(np.mean(base.losses[:10]))  # it trained
+    for variant in ("8-bit", "4-bit"):
+        run = runs[variant]
+        assert low_bit.final(run) <= 1.02 * low_bit.final(base), low_bit.table(problem, runs)
+        assert run.held_out <= 1.02 * base.held_out, low_bit.table(problem, runs)
+        assert run.state_bytes_per_param < base.state_bytes_per_param / 3
