@@ -7,6 +7,7 @@ from typing import Any
 from ._base import GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
 from ._fused import adam_rule, fusable
+from ._fused_quantized import attach as attach_quantized
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
@@ -122,6 +123,11 @@ def adam(
         b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
         weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
     )  # fmt: skip
+    if rule is None:  # 8-bit moments have a kernel of their own
+        return attach_quantized(
+            tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
+            learning_rate=learning_rate, weight_decay=None, mask=None,
+        )  # fmt: skip
     return fusable(tx, rule)
 
 
@@ -186,4 +192,9 @@ def adamw(
         b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
         weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
     )  # fmt: skip
+    if rule is None:  # 8-bit moments have a kernel of their own
+        return attach_quantized(
+            tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
+            learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
+        )  # fmt: skip
     return fusable(tx, rule)

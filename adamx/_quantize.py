@@ -45,27 +45,45 @@ def dynamic_code(bits: int) -> np.ndarray:
     return np.asarray(values, np.float64)
 
 
+def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The float32 constants of the ``bits``-bit magnitude code's encoder.
+
+    ``bounds[k] = 10**(k - bits)`` for ``k = 0 .. bits`` (the decades' edges; the last is 1);
+    ``inverse_top[i] = 10**(bits - 1 - i)`` (one over decade ``i``'s largest point) and
+    ``per_step[i] = 2**i / 0.9`` (grid steps per unit of ``t``), for ``i < bits``. The fused
+    kernel (``adamx/_native/fused_step.cc``) gets these same numbers, so both paths compute the
+    same codes.
+    """
+    bounds = np.asarray([10.0 ** (k - bits) for k in range(bits + 1)], np.float32)
+    inverse_top = np.asarray([10.0 ** (bits - 1 - i) for i in range(bits)], np.float32)
+    per_step = np.asarray([2.0**i / 0.9 for i in range(bits)], np.float32)
+    return bounds, inverse_top, per_step
+
+
 def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax.Array:
     """The code of the nearest magnitude to each ``y`` in ``[0, 1]`` (``int32``), analytically.
 
-    ``zero_free``: a positive ``y`` never gets code 0 (the second moment: a zero ``v`` under a
-    nonzero ``m`` would blow the step up).
+    A negative ``y`` gets code 0, one above 1 the top code.
+
+    The decade is found by ``bits - 1`` comparisons with its edges and the point inside it by one
+    ``round``: no search of the code's table, no logarithm, no division (the kernel's operations,
+    one for one). ``zero_free``: a positive ``y`` never gets code 0 (the second moment: a zero
+    ``v`` under a nonzero ``m`` would blow the step up).
     """
-    y = jnp.clip(y.astype(jnp.float32), 0.0, 1.0)
-    tiny = 10.0 ** (1 - bits)  # the single point of decade 0
-    safe = jnp.maximum(y, tiny)
-    decade = jnp.clip(jnp.floor(jnp.log10(safe)).astype(jnp.int32) + bits, 0, bits - 1)
-    top = jnp.power(10.0, (decade - bits + 1).astype(jnp.float32))  # decade's largest point
+    bounds, inverse_top, per_step = code_constants(bits)
+    # Above 1 (an ulp, from |x| * (1 / absmax)) the clamp of j below gives the top code, as 1 would.
+    y = y.astype(jnp.float32)
+    decade = sum((y >= bounds[k]).astype(jnp.int32) for k in range(1, bits))
     points = jnp.left_shift(1, decade)  # 2**i points in the decade
-    # t in [0.1, 1]; the grid 0.1 + 0.9 (j + 1) / 2**i for j = -1 .. 2**i - 1 (j = -1: the
-    # previous decade's top, code 2**i - 1).
-    u = (safe / top - 0.1) * points.astype(jnp.float32) / 0.9 - 1.0
+    # t = y / top in [0.1, 1]; the grid 0.1 + 0.9 (j + 1) / 2**i for j = -1 .. 2**i - 1 (j = -1:
+    # the previous decade's top, code 2**i - 1), so j + 1 = (t - 0.1) 2**i / 0.9.
+    t = y * jnp.asarray(inverse_top)[decade]
+    u = (t - np.float32(0.1)) * jnp.asarray(per_step)[decade] - 1.0
     j = jnp.clip(jnp.round(u).astype(jnp.int32), -1, points - 1)
     code = points + j
-    below = jnp.where(y >= 0.5 * tiny, 1, 0)  # under decade 0's point: 0 or that point
-    if zero_free:
-        below = jnp.where(y > 0, 1, 0)
-    return jnp.where(y < tiny, below, code)
+    tiny = bounds[1]  # the single point of decade 0
+    below = (y > 0) if zero_free else (y >= np.float32(0.5) * tiny)
+    return jnp.where(y < tiny, below.astype(jnp.int32), code)
 
 
 # ---- stochastic rounding to bfloat16 ------------------------------------------------------------
@@ -275,7 +293,7 @@ class Blockwise:
         flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
         x = flat.reshape(layers, blocks, self.block_size)
         scale = jnp.max(jnp.abs(x), axis=-1)
-        y = jnp.abs(x) / jnp.where(scale > 0, scale, 1.0)[..., None]
+        y = jnp.abs(x) * (1.0 / jnp.where(scale > 0, scale, 1.0))[..., None]
         mag_bits = self._magnitude_bits
         if self.linear:
             code = _linear_code(jnp.where(x > 0, y, 0.0))

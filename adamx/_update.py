@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from ._base import GradientTransformation, OptState, Params, Updates
 from ._dtypes import wider
 from ._fused import fused_step, why_not
+from ._fused_quantized import fused_step as quantized_step
+from ._fused_quantized import rule_of as quantized_rule
+from ._fused_quantized import why_not as quantized_why_not
 from ._trees import non_float_parameter, structure_mismatch
 
 
@@ -73,12 +76,17 @@ def step(
       [ 0.9 -0.9]
     """
     if fused is not False and not extra_args:
-        result = fused_step(tx, grads, state, params)
+        if quantized_rule(tx) is not None:  # 8-bit moments (adamx/_fused_quantized.py)
+            result = quantized_step(tx, grads, state, params)
+            reason = lambda: quantized_why_not(tx, grads, state, params)  # noqa: E731
+        else:
+            result = fused_step(tx, grads, state, params)
+            reason = lambda: why_not(tx, grads, state, params)  # noqa: E731
         if result is not None:
             return result
         if fused is True:
             raise ValueError(
-                f"`step(..., fused=True)` cannot fuse this step: {why_not(tx, grads, state, params)}. "
+                f"`step(..., fused=True)` cannot fuse this step: {reason()}. "
                 "Pass `fused=None` (the default) to fall back to the jnp path."
             )
     elif fused is True:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("fused_step.cc")
 TARGET = "adamx_fused_step"
+QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 FLAGS = (
     "-O3",
     "-march=native",
@@ -94,6 +95,9 @@ def _load() -> tuple[bool, str]:
         handle = ctypes.cdll.LoadLibrary(str(library))
         jax.ffi.register_ffi_target(
             TARGET, jax.ffi.pycapsule(handle.AdamxFusedStep), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            QUANTIZED_TARGET, jax.ffi.pycapsule(handle.AdamxQuantizedStep), platform="cpu"
         )
     except Exception as error:  # a failed build must never break training: fall back
         return False, f"the kernel could not be built or loaded: {error}"

@@ -335,6 +335,15 @@ BUILDERS: dict[str, Callable[[float], Any]] = {
     "ademamix": lambda lr: adamx.ademamix(lr),
     "schedule_free_adamw": lambda lr: adamx.schedule_free_adamw(lr),
     "prodigy": lambda lr: adamx.prodigy(lr),
+    # AdamW with low-bit moments (docs/low_bit.md): the 8-bit pair runs its own fused kernel.
+    "adamw_bf16_moments": lambda lr: adamx.adamw(
+        lr, weight_decay=WEIGHT_DECAY, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
+    ),
+    "adamw_16bit": lambda lr: adamx.adamw(
+        lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(16)
+    ),
+    "adamw_8bit": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(8)),
+    "adamw_4bit": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(4)),
 }
 
 
