@@ -183,6 +183,10 @@ from ._schedules import warmup_stable_decay_schedule as warmup_stable_decay_sche
 from ._second_moment import SecondMomentState as SecondMomentState
 from ._second_moment import scale_by_second_moment as scale_by_second_moment
 from ._sgd import sgd as sgd
+from ._sharding import bytes_per_device as bytes_per_device
+from ._sharding import init_sharded as init_sharded
+from ._sharding import state_shardings as state_shardings
+from ._sharding import zero1_shardings as zero1_shardings
 from ._soap import SoapState as SoapState
 from ._soap import scale_by_soap as scale_by_soap
 from ._soap import soap as soap
@@ -302,6 +306,7 @@ __all__ = [
     "block_mean",
     "blockwise_4bit",
     "blockwise_8bit",
+    "bytes_per_device",
     "cautious",
     "cautious_adamw",
     "cautious_lion",
@@ -327,6 +332,7 @@ __all__ = [
     "gradient_difference",
     "hutchinson_diagonal",
     "identity",
+    "init_sharded",
     "inject_hyperparams",
     "is_embedding_or_head",
     "join_schedules",
@@ -412,6 +418,7 @@ __all__ = [
     "soap_labels",
     "sophia",
     "stable_adamw",
+    "state_shardings",
     "step",
     "stochastic_bfloat16",
     "to_optax_state",
@@ -423,4 +430,5 @@ __all__ = [
     "weighted_ema",
     "yogi",
     "yogi_moment",
+    "zero1_shardings",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
 from ._chain import chain
+from ._clipping import AxisName, _psum, axis_size
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import _resolve_storage, ema
 from ._scale import _evaluate, scale, scale_by_learning_rate
@@ -68,9 +70,48 @@ def _layer_axes(x: jax.Array, batch: int) -> tuple[int, ...]:
     return tuple(range(batch, x.ndim))
 
 
-def _layer_rms(x: jax.Array, batch: int) -> jax.Array:
-    """The root-mean-square of each layer of ``x`` (real, broadcastable against ``x``)."""
-    return _sqrt(jnp.mean(_abs_squared(x), axis=_layer_axes(x, batch), keepdims=True))
+def _shards(axis_name: AxisName) -> int:
+    """How many shards of a leaf there are: the size of ``axis_name`` (1 without one)."""
+    return axis_size(axis_name)
+
+
+def _global_shape(x: Any, batch: int, axis_name: AxisName) -> tuple[int, ...]:
+    """The shape of the whole leaf whose shard ``x`` is: split along its first non-batch axis."""
+    shape = list(jnp.shape(x))
+    if axis_name is not None:
+        if len(shape) <= batch:
+            raise ValueError(
+                f"With `axis_name` every leaf is split over it along its first non-batch axis, "
+                f"but a leaf of shape {tuple(shape)} with {batch} batch axes has no such axis; "
+                "keep scalars (and stacks of scalars) out of the sharded tree, or drop `axis_name`."
+            )
+        shape[batch] *= _shards(axis_name)
+    return tuple(shape)
+
+
+def _mean(
+    x: jax.Array, axis: Any, split: int | None, axis_name: AxisName, keepdims: bool = False
+) -> jax.Array:
+    """``jnp.mean(x, axis)`` of the whole leaf when ``x`` is split along ``split`` over ``axis_name``.
+
+    Axes other than ``split`` are whole on every device; over ``split`` the partial sums are added
+    across the shards (``jax.lax.psum``) and divided by the whole length.
+    """
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if axis_name is None or split not in axes:
+        return jnp.mean(x, axis=axes, keepdims=keepdims)
+    count = math.prod(x.shape[a] for a in axes) * _shards(axis_name)
+    total = _psum(jnp.sum(x, axis=axes, keepdims=keepdims), axis_name)
+    return total / jnp.asarray(count, total.dtype)
+
+
+def _layer_rms(x: jax.Array, batch: int, axis_name: AxisName = None) -> jax.Array:
+    """The root-mean-square of each layer of ``x`` (real, broadcastable against ``x``).
+
+    With ``axis_name`` (inside ``shard_map``) ``x`` is split along its first non-batch axis.
+    """
+    axes = _layer_axes(x, batch)
+    return _sqrt(_mean(_abs_squared(x), axes, batch, axis_name, keepdims=True))
 
 
 def _factored_axes(
@@ -109,6 +150,7 @@ def scale_by_factored_rms(
     decay_offset: int = 0,
     nu_dtype: Any = None,
     storage: MomentStorage | None = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Divide the gradient by the root of Adafactor's factored estimate of :math:`E[|g|^2]`.
 
@@ -150,6 +192,13 @@ def scale_by_factored_rms(
       decay_offset: :math:`t_0`, optax's ``decay_offset`` (for fine-tuning from step :math:`t_0`).
       nu_dtype: dtype of the statistics (default: the parameter's real dtype).
       storage: a `MomentStorage` for the statistics (instead of ``nu_dtype``).
+      axis_name: inside ``jax.shard_map``, the mesh axis every gradient leaf is split over,
+        along its first non-batch axis. Which axes are factored is then decided on the whole
+        leaf's shape, and the row and column means over the split axis are summed across the
+        shards (``jax.lax.psum``). Build the state outside ``shard_map`` (``init`` on the whole
+        params) and pass it in with the specs of `state_shardings`: a statistic keeps the split
+        where it keeps that axis and is whole where it averaged it away. ``None`` (default)
+        under ``jit``, where XLA reduces sharded leaves itself.
 
     Returns:
       A `GradientTransformation` with state `FactoredRmsState`.
@@ -181,9 +230,10 @@ def scale_by_factored_rms(
     storage = _resolve_storage(storage, nu_dtype, "nu_dtype")
     clamp = eps_placement == "clamp"
 
-    def axes_of(x: Any) -> tuple[int, int] | None:
+    def axes_of(x: Any, axis_name: AxisName = None) -> tuple[int, int] | None:
         batch = _batch_count(batch_dims, x)
-        return _factored_axes(jnp.shape(x), batch, factored, min_dim_size_to_factor, factored_dims)
+        shape = _global_shape(x, batch, axis_name)
+        return _factored_axes(shape, batch, factored, min_dim_size_to_factor, factored_dims)
 
     def init_fn(params):
         def one(path, param):
@@ -230,15 +280,20 @@ def scale_by_factored_rms(
             squares = _abs_squared(g).astype(rdt)
             if not clamp:
                 squares = squares + e
-            axes = axes_of(g)
+            axes = axes_of(g, axis_name)
+            split = _batch_count(batch_dims, g)  # the split axis, with `axis_name`
             if axes is None:
                 estimate = beta * storage.read(v, rdt) + weight * squares
                 new = (v_row, v_col, storage.write(estimate, v))
             else:
-                over_cols, over_rows = axes  # over_rows < over_cols
-                r = beta * storage.read(v_row, rdt) + weight * jnp.mean(squares, axis=over_cols)
-                c = beta * storage.read(v_col, rdt) + weight * jnp.mean(squares, axis=over_rows)
-                r_mean = jnp.mean(r, axis=over_rows, keepdims=True)
+                # over_rows < over_cols, and split <= over_rows: r keeps the split axis, c keeps
+                # it unless it averaged it away.
+                over_cols, over_rows = axes
+                row_mean = _mean(squares, over_cols, split, axis_name)
+                col_mean = _mean(squares, over_rows, split, axis_name)
+                r = beta * storage.read(v_row, rdt) + weight * row_mean
+                c = beta * storage.read(v_col, rdt) + weight * col_mean
+                r_mean = _mean(r, over_rows, split, axis_name, keepdims=True)
                 if clamp:
                     r_mean = jnp.maximum(r_mean, e)
                 r_mean = jnp.expand_dims(r_mean, over_cols)
@@ -269,7 +324,9 @@ def scale_by_factored_rms(
     return GradientTransformation(init_fn, update_fn)
 
 
-def _clip_by_layer_rms(threshold: float, batch_dims: BatchDims) -> GradientTransformation:
+def _clip_by_layer_rms(
+    threshold: float, batch_dims: BatchDims, axis_name: AxisName = None
+) -> GradientTransformation:
     r""":math:`u \leftarrow u / \max(1, \mathrm{RMS}(u)/d)`, per layer (Adafactor's update clipping)."""
 
     def init_fn(params):
@@ -282,7 +339,7 @@ def _clip_by_layer_rms(threshold: float, batch_dims: BatchDims) -> GradientTrans
         def one(u):
             cdt = compute_dtype(u.dtype)
             x = u.astype(cdt)
-            rms = _layer_rms(x, _batch_count(batch_dims, x))
+            rms = _layer_rms(x, _batch_count(batch_dims, x), axis_name)
             denominator = jnp.maximum(1, rms / as_hyperparameter(threshold, rms.dtype))
             return (x / denominator.astype(cdt)).astype(u.dtype)
 
@@ -291,7 +348,9 @@ def _clip_by_layer_rms(threshold: float, batch_dims: BatchDims) -> GradientTrans
     return GradientTransformation(init_fn, update_fn)
 
 
-def _scale_by_parameter_rms(min_scale: float, batch_dims: BatchDims) -> GradientTransformation:
+def _scale_by_parameter_rms(
+    min_scale: float, batch_dims: BatchDims, axis_name: AxisName = None
+) -> GradientTransformation:
     r""":math:`u \leftarrow u \cdot \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))`, per layer."""
 
     def init_fn(params):
@@ -310,7 +369,7 @@ def _scale_by_parameter_rms(min_scale: float, batch_dims: BatchDims) -> Gradient
         def one(u, p):
             cdt = compute_dtype(u.dtype, p.dtype)
             theta = p.astype(compute_dtype(p.dtype))
-            rms = _layer_rms(theta, _batch_count(batch_dims, theta))
+            rms = _layer_rms(theta, _batch_count(batch_dims, theta), axis_name)
             factor = jnp.maximum(as_hyperparameter(min_scale, rms.dtype), rms)
             return (u.astype(cdt) * factor.astype(cdt)).astype(u.dtype)
 
@@ -333,13 +392,16 @@ def scale_by_adafactor(
     batch_dims: BatchDims = 0,
     decay_offset: int = 0,
     nu_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Adafactor's direction, :math:`\max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\,\hat u_t`.
 
     The chain `scale_by_factored_rms`, then per layer the update clipping
     :math:`\hat u_t = u_t / \max(1, \mathrm{RMS}(u_t)/d)` and the parameter scale (each dropped by
     ``clipping_threshold=None`` and ``multiply_by_parameter_scale=False``). With ``batch_dims``
-    both RMS are taken per stacked layer, so a stack behaves as separate layers. See `adafactor`.
+    both RMS are taken per stacked layer, so a stack behaves as separate layers. See `adafactor`;
+    ``axis_name`` (inside ``jax.shard_map``) is described in `scale_by_factored_rms`, and also
+    makes both RMS the whole layer's.
 
     Returns:
       A `GradientTransformation`; its state is ``(FactoredRmsState, EmptyState(), EmptyState())`` (fewer empty entries
@@ -363,12 +425,13 @@ def scale_by_adafactor(
             batch_dims=batch_dims,
             decay_offset=decay_offset,
             nu_dtype=nu_dtype,
+            axis_name=axis_name,
         )
     ]
     if clipping_threshold is not None:
-        members.append(_clip_by_layer_rms(clipping_threshold, batch_dims))
+        members.append(_clip_by_layer_rms(clipping_threshold, batch_dims, axis_name))
     if multiply_by_parameter_scale:
-        members.append(_scale_by_parameter_rms(min_scale, batch_dims))
+        members.append(_scale_by_parameter_rms(min_scale, batch_dims, axis_name))
     return chain(*members)
 
 
@@ -424,6 +487,7 @@ def adafactor(
     batch_dims: BatchDims = 0,
     decay_offset: int = 0,
     nu_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Adafactor (Shazeer & Stern, 2018): a factored second moment with relative step sizes.
 
@@ -483,6 +547,8 @@ def adafactor(
       decay_by_learning_rate: multiply the decay by :math:`\eta_t` (torch) or not (optax).
       factored, min_dim_size_to_factor, factored_dims, batch_dims, decay_offset, nu_dtype: as in
         `scale_by_factored_rms`.
+      axis_name: inside ``jax.shard_map``, the mesh axis every leaf is split over along its first
+        non-batch axis (see `scale_by_factored_rms`); ``None`` (default) under ``jit``.
 
     Returns:
       A `GradientTransformation`: ``chain(scale_by_adafactor(...), scale_by_learning_rate(rho,
@@ -523,6 +589,7 @@ def adafactor(
             batch_dims=batch_dims,
             decay_offset=decay_offset,
             nu_dtype=nu_dtype,
+            axis_name=axis_name,
         ),
         scale_by_learning_rate(
             _relative_step(learning_rate) if relative_step else learning_rate, flip_sign=False

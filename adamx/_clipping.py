@@ -17,6 +17,8 @@ from ._base import EmptyState, GradientTransformation, safe_increment, zero_coun
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._validate import check_non_negative
 
+AxisName = str | tuple[str, ...] | None
+
 
 def _empty_init(params: Any) -> EmptyState:
     del params
@@ -78,13 +80,40 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     return GradientTransformation(_empty_init, update_fn)
 
 
-def global_norm(tree: Any) -> jax.Array:
+def _psum(x: jax.Array, axis_name: AxisName) -> jax.Array:
+    """``x`` summed over the shards of ``axis_name`` inside ``shard_map`` (itself without one)."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmax(x: jax.Array, axis_name: AxisName) -> jax.Array:
+    return x if axis_name is None else jax.lax.pmax(x, axis_name)
+
+
+def axis_size(axis_name: AxisName) -> int:
+    """The number of shards over ``axis_name`` inside ``shard_map`` (1 without one)."""
+    if axis_name is None:
+        return 1
+    if hasattr(jax.lax, "axis_size"):
+        return jax.lax.axis_size(axis_name)
+    return jax.lax.psum(1, axis_name)  # jax < 0.6: a Python int, summed at trace time
+
+
+def global_norm(tree: Any, *, axis_name: AxisName = None) -> jax.Array:
     r"""The Euclidean norm :math:`\sqrt{\sum_i |x_i|^2}` over every element of every leaf.
 
     Computed in at least float32 (bfloat16 and float16 leaves are widened first, float64 leaves
     make it float64) and real for complex leaves, without overflow for finite elements (squares
     that overflow are recomputed scaled by the largest magnitude). A tree without leaves has
     norm 0.
+
+    Under ``jax.jit`` with sharded leaves the norm is already global (XLA sums across devices).
+    Inside ``jax.shard_map`` each leaf is a shard: pass ``axis_name``, the mesh axis (or axes)
+    over which every leaf is split, and the partial sums are added with ``jax.lax.psum``, so each
+    device gets the norm of the whole tree (docs/sharding.md).
+
+    Args:
+      tree: a pytree of arrays.
+      axis_name: inside ``shard_map``, the mesh axis every leaf is split over; ``None`` outside.
     """
     leaves = jax.tree.leaves(tree)
     dtype = real_dtype(compute_dtype(*(leaf.dtype for leaf in leaves)))
@@ -96,7 +125,7 @@ def global_norm(tree: Any) -> jax.Array:
             total = total + jnp.sum(_abs_sq(leaf / scale.astype(leaf.dtype)))
         return total
 
-    total = sum_of_squares(jnp.ones((), dtype))
+    total = _psum(sum_of_squares(jnp.ones((), dtype)), axis_name)
 
     def rescaled() -> jax.Array:
         # The squares overflowed (a finite norm above ~1.8e19 in float32): divide by the largest
@@ -105,12 +134,15 @@ def global_norm(tree: Any) -> jax.Array:
         scale = jnp.zeros((), dtype)
         for leaf in wide:
             scale = jnp.maximum(scale, jnp.max(jnp.abs(leaf), initial=0).astype(dtype))
-        return scale * _safe_sqrt(sum_of_squares(scale))
+        scale = _pmax(scale, axis_name)
+        return scale * _safe_sqrt(_psum(sum_of_squares(scale), axis_name))
 
     return jax.lax.cond(jnp.isinf(total), rescaled, lambda: _safe_sqrt(total))
 
 
-def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformation:
+def clip_by_global_norm(
+    max_norm: jax.typing.ArrayLike, *, axis_name: AxisName = None
+) -> GradientTransformation:
     r"""Rescale the updates so their global norm is at most ``max_norm`` (Pascanu et al., 2013).
 
     .. math::
@@ -124,6 +156,9 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
 
     Args:
       max_norm: :math:`c \ge 0`, the largest global norm of the returned updates.
+      axis_name: inside ``jax.shard_map``, the mesh axis every update leaf is split over, so the
+        norm is the whole tree's (see `global_norm`); ``None`` (default) under ``jit`` or on one
+        device.
 
     Returns:
       A transformation with state `EmptyState`.
@@ -136,7 +171,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm = global_norm(updates)
+        norm = global_norm(updates, axis_name=axis_name)
         factor = _shrink(as_hyperparameter(max_norm, norm.dtype), norm)
 
         def one(u):

@@ -17,11 +17,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from . import _native
 from ._base import GradientTransformation, ScalarOrSchedule, safe_increment
 from ._moments import _correction
 from ._storage import is_storage
+
+# jax < 0.6 has no mesh axis types, and its traced values carry no sharding.
+AxisType: Any = getattr(jax.sharding, "AxisType", None)
 
 ALGORITHMS = {"adam": 0, "adam_nesterov": 1, "adamax": 2, "lion": 3, "stream": 4}
 _HYPER = 12  # the length of the kernel's scalar buffer (fused_step.cc, enum Hyper)
@@ -287,6 +292,135 @@ def _flatten(tree: Any) -> tuple[list[Any], Any]:
     return leaves, treedef
 
 
+# ---- sharded leaves: the kernel runs once per shard, inside `jax.shard_map` ---------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where the leaves live: ``mesh is None`` on one device (or already inside ``shard_map``)."""
+
+    mesh: Any = None
+    concrete: bool = True
+
+
+def _full_spec(spec: Any, ndim: int) -> P:
+    entries = list(spec) + [None] * (ndim - len(spec))
+    return P(*(None if e is None else e for e in entries[:ndim]))
+
+
+def _sharding_of(x: Any) -> tuple[Any, bool]:
+    """``(sharding, concrete)``: a concrete array's own sharding, or a traced one's type."""
+    if isinstance(x, jax.core.Tracer):
+        if AxisType is None or not hasattr(jax, "typeof"):
+            return None, False  # an older jax: a traced value carries no sharding
+        return jax.typeof(x).sharding, False
+    return getattr(x, "sharding", None), True
+
+
+def layout(leaves: list[Any]) -> _Layout | str:
+    """How the kernel can reach ``leaves``: a `_Layout`, or the reason it cannot (a sentence).
+
+    On one device, or inside ``shard_map`` (every mesh axis manual), the kernel runs as it is. On a
+    mesh whose shardings are visible (concrete arrays, or ``jit`` on a mesh of ``Explicit`` axes),
+    it runs per shard inside ``jax.shard_map``. Under ``jit`` on an ``Auto`` mesh a traced leaf's
+    sharding is not known until XLA partitions the program, and XLA would gather a custom call's
+    operands onto every device: the jnp path takes that step, and keeps the state sharded.
+    """
+    meshes = set()
+    concrete = True
+    for x in leaves:
+        sharding, is_concrete = _sharding_of(x)
+        concrete = concrete and is_concrete
+        if sharding is None:
+            continue
+        if is_concrete:
+            if len(sharding.device_set) == 1:
+                continue
+            if not isinstance(sharding, NamedSharding):
+                return (
+                    f"a leaf is placed by a {type(sharding).__name__}; the fused kernel runs per "
+                    "shard only for leaves placed by a `NamedSharding`"
+                )
+            meshes.add(sharding.mesh)
+            continue
+        mesh = sharding.mesh
+        if mesh.empty or mesh.size == 1:
+            continue
+        types = set(mesh.axis_types)
+        if types == {AxisType.Manual}:
+            continue  # inside shard_map: the leaves are the shards
+        if types != {AxisType.Explicit}:
+            return (
+                "under `jit` on a mesh with `Auto` (or partly manual) axes the leaves' shardings "
+                "are not visible, and XLA would gather the kernel's operands onto every device; "
+                "place the leaves on a mesh of `Explicit` axes (`jax.make_mesh`'s default), or "
+                "call `step` inside `jax.shard_map`"
+            )
+        meshes.add(mesh)
+    if len(meshes) > 1:
+        return "the leaves are placed on different meshes; put them on one mesh"
+    if not meshes:
+        return _Layout()
+    if not hasattr(jax, "shard_map"):
+        return f"jax {jax.__version__} has no `jax.shard_map` to run the kernel per shard"
+    mesh = meshes.pop()
+    if concrete != isinstance(mesh, jax.sharding.Mesh):
+        return "the leaves mix traced and concrete arrays on a mesh"
+    return _Layout(mesh, concrete)
+
+
+def _spec(x: Any) -> P:
+    sharding, _ = _sharding_of(x)
+    if isinstance(sharding, NamedSharding):
+        return _full_spec(sharding.spec, jnp.ndim(x))
+    return P(*([None] * jnp.ndim(x)))  # on one device of the mesh's program: replicated
+
+
+def _reshard(x: Any, where: _Layout, spec: P) -> Any:
+    """``x`` with the partition ``spec`` on the layout's mesh (itself if it has it already)."""
+    sharding = NamedSharding(where.mesh, spec)
+    if not where.concrete:
+        return x if _spec(x) == spec else jax.sharding.reshard(x, sharding)
+    own = getattr(x, "sharding", None)
+    if isinstance(own, NamedSharding) and own.mesh == where.mesh and _spec(x) == spec:
+        return x
+    return jax.device_put(x, sharding)
+
+
+def sharded_kernel_call(where: _Layout, algorithm: str, hyper, p, g, m, v, decayed: list[int]):
+    """`kernel_call` once per shard: each leaf's update runs in its first moment's sharding.
+
+    The kernel is elementwise, so a shard of ``(p, g, m, v)`` is updated from the same shards alone.
+    The moment's sharding decides where: under ZeRO-1 (params replicated, state split) each device
+    updates its slice of the params, which are then gathered back to their own sharding.
+    """
+    if where.mesh is None:
+        return kernel_call(algorithm, hyper, p, g, m, v, decayed)
+    specs = [_spec(x) for x in m]
+    p_specs = [_spec(x) for x in p]
+    v_specs = [_spec(x) for x in v] if v is not None else []
+    pp, gg, mm = ([_reshard(x, where, s) for x, s in zip(t, specs, strict=True)] for t in (p, g, m))
+    vv = [_reshard(x, where, s) for x, s in zip(v, specs, strict=True)] if v is not None else []
+    replicated = P()
+    if where.concrete:
+        hyper = jax.device_put(hyper, NamedSharding(where.mesh, replicated))
+
+    def body(hyper, p, g, m, v):
+        new_p, new_m, new_v = kernel_call(algorithm, hyper, p, g, m, v or None, decayed)
+        return new_p, new_m, new_v or []
+
+    new_p, new_m, new_v = jax.shard_map(
+        body,
+        mesh=where.mesh,
+        in_specs=(replicated, specs, specs, specs, specs if v is not None else []),
+        out_specs=(specs, specs, specs if v is not None else []),
+        check_vma=False,  # an FFI call carries no varying-axes rule; the specs say it all
+    )(hyper, pp, gg, mm, vv)
+    new_p = [_reshard(x, where, s) for x, s in zip(new_p, p_specs, strict=True)]
+    new_v = [_reshard(x, where, s) for x, s in zip(new_v, v_specs, strict=True)]
+    return new_p, new_m, (new_v if v is not None else None)
+
+
 def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
     """``None`` if the fused kernel can take this step, else the reason it cannot."""
     rule = rule_of(tx)
@@ -321,6 +455,9 @@ def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
             return f"the kernel takes float32 and bfloat16 leaves; a leaf is {dtypes[0]}"
     if _decayed_leaves(rule, params, treedef) is None:
         return "the weight-decay mask is not a tree of Python booleans"
+    where = layout([*leaves, *g_leaves, *m_leaves, *(v_leaves or [])])
+    if isinstance(where, str):
+        return where
     return None
 
 
@@ -341,7 +478,12 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
         return None
     decayed = _decayed_leaves(rule, params, treedef)
     assert decayed is not None
-    p, m, v = kernel_call(
+    g_leaves, m_leaves = treedef.flatten_up_to(grads), treedef.flatten_up_to(mu)
+    v_leaves = treedef.flatten_up_to(nu) if nu is not None else []
+    where = layout([*leaves, *g_leaves, *m_leaves, *v_leaves])
+    assert isinstance(where, _Layout)
+    p, m, v = sharded_kernel_call(
+        where,
         rule.algorithm,
         hyper,
         [jnp.asarray(x) for x in leaves],

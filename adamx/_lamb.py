@@ -11,6 +11,7 @@ from ._adafactor import BatchDims, _batch_count, _check_batch_dims, _layer_axes
 from ._adam import scale_by_adam
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule
 from ._chain import chain
+from ._clipping import AxisName, _pmax, _psum
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import trace
 from ._scale import scale_by_learning_rate
@@ -20,17 +21,20 @@ from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
 
 
-def _layer_norm(x: jax.Array, batch: int) -> jax.Array:
+def _layer_norm(x: jax.Array, batch: int, axis_name: AxisName = None) -> jax.Array:
     """The Euclidean norm of each layer of ``x`` (real, broadcastable against ``x``).
 
     Taken as ``m * ||x / m||`` with ``m`` the largest magnitude, so a finite layer has a finite
     norm even where its squares overflow (a 1e38 float32 gradient); an infinite element gives inf.
+    With ``axis_name`` (inside ``shard_map``) ``x`` is a shard of a layer split over that mesh axis
+    along a non-batch axis: the maximum and the sum are taken across the shards.
     """
     axes = _layer_axes(x, batch)
-    largest = jnp.max(jnp.abs(x), axis=axes, keepdims=True, initial=0)
+    largest = _pmax(jnp.max(jnp.abs(x), axis=axes, keepdims=True, initial=0), axis_name)
     finite = jnp.isfinite(largest) & (largest > 0)
     safe = jnp.where(finite, largest, 1)
-    scaled = _sqrt(jnp.sum(_abs_squared(x / safe.astype(x.dtype)), axis=axes, keepdims=True))
+    squares = jnp.sum(_abs_squared(x / safe.astype(x.dtype)), axis=axes, keepdims=True)
+    scaled = _sqrt(_psum(squares, axis_name))
     return jnp.where(finite, largest * scaled, largest)
 
 
@@ -41,6 +45,7 @@ def scale_by_trust_ratio(
     *,
     mask: Any = None,
     batch_dims: BatchDims = 0,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Scale each leaf's update by its trust ratio :math:`\kappa \lVert\theta\rVert / \lVert u\rVert`.
 
@@ -62,6 +67,10 @@ def scale_by_trust_ratio(
         scales are left out.
       batch_dims: the number of leading stacked-layer axes (an int, or a function of the leaf):
         one ratio per layer of a ``nn.scan`` stack.
+      axis_name: inside ``jax.shard_map``, the mesh axis every leaf (and its parameter) is split
+        over, along an axis that is not a batch axis: the norms are summed across the shards
+        (``jax.lax.psum``), so the ratio is the whole layer's. ``None`` (default) under ``jit``,
+        where XLA already reduces sharded leaves across devices.
 
     Returns:
       A `GradientTransformation` with state `EmptyState`.
@@ -90,8 +99,9 @@ def scale_by_trust_ratio(
             x = u.astype(cdt)
             batch = _batch_count(batch_dims, x)
             floor = as_hyperparameter(min_norm, rdt)
-            param_norm = jnp.maximum(_layer_norm(p.astype(cdt), batch).astype(rdt), floor)
-            update_norm = jnp.maximum(_layer_norm(x, batch).astype(rdt), floor)
+            param_norm = _layer_norm(p.astype(cdt), batch, axis_name).astype(rdt)
+            param_norm = jnp.maximum(param_norm, floor)
+            update_norm = jnp.maximum(_layer_norm(x, batch, axis_name).astype(rdt), floor)
             ratio = (
                 as_hyperparameter(trust_coefficient, rdt)
                 * param_norm
@@ -120,6 +130,7 @@ def lamb(
     batch_dims: BatchDims = 0,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""LAMB (You et al., 2020): AdamW's step rescaled per layer to :math:`\eta_t \lVert\theta\rVert`.
 
@@ -148,6 +159,8 @@ def lamb(
       mask: which leaves to decay (as in `adamw`).
       trust_ratio_mask: which leaves get a trust ratio (as ``mask`` of `scale_by_trust_ratio`).
       batch_dims: leading stacked-layer axes: one ratio per layer (see `scale_by_trust_ratio`).
+      axis_name: inside ``jax.shard_map``, the mesh axis the leaves are split over (see
+        `scale_by_trust_ratio`); ``None`` under ``jit``.
 
     Returns:
       ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
@@ -175,7 +188,7 @@ def lamb(
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
-        scale_by_trust_ratio(mask=trust_ratio_mask, batch_dims=batch_dims),
+        scale_by_trust_ratio(mask=trust_ratio_mask, batch_dims=batch_dims, axis_name=axis_name),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -192,6 +205,7 @@ def lars(
     *,
     batch_dims: BatchDims = 0,
     mu_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""LARS (You, Gitman & Ginsburg, 2017): SGD with momentum and a layer-wise trust ratio.
 
@@ -224,6 +238,8 @@ def lars(
       nesterov: Nesterov momentum.
       batch_dims: leading stacked-layer axes: one ratio per layer (see `scale_by_trust_ratio`).
       mu_dtype: dtype of the momentum buffer (default: the parameter's).
+      axis_name: inside ``jax.shard_map``, the mesh axis the leaves are split over (see
+        `scale_by_trust_ratio`); ``None`` under ``jit``.
 
     Returns:
       ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
@@ -257,6 +273,7 @@ def lars(
             eps=eps,
             mask=trust_ratio_mask,
             batch_dims=batch_dims,
+            axis_name=axis_name,
         ),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov=nesterov, dtype=mu_dtype),

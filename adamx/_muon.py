@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ._adam import adamw
 from ._base import EmptyState, GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
+from ._clipping import AxisName, axis_size
 from ._dtypes import as_hyperparameter, compute_dtype
 from ._groups import partition
 from ._moments import _complement, bias_correction, ema, require_gradient
@@ -98,6 +99,7 @@ def newton_schulz(
     batch_dims: int = 0,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> jax.Array:
     r"""Orthogonalise a matrix (or a batch of them) by the quintic Newton-Schulz iteration.
 
@@ -133,12 +135,31 @@ def newton_schulz(
       batch_dims: how many leading axes index independent matrices.
       precision: the ``jax.lax`` precision of the matmuls.
       dtype: the dtype of the iteration; ``None``: at least float32.
+      axis_name: inside ``jax.shard_map``, the mesh axis ``x`` is split over along its first
+        non-batch axis (blocks of rows). The blocks are gathered (``jax.lax.all_gather``), each
+        device iterates on the whole matrix, and keeps its own block of the result: the numbers
+        are those of the unsharded matrix. ``None`` (default) under ``jit``, where XLA inserts
+        the collectives of the matmuls itself.
 
     Returns:
       :math:`X_n`, with the shape and dtype of ``x``.
     """
     x = jnp.asarray(x)
     _check_batch_dims(batch_dims, "")
+    if axis_name is not None:
+        if x.ndim <= batch_dims:
+            raise ValueError(
+                f"With `axis_name` the matrix is split along its first non-batch axis, but shape "
+                f"{x.shape} with {batch_dims} batch axes has none; drop `axis_name` for this leaf."
+            )
+        whole = jax.lax.all_gather(x, axis_name, axis=batch_dims, tiled=True)
+        result = newton_schulz(
+            whole, steps, coefficients, eps=eps, batch_dims=batch_dims, precision=precision,
+            dtype=dtype,
+        )  # fmt: skip
+        block = x.shape[batch_dims]
+        start = jax.lax.axis_index(axis_name) * block
+        return jax.lax.dynamic_slice_in_dim(result, start, block, axis=batch_dims)
     rows, cols = _matrix_shape(x.shape, batch_dims)
     work = compute_dtype(x.dtype) if dtype is None else jnp.dtype(dtype)
     m = x.reshape(x.shape[:batch_dims] + (rows, cols)).astype(work)
@@ -183,6 +204,7 @@ def orthogonalize(
     batch_dims: BatchDims = 0,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     ns_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Replace each update leaf by its `newton_schulz` orthogonalisation; keeps no state.
 
@@ -193,6 +215,8 @@ def orthogonalize(
         structure of the params or a prefix of it (``{"layers": 1, "head": 0}``: every leaf under
         ``layers``, stacked biases included, has one batch axis).
       ns_dtype: the dtype of the iteration (`newton_schulz`'s ``dtype``).
+      axis_name: inside ``jax.shard_map``, the mesh axis every leaf is split over along its
+        first non-batch axis (see `newton_schulz`); ``None`` (default) under ``jit``.
 
     Returns:
       A `GradientTransformation` with state `EmptyState`.
@@ -210,8 +234,9 @@ def orthogonalize(
 
         def one(u, n):
             return newton_schulz(
-                u, steps, coefficients, eps=eps, batch_dims=n, precision=precision, dtype=ns_dtype
-            )
+                u, steps, coefficients, eps=eps, batch_dims=n, precision=precision,
+                dtype=ns_dtype, axis_name=axis_name,
+            )  # fmt: skip
 
         return _map_with_batch_dims(one, updates, batch_dims), state
 
@@ -243,7 +268,11 @@ def _shape_factor(
 
 
 def scale_by_shape(
-    adjust_lr: AdjustLr = "original", *, target_rms: float = 0.2, batch_dims: BatchDims = 0
+    adjust_lr: AdjustLr = "original",
+    *,
+    target_rms: float = 0.2,
+    batch_dims: BatchDims = 0,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Multiply each matrix leaf by its shape-dependent learning-rate factor; keeps no state.
 
@@ -251,6 +280,8 @@ def scale_by_shape(
       adjust_lr: ``"original"`` (Keller, optax), ``"match_rms_adamw"`` (Moonshot) or ``None``.
       target_rms: :math:`r` of ``"match_rms_adamw"`` (0.2 makes the update RMS AdamW's).
       batch_dims: as in `orthogonalize`.
+      axis_name: inside ``jax.shard_map``, the mesh axis every leaf is split over along its
+        first non-batch axis: the factor is the whole matrix's. ``None`` (default) otherwise.
 
     Returns:
       A `GradientTransformation` with state `EmptyState`.
@@ -272,7 +303,10 @@ def scale_by_shape(
 
         def one(u, n):
             cdt = compute_dtype(u.dtype)
-            factor = _shape_factor(u.shape, n, adjust_lr, target_rms)
+            shape = list(u.shape)
+            if axis_name is not None and len(shape) > n:
+                shape[n] *= axis_size(axis_name)  # the whole matrix's shape
+            factor = _shape_factor(tuple(shape), n, adjust_lr, target_rms)
             return (u.astype(cdt) * as_hyperparameter(factor, cdt)).astype(u.dtype)
 
         return _map_with_batch_dims(one, updates, batch_dims), state
@@ -329,13 +363,14 @@ def scale_by_muon(
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     ns_dtype: Any = None,
     mu_dtype: Any = None,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Muon's direction for matrix leaves: the orthogonalised (Nesterov) momentum, scaled by shape.
 
     The chain ``ema(beta)``, ``nesterov_ema(beta)`` (or ``bias_correction(beta, nesterov)`` with
     ``debias=True``, or nothing without Nesterov), ``orthogonalize(...)``, ``scale_by_shape(...)``.
     Every leaf must be a matrix (or a batch of them, see ``batch_dims``); `muon` routes the others
-    to AdamW. See `muon` for the update and the arguments.
+    to AdamW. See `muon` for the update and the arguments (``axis_name``: `newton_schulz`).
 
     Returns:
       A `GradientTransformation`; its state is ``(EmaState(mu), EmptyState() or
@@ -357,8 +392,11 @@ def scale_by_muon(
             batch_dims=batch_dims,
             precision=precision,
             ns_dtype=ns_dtype,
+            axis_name=axis_name,
         ),  # fmt: skip
-        scale_by_shape(adjust_lr, target_rms=target_rms, batch_dims=batch_dims),
+        scale_by_shape(
+            adjust_lr, target_rms=target_rms, batch_dims=batch_dims, axis_name=axis_name
+        ),
     )
 
 
@@ -440,6 +478,7 @@ def muon(
     adam_eps: float = 1e-10,
     adam_weight_decay: ScalarOrSchedule = 0.0,
     adam_nesterov: bool = False,
+    axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Muon (Jordan et al., 2024): orthogonalised momentum for hidden matrices, AdamW for the rest.
 
@@ -508,6 +547,9 @@ def muon(
       adam_learning_rate: the AdamW branch's learning rate (``None``: ``learning_rate``).
       adam_b1, adam_b2, adam_eps, adam_weight_decay, adam_nesterov: the AdamW branch's
         :math:`\beta_1, \beta_2, \epsilon, \lambda` and Nesterov switch.
+      axis_name: inside ``jax.shard_map``, the mesh axis the Muon matrices are split over along
+        their first non-batch axis (see `newton_schulz`); the AdamW branch is elementwise and
+        needs none. ``None`` (default) under ``jit``.
 
     Returns:
       ``partition({"muon": chain(scale_by_muon(...), add_decayed_weights(weight_decay, mask),
@@ -552,6 +594,7 @@ def muon(
             precision=precision,
             ns_dtype=ns_dtype,
             mu_dtype=mu_dtype,
+            axis_name=axis_name,
         ),  # fmt: skip
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

@@ -96,7 +96,7 @@ class FilledStorage:
     def init(self, param: jax.Array) -> Any:
         stored = self.base.init(param)
         return self.base.write(
-            jnp.full(jnp.shape(param), self.value, jnp.result_type(param)), stored
+            jnp.full_like(param, self.value, dtype=jnp.result_type(param)), stored
         )
 
     def read(self, stored: Any, dtype: Any) -> jax.Array:

@@ -55,9 +55,8 @@ def _kernel_manager_class(kernels_dir: Path) -> type:
 
 def test_notebooks_are_found():
     names = {path.stem for path in PATHS}
-    assert {"quickstart", "compose_your_own", "optimizer_race", "flax_nnx", "kingma_ba"} <= names, (
-        names
-    )
+    expected = {"quickstart", "compose_your_own", "optimizer_race", "flax_nnx", "kingma_ba"}
+    assert expected | {"sharding"} <= names, names
 
 
 @pytest.mark.slow
