@@ -96,6 +96,8 @@ from ._hyperparams import get_state as get_state
 from ._hyperparams import inject_hyperparams as inject_hyperparams
 from ._hyperparams import map_state as map_state
 from ._hyperparams import set_hyperparam as set_hyperparam
+from ._kahan import KahanState as KahanState
+from ._kahan import kahan_summation as kahan_summation
 from ._lamb import lamb as lamb
 from ._lamb import lars as lars
 from ._lamb import scale_by_trust_ratio as scale_by_trust_ratio
@@ -247,6 +249,7 @@ __all__ = [
     "GradientTransformation",
     "InfinityNormState",
     "InjectHyperparamsState",
+    "KahanState",
     "LookaheadParams",
     "LookaheadState",
     "MarsCorrectionState",
@@ -335,6 +338,7 @@ __all__ = [
     "init_sharded",
     "inject_hyperparams",
     "is_embedding_or_head",
+    "kahan_summation",
     "join_schedules",
     "lamb",
     "laprop",
