@@ -275,7 +275,8 @@ class Blockwise:
             unit = (codes.astype(jnp.float32) + 1.0) / 16.0
         else:
             unit = jnp.asarray(self._table(), jnp.float32)[codes.astype(jnp.int32)]
-        values = unit * stored.scales[..., None]
+        # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN.
+        values = jnp.where(unit == 0, unit, unit * stored.scales[..., None])
         return values.reshape(layers, -1)[:, :size].reshape(stored.shape).astype(dtype)
 
     def _table(self) -> np.ndarray:
@@ -292,8 +293,15 @@ class Blockwise:
         flat = value.astype(jnp.float32).reshape(layers, size)
         flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
         x = flat.reshape(layers, blocks, self.block_size)
-        scale = jnp.max(jnp.abs(x), axis=-1)
-        y = jnp.abs(x) * (1.0 / jnp.where(scale > 0, scale, 1.0))[..., None]
+        magnitude = jnp.abs(x)
+        scale = jnp.max(magnitude, axis=-1)[..., None]
+        # The absmax element is exactly 1, also when it is inf (where inf * (1 / inf) is NaN).
+        y = jnp.where(
+            (magnitude == scale) & (scale > 0),
+            1.0,
+            magnitude * (1.0 / jnp.where(scale > 0, scale, 1.0)),
+        )
+        scale = scale[..., 0]
         mag_bits = self._magnitude_bits
         if self.linear:
             code = _linear_code(jnp.where(x > 0, y, 0.0))

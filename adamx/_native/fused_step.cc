@@ -375,9 +375,23 @@ void adam_quantized_block(const float* h, const float* tables, const QuantizedLe
   alignas(64) float m[kMaxBlock];
   alignas(64) float v[kMaxBlock];
   // Dequantise (a table lookup times the block's absmax).
-  for (size_t o = 0; o < count; ++o) {
-    m[o] = signed_values[mc[o]] * m_scale;
-    v[o] = unsigned_values[vc[o]] * v_scale;
+  // Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN; a
+  // finite scale gives that by itself, and keeps this loop vectorised.
+  if (std::isfinite(m_scale)) {
+    for (size_t o = 0; o < count; ++o) m[o] = signed_values[mc[o]] * m_scale;
+  } else {
+    for (size_t o = 0; o < count; ++o) {
+      const float unit = signed_values[mc[o]];
+      m[o] = unit == 0.0f ? unit : unit * m_scale;
+    }
+  }
+  if (std::isfinite(v_scale)) {
+    for (size_t o = 0; o < count; ++o) v[o] = unsigned_values[vc[o]] * v_scale;
+  } else {
+    for (size_t o = 0; o < count; ++o) {
+      const float unit = unsigned_values[vc[o]];
+      v[o] = unit == 0.0f ? unit : unit * v_scale;
+    }
   }
   // The Adam step, as `adam` above.
   for (size_t o = 0; o < count; ++o) {
@@ -410,10 +424,16 @@ void adam_quantized_block(const float* h, const float* tables, const QuantizedLe
   const float v_inverse = 1.0f / (v_max > 0.0f ? v_max : 1.0f);
   alignas(64) int32_t m_code[kMaxBlock];
   alignas(64) int32_t v_code[kMaxBlock];
-  for (size_t o = 0; o < count; ++o)
-    m_code[o] = encode<7, false>(std::fabs(m[o]) * m_inverse, signed_code) + (m[o] < 0.0f) * 128;
-  for (size_t o = 0; o < count; ++o)
-    v_code[o] = encode<8, true>(std::fabs(v[o]) * v_inverse, unsigned_code);
+  // The absmax element is exactly 1, also when it is inf (where inf * (1 / inf) is NaN).
+  const float m_top = m_max > 0.0f ? m_max : -1.0f, v_top = v_max > 0.0f ? v_max : -1.0f;
+  for (size_t o = 0; o < count; ++o) {
+    const float a = std::fabs(m[o]), b = std::fabs(v[o]);
+    m_code[o] = m[o] < 0.0f ? 128 : 0;  // the sign bit
+    m[o] = a == m_top ? 1.0f : a * m_inverse;  // from here on, m and v hold y in [0, 1]
+    v[o] = b == v_top ? 1.0f : b * v_inverse;
+  }
+  for (size_t o = 0; o < count; ++o) m_code[o] += encode<7, false>(m[o], signed_code);
+  for (size_t o = 0; o < count; ++o) v_code[o] = encode<8, true>(v[o], unsigned_code);
   for (size_t o = 0; o < count; ++o) {
     mc[o] = static_cast<uint8_t>(m_code[o]);
     vc[o] = static_cast<uint8_t>(v_code[o]);
