@@ -461,47 +461,55 @@ def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
     return None
 
 
+def step_scalars(rule: FusedRule, state: Any) -> tuple[tuple[Any, ...], Any]:
+    """The advanced bias-correction counts and the kernel's scalar buffer (``None``: no kernel)."""
+    _, _, counts = rule.moments(state)
+    new_counts = tuple(safe_increment(c) for c in counts)
+    schedule_counts = {
+        slot: state[slot].count for slot in rule.schedule_slots if _has_count(state[slot])
+    }
+    return new_counts, _hyper(rule, new_counts, schedule_counts)
+
+
+def rebuilt_state(rule: FusedRule, state: Any, mu: Any, nu: Any, new_counts: tuple) -> Any:
+    """``state`` with the new moments and counts, its schedule counts advanced as ``update`` does."""
+    new_state = rule.rebuild(state, mu, nu, new_counts)
+    return tuple(
+        entry._replace(count=safe_increment(entry.count))
+        if i in rule.schedule_slots and _has_count(entry)
+        else entry
+        for i, entry in enumerate(new_state)
+    )
+
+
 def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
     """One fused step, or ``None`` when the jnp path must take it (see `why_not`)."""
     if why_not(tx, grads, state, params) is not None:
         return None
     rule = rule_of(tx)
     assert rule is not None
-    leaves, treedef = _flatten(params)
-    mu, nu, counts = rule.moments(state)
-    new_counts = tuple(safe_increment(c) for c in counts)
-    schedule_counts = {
-        slot: state[slot].count for slot in rule.schedule_slots if _has_count(state[slot])
-    }
-    hyper = _hyper(rule, new_counts, schedule_counts)
+    new_counts, hyper = step_scalars(rule, state)
     if hyper is None:
         return None
+    leaves, treedef = _flatten(params)
+    mu, nu, _ = rule.moments(state)
     decayed = _decayed_leaves(rule, params, treedef)
     assert decayed is not None
     g_leaves, m_leaves = treedef.flatten_up_to(grads), treedef.flatten_up_to(mu)
-    v_leaves = treedef.flatten_up_to(nu) if nu is not None else []
-    where = layout([*leaves, *g_leaves, *m_leaves, *v_leaves])
+    v_leaves = treedef.flatten_up_to(nu) if nu is not None else None
+    where = layout([*leaves, *g_leaves, *m_leaves, *(v_leaves or [])])
     assert isinstance(where, _Layout)
     p, m, v = sharded_kernel_call(
         where,
         rule.algorithm,
         hyper,
         [jnp.asarray(x) for x in leaves],
-        treedef.flatten_up_to(grads),
-        treedef.flatten_up_to(mu),
-        treedef.flatten_up_to(nu) if nu is not None else None,
+        g_leaves,
+        m_leaves,
+        v_leaves,
         decayed,
     )
-    new_state = rule.rebuild(
-        state,
-        treedef.unflatten(m),
-        treedef.unflatten(v) if v is not None else None,
-        new_counts,
+    new_nu = treedef.unflatten(v) if v is not None else None
+    return treedef.unflatten(p), rebuilt_state(
+        rule, state, treedef.unflatten(m), new_nu, new_counts
     )
-    new_state = tuple(
-        entry._replace(count=safe_increment(entry.count))
-        if i in rule.schedule_slots and _has_count(entry)
-        else entry
-        for i, entry in enumerate(new_state)
-    )
-    return treedef.unflatten(p), new_state

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _fused, _native
-from ._base import GradientTransformation, safe_increment
+from ._base import GradientTransformation
 from ._quantize import Blockwise, QuantizedBuffer, code_constants, dynamic_code
 
 _MAX_BLOCK = 4096  # fused_step.cc: kMaxBlock
@@ -81,18 +81,6 @@ def _tables() -> jax.Array:
     return jnp.asarray(np.concatenate([np.asarray(p, np.float32) for p in parts]))
 
 
-def _one_device(leaves: list[Any]) -> bool:
-    for x in leaves:
-        sharding = jax.typeof(x).sharding if isinstance(x, jax.core.Tracer) else None
-        if sharding is None:
-            sharding = getattr(x, "sharding", None)
-            if sharding is not None and len(sharding.device_set) > 1:
-                return False
-        elif not sharding.mesh.empty and sharding.mesh.size > 1:
-            return False
-    return True
-
-
 def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
     """``None`` if the quantised kernel can take this step, else the reason (a phrase)."""
     quantized = rule_of(tx)
@@ -123,7 +111,8 @@ def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
                 return "a quantised moment has another shape than its parameter"
         elif jnp.result_type(m) != jnp.float32 or jnp.result_type(v) != jnp.float32:
             return "a leaf kept in full precision is not float32"
-    if not _one_device([*leaves, *g_leaves]):
+    where = _fused.layout([*leaves, *g_leaves])
+    if not isinstance(where, _fused._Layout) or where.mesh is not None:
         return "the quantised kernel runs on one device; sharded leaves take the jnp path"
     if _fused._decayed_leaves(quantized.rule, params, treedef) is None:
         return "the weight-decay mask is not a tree of Python booleans"
@@ -179,15 +168,11 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
     quantized = rule_of(tx)
     assert quantized is not None
     rule = quantized.rule
-    leaves, treedef = _fused._flatten(params)
-    mu, nu, counts = rule.moments(state)
-    new_counts = tuple(safe_increment(c) for c in counts)
-    schedule_counts = {
-        slot: state[slot].count for slot in rule.schedule_slots if _fused._has_count(state[slot])
-    }
-    hyper = _fused._hyper(rule, new_counts, schedule_counts)
+    new_counts, hyper = _fused.step_scalars(rule, state)
     if hyper is None:
         return None
+    leaves, treedef = _fused._flatten(params)
+    mu, nu, _ = rule.moments(state)
     decayed = _fused._decayed_leaves(rule, params, treedef)
     assert decayed is not None
     g_leaves = treedef.flatten_up_to(grads)
@@ -224,11 +209,5 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
         assert fv is not None
         for k, i in enumerate(f_at):
             new_p[i], new_m[i], new_v[i] = fp[k], fm[k], fv[k]
-    new_state = rule.rebuild(state, treedef.unflatten(new_m), treedef.unflatten(new_v), new_counts)
-    new_state = tuple(
-        entry._replace(count=safe_increment(entry.count))
-        if i in rule.schedule_slots and _fused._has_count(entry)
-        else entry
-        for i, entry in enumerate(new_state)
-    )
-    return treedef.unflatten(new_p), new_state
+    new_mu, new_nu = treedef.unflatten(new_m), treedef.unflatten(new_v)
+    return treedef.unflatten(new_p), _fused.rebuilt_state(rule, state, new_mu, new_nu, new_counts)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from ._base import GradientTransformation
 from ._dtypes import wider
+from ._moments import _unzip
 from ._trees import map_like
 
 
@@ -61,8 +62,6 @@ def kahan_summation() -> GradientTransformation:
             return step, owed.astype(c.dtype)
 
         pairs = map_like(one, updates, state.compensation, "optimizer state", params)
-        new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
-        compensation = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
-        return new_updates, KahanState(compensation)
+        return _unzip(updates, pairs, KahanState)
 
     return GradientTransformation(init_fn, update_fn)

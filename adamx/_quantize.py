@@ -22,7 +22,6 @@ together with the top of decade ``i - 1``, the points are evenly spaced: the nea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BatchDims = int | Callable[[Any], int]
-
+from ._adafactor import BatchDims, _batch_count, _check_batch_dims
 
 # ---- the dynamic-exponent code ------------------------------------------------------------------
 
@@ -159,16 +157,7 @@ def stochastic_bfloat16() -> StochasticBfloat16:
 
 def _layers(batch_dims: BatchDims, shape: tuple[int, ...]) -> int:
     """How many leading axes of a leaf of ``shape`` index stacked layers (validated)."""
-    nb = (
-        batch_dims(jax.ShapeDtypeStruct(shape, jnp.float32)) if callable(batch_dims) else batch_dims
-    )
-    if isinstance(nb, bool) or not isinstance(nb, int) or not 0 <= nb <= len(shape):
-        raise ValueError(
-            f"`batch_dims` must be an int from 0 to the leaf's rank {len(shape)} (the number of "
-            f"leading stacked-layer axes), got {nb!r} for a leaf of shape {shape}; a "
-            "(layers, rows, cols) leaf of `nn.scan` takes `batch_dims=1`."
-        )
-    return nb
+    return _batch_count(batch_dims, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
 def _pack4(codes: jax.Array) -> jax.Array:
@@ -239,12 +228,7 @@ class Blockwise:
             )
         if not isinstance(self.min_size, int) or self.min_size < 0:
             raise ValueError(f"`min_size` must be an int >= 0, got {self.min_size!r}.")
-        nb = self.batch_dims
-        if not callable(nb) and (isinstance(nb, bool) or not isinstance(nb, int) or nb < 0):
-            raise ValueError(
-                f"`batch_dims` must be an int >= 0 or a function `leaf -> int`, got {nb!r}; pass "
-                "the number of leading stacked-layer axes (1 for a `nn.scan` stack)."
-            )
+        _check_batch_dims(self.batch_dims)
 
     @property
     def _magnitude_bits(self) -> int:
