@@ -3,7 +3,7 @@
 ``adamx.step`` tries the plain fused kernel first (``adamx/_fused.py``); an optimizer built with
 ``mu_dtype=blockwise_8bit(True)`` and ``nu_dtype=blockwise_8bit(False)`` (what
 ``low_bit_moments(8)`` gives) has no plain rule, but carries a `QuantizedRule` here. Its step runs
-the native handler ``AdamxQuantizedStep`` (``adamx/_native/fused_step.cc``) over the quantised
+the native handler ``AdamxQuantizedStep`` (``adamx/_native/fused_quantized.cc``) over the quantised
 leaves: per block of 256 it dequantises m and v, takes the Adam step, and re-encodes both with the
 same code, in one pass and with the jnp path's operations, so the result is bit-identical to
 ``update`` + ``apply_updates`` eagerly (tests/test_quantize.py). Leaves small enough to stay
@@ -23,7 +23,7 @@ from . import _fused, _native
 from ._base import GradientTransformation
 from ._quantize import Blockwise, QuantizedBuffer, code_constants, dynamic_code
 
-_MAX_BLOCK = 4096  # fused_step.cc: kMaxBlock
+_MAX_BLOCK = 4096  # fused_quantized.cc: kMaxBlock
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``bounds[k] = 10**(k - bits)`` for ``k = 0 .. bits`` (the decades' edges; the last is 1);
     ``inverse_top[i] = 10**(bits - 1 - i)`` (one over decade ``i``'s largest point) and
     ``per_step[i] = 2**i / 0.9`` (grid steps per unit of ``t``), for ``i < bits``. The fused
-    kernel (``adamx/_native/fused_step.cc``) gets these same numbers, so both paths compute the
+    kernel (``adamx/_native/fused_quantized.cc``) gets these same numbers, so both paths compute the
     same codes.
     """
     bounds = np.asarray([10.0 ** (k - bits) for k in range(bits + 1)], np.float32)

@@ -1,4 +1,4 @@
-"""The optional compiled kernel: built from ``fused_step.cc`` on first use, cached, never required.
+"""The optional compiled kernel: built from the C++ sources here on first use, cached, never required.
 
 adamx ships the C++ source, not a binary. The first fused step on a CPU compiles it with the
 machine's C++ compiler for that machine (``-march=native`` is safe: the binary never leaves the
@@ -20,7 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("fused_step.cc")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "fused_step.cc", HERE / "fused_quantized.cc")  # one library, two handlers
+HEADERS = (HERE / "fused_common.h",)
 TARGET = "adamx_fused_step"
 QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 FLAGS = (
@@ -56,7 +58,15 @@ def _build(compiler: str, include: str) -> Path:
         [compiler, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *FLAGS, *version, jaxlib.__version__, sys.platform]).encode()
+        "\0".join(
+            [
+                *(f.read_text() for f in SOURCES + HEADERS),
+                *FLAGS,
+                *version,
+                jaxlib.__version__,
+                sys.platform,
+            ]
+        ).encode()
     ).hexdigest()[:16]
     folder = _cache_dir()
     library = folder / f"fused_step-{key}.so"
@@ -67,7 +77,7 @@ def _build(compiler: str, include: str) -> Path:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         partial = Path(scratch) / library.name
         result = subprocess.run(
-            [compiler, *FLAGS, "-I", include, str(SOURCE), "-o", str(partial)],
+            [compiler, *FLAGS, "-I", include, *map(str, SOURCES), "-o", str(partial)],
             capture_output=True,
             text=True,
             check=False,
