@@ -117,7 +117,12 @@ class RoundedBuffer(NamedTuple):
     """The stored form of `StochasticBfloat16`: the bfloat16 buffer and its write counter."""
 
     value: jax.Array
-    counter: jax.Array  # uint32 scalar: writes so far, the hash's counter
+    counter: jax.Array  # uint32 scalar: writes so far, the hash's seed (wraps: not a step count)
+
+
+# One parameter's moment (`_trees.is_stored_moment`): error messages and sharding rules treat it as
+# a whole. Set outside the class body, where a NamedTuple would take it for a field.
+RoundedBuffer.stored_moment = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class StochasticBfloat16:
     """
 
     def init(self, param: jax.Array) -> RoundedBuffer:
-        return RoundedBuffer(jnp.zeros(jnp.shape(param), jnp.bfloat16), jnp.zeros((), jnp.uint32))
+        return RoundedBuffer(jnp.zeros_like(param, jnp.bfloat16), jnp.zeros((), jnp.uint32))
 
     def read(self, stored: RoundedBuffer, dtype: Any) -> jax.Array:
         return stored.value.astype(dtype)
@@ -171,7 +176,7 @@ def _unpack4(packed: jax.Array) -> jax.Array:
     return jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
 
 
-@jax.tree_util.register_pytree_node_class
+@jax.tree_util.register_pytree_with_keys_class
 class QuantizedBuffer:
     """The stored form of a quantised moment: integer codes and float32 scales.
 
@@ -180,17 +185,30 @@ class QuantizedBuffer:
     (static, part of the tree structure).
     """
 
+    stored_moment = True  # one parameter's moment: error messages name the parameter, not its parts
+
     def __init__(self, codes: Any, scales: Any, shape: tuple[int, ...]):
         self.codes = codes
         self.scales = scales
         self.shape = tuple(shape)
 
-    def tree_flatten(self):
-        return (self.codes, self.scales), self.shape
+    def tree_flatten_with_keys(self):
+        keys = (jax.tree_util.GetAttrKey("codes"), jax.tree_util.GetAttrKey("scales"))
+        return tuple(zip(keys, (self.codes, self.scales), strict=True)), self.shape
 
     @classmethod
     def tree_unflatten(cls, shape, children):
         return cls(*children, shape)
+
+    def __eq__(self, other: object) -> Any:
+        """Field by field, as a NamedTuple compares (so trees of dtypes or shapes compare)."""
+        if not isinstance(other, QuantizedBuffer):
+            return NotImplemented
+        return (
+            self.shape == other.shape and self.codes == other.codes and self.scales == other.scales
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable fields, as a list
 
     def __repr__(self) -> str:
         return f"QuantizedBuffer(shape={self.shape}, codes={self.codes!r}, scales={self.scales!r})"
@@ -242,7 +260,8 @@ class Blockwise:
 
     def init(self, param: jax.Array) -> Any:
         shape = tuple(jnp.shape(param))
-        if math.prod(shape) < self.min_size:  # small tensors stay in float32 (bitsandbytes' rule)
+        # Small tensors stay float32 (bitsandbytes' rule), and a zero-size one has nothing to code.
+        if math.prod(shape) < max(self.min_size, 1):
             return jnp.zeros(shape, jnp.float32)
         _check_real(param, "blockwise storage")
         layers, _, blocks = self._layout(shape)
@@ -352,7 +371,7 @@ class Rank1:
 
     def init(self, param: jax.Array) -> Any:
         shape = tuple(jnp.shape(param))
-        if math.prod(shape) < self.min_size:
+        if math.prod(shape) < max(self.min_size, 1):  # as `Blockwise`
             return jnp.zeros(shape, jnp.float32)
         _check_real(param, "rank1_4bit")
         matrix = self._matrix(shape)

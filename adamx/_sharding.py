@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from ._base import GradientTransformation, OptState, Params
+from ._trees import is_stored_moment
 
 AxisNames = str | Sequence[str]
 
@@ -133,9 +134,17 @@ def state_shardings(tx: GradientTransformation, params: Params, *, mesh: Mesh | 
         tx.init, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     )
     replicated = _replicated(mesh, fallback) if by_path or mesh is not None else None
+    # A moment in a stored form (bfloat16 with its counter, codes with scales) belongs to its
+    # parameter as a whole: match the stored node's path, then its leaves by shape as usual.
+    stored = {
+        tuple(path)
+        for path, node in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_stored_moment)[0]
+        if is_stored_moment(node)
+    }
 
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
         shape = tuple(leaf.shape)
+        path = next((path[:k] for k in range(len(path), 0, -1) if path[:k] in stored), path)
         for start in range(len(path) + 1):  # the longest suffix first
             owner = by_path.get(tuple(path[start:]))
             if owner is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -74,6 +74,11 @@ def nnx_update(optimizer: Any, model: Any, grads: Any, *, fused: bool | None = N
     updates the model, the optimizer state and ``optimizer.step`` in place as ``update`` does.
     Call it inside ``nnx.jit`` like ``optimizer.update`` (flax >= 0.11).
 
+    It also carries state that ``nnx.Optimizer.update`` cannot: nnx stores every pytree node of
+    the state as an ``nnx.State`` mapping of its children, which drops a node's static data, such
+    as a `QuantizedBuffer`'s shape (8- and 4-bit moments). This rebuilds the state the optimizer's
+    ``init`` lays out, leaf by leaf, by key path.
+
     Example:
       >>> import jax.numpy as jnp, adamx
       >>> from flax import nnx
@@ -96,8 +101,32 @@ def nnx_update(optimizer: Any, model: Any, grads: Any, *, fused: bool | None = N
     pure = getattr(nnx, "as_pure", lambda tree: tree)
     params = pure(nnx.state(model, optimizer.wrt, **options))
     grad_arrays = pure(nnx.state(grads, optimizer.wrt, **options))
-    opt_state = pure(optimizer.opt_state)
+    opt_state = _rebuilt(jax.eval_shape(optimizer.tx.init, params), pure(optimizer.opt_state))
     new_params, new_state = step(optimizer.tx, grad_arrays, opt_state, params, fused=fused)
     nnx.update(model, new_params)
     nnx.update(optimizer.opt_state, nnx.state(new_state, **options))
     optimizer.step[...] += 1
+
+
+def _child(node: Any, key: Any) -> Any:
+    """``node``'s child at one jax key, whether ``node`` is still the original node or the
+    mapping nnx made of it (keyed by name, dict key or position)."""
+    name = getattr(key, "name", None)
+    if name is not None and not isinstance(node, Mapping):
+        return getattr(node, name)
+    for attribute in ("name", "key", "idx"):
+        if hasattr(key, attribute):
+            return node[getattr(key, attribute)]
+    raise TypeError(f"Cannot follow the key {key!r} into a {type(node).__name__}.")
+
+
+def _rebuilt(template: Any, state: Any) -> Any:
+    """``state`` laid out as ``template`` (``jax.eval_shape`` of ``init``), leaf by key path."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, _ in paths:
+        node = state
+        for key in path:
+            node = _child(node, key)
+        leaves.append(node)
+    return jax.tree.unflatten(treedef, leaves)

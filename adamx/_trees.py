@@ -8,8 +8,18 @@ from typing import Any
 import jax
 
 
+def is_stored_moment(x: Any) -> bool:
+    """Whether ``x`` is one parameter's moment in a stored form (`adamx.RoundedBuffer`,
+    `adamx.QuantizedBuffer`): a node whose keys (``codes``, ``value``) are not the parameter's."""
+    return getattr(type(x), "stored_moment", False)
+
+
+def _stops_here(x: Any) -> bool:
+    return x is None or is_stored_moment(x)
+
+
 def _paths(tree: Any) -> list[str]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_stops_here)
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
 
 

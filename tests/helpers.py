@@ -24,6 +24,8 @@ class Case:
     ``learning_rate`` converges on the parabolas in the matrix's step budget; ``rosenbrock`` is the
     ``(learning_rate, steps)`` that reaches the Rosenbrock minimum, or ``None`` with a reason in
     ``rosenbrock_excluded`` where the algorithm itself does not get there (measured, not guessed).
+    ``complex_excluded`` says why an optimizer refuses complex parameters (the matrix checks that it
+    does, with a ``TypeError`` that says so).
     """
 
     name: str
@@ -31,6 +33,7 @@ class Case:
     learning_rate: float = 1e-1
     rosenbrock: tuple[float, int] | None = (2e-2, 3000)
     rosenbrock_excluded: str = ""
+    complex_excluded: str = ""  # why complex parameters are refused (with a clear error), if so
 
 
 def _warmup(lr: float, steps: int = 10):
@@ -52,6 +55,8 @@ def _chained_adam(lr: float) -> adamx.GradientTransformation:
         adamx.scale_by_learning_rate(lr),
     )
 
+
+_REAL_STORAGE = "low-bit storages code real moments; a complex first moment stays `mu_dtype=None`"
 
 OPTIMIZERS: tuple[Case, ...] = (
     Case("adam", lambda lr: adamx.adam(lr)),
@@ -159,6 +164,32 @@ OPTIMIZERS: tuple[Case, ...] = (
     Case("mars_adamw_1d", lambda lr: adamx.mars(lr, weight_decay_1d=0.0), 1e-1, (2e-2, 3000)),
     Case("muon", lambda lr: adamx.muon(lr), 1e-1, (2e-2, 3000)),
     Case("soap", lambda lr: adamx.soap(lr), 1e-1, (2e-2, 3000)),
+    # Low-bit moments (adamx/_quantize.py), with `min_size=0` so the zoo's small leaves are quantised.
+    Case(
+        "adamw_bf16_sr",
+        lambda lr: adamx.adamw(lr, weight_decay=1e-4, **adamx.low_bit_moments(16)),
+        complex_excluded=_REAL_STORAGE,
+    ),
+    Case(
+        "adamw_8bit",
+        lambda lr: adamx.adamw(
+            lr,
+            weight_decay=1e-4,
+            mu_dtype=adamx.blockwise_8bit(True, min_size=0),
+            nu_dtype=adamx.blockwise_8bit(False, min_size=0),
+        ),
+        complex_excluded=_REAL_STORAGE,
+    ),
+    Case(
+        "adamw_4bit",
+        lambda lr: adamx.adamw(
+            lr,
+            weight_decay=1e-4,
+            mu_dtype=adamx.blockwise_4bit(True, min_size=0),
+            nu_dtype=adamx.rank1_4bit(min_size=0),
+        ),
+        complex_excluded=_REAL_STORAGE,
+    ),
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]

@@ -172,6 +172,12 @@ def _regression_data(n_in=3, n_out=2, n=16, seed=0):
     return jnp.asarray(x), jnp.asarray(x @ w + 0.5)
 
 
+# `nnx.Optimizer.update` keeps each pytree node of the state as an `nnx.State` of its children and
+# drops the node's static data: a `QuantizedBuffer`'s shape. `adamx.nnx_update` rebuilds the state
+# by key path (adamx/_train.py), so 8- and 4-bit moments train through it.
+NNX_STATIC_DATA = {"adamw_8bit", "adamw_4bit"}
+
+
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 def test_flax_nnx_optimizer(case):
     x, y = _regression_data()
@@ -187,7 +193,10 @@ def test_flax_nnx_optimizer(case):
     @nnx.jit
     def train_step(model, optimizer):
         loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
+        if case.name in NNX_STATIC_DATA:
+            adamx.nnx_update(optimizer, model, grads)
+        else:
+            optimizer.update(model, grads)
         return loss
 
     first = float(loss_fn(model))
@@ -302,7 +311,8 @@ def _buffer_counts(tree, params):
     """``(arrays, nones)`` if ``tree`` is laid out like ``params``, else ``None``.
 
     Laid out like the params: ``None`` exactly where the params have ``None``; per parameter an
-    array, or a small tuple of arrays (SOAP's per-axis statistics); and `adamx.MaskedNode` for a
+    array, or a small tuple of arrays (SOAP's per-axis statistics, a stochastically rounded
+    moment's value and counter), or a `adamx.QuantizedBuffer` (codes, scales and shape); and `adamx.MaskedNode` for a
     subtree that belongs to another group of a `partition` (Muon's AdamW branch, say).
     """
     if isinstance(tree, adamx.MaskedNode):
@@ -310,7 +320,7 @@ def _buffer_counts(tree, params):
     if params is None:
         return (0, 1) if tree is None else None
     if _is_leaf(params):
-        if tree is None or not (_is_leaf(tree) or isinstance(tree, tuple)):
+        if tree is None or not (_is_leaf(tree) or isinstance(tree, (tuple, adamx.QuantizedBuffer))):
             return None
         return len(jax.tree.leaves(tree)), 0
     with_none = lambda t: jax.tree.flatten(t, is_leaf=lambda x: x is not t)  # noqa: E731

@@ -40,6 +40,10 @@ def test_converges_on_a_complex_parabola(case):
     params = {"z": jnp.asarray(rng.standard_normal(4) + 1j * rng.standard_normal(4), jnp.complex64)}
     start = float(parabola(params))
     opt = case.make(case.learning_rate)
+    if case.complex_excluded:  # refused up front, with a sentence that says so
+        with pytest.raises(TypeError, match="complex"):
+            minimise(opt, parabola, params, steps=1)
+        return
     params, state = minimise(opt, parabola, params, steps=300)
     assert float(parabola(params)) < 1e-3 * start
     assert params["z"].dtype == jnp.complex64

@@ -48,6 +48,9 @@ TOLERANCE = 1e-6  # of each leaf's largest magnitude (tests/sharding_worker.py, 
 # Optimizers whose state is not dominated by parameter-shaped moments: Adafactor's factored
 # statistics and SOAP's d x d statistics are small or replicated by rule, so ZeRO-1 saves less.
 SMALL_OR_SQUARE_STATE = {"adafactor", "adafactor_torch", "soap"}
+# 8- and 4-bit moments: codes and scales are laid out by blocks, not like the param, so they do not
+# follow its model axis (replicated over it); ZeRO-1 splits them over the 4 data devices: 1/4.
+QUANTISED_STATE = {"adamw_8bit", "adamw_4bit"}
 FUSED_KEYS = [
     *(
         f"explicit/{name}/{layout}"
@@ -141,7 +144,7 @@ def test_zero1_splits_the_state_over_the_data_axis(report, name):
     model_only = sizes["model_sharded_max_bytes_per_device"] / sizes["unsharded_bytes"]
     # 8 devices (4 data x 2 model): 1/8 for a leaf that splits both ways; the odd (7, 5) leaf,
     # the scalar and the counts stay whole on every device.
-    bound = 0.5 if name in SMALL_OR_SQUARE_STATE else 0.15
+    bound = 0.5 if name in SMALL_OR_SQUARE_STATE else 0.3 if name in QUANTISED_STATE else 0.15
     assert ratio <= bound, (
         f"{name}: {ratio:.3f} of the unsharded state per device, expected <= {bound}"
     )

@@ -54,14 +54,22 @@ META_RTOL = 1e-6
 # ~ (1e-3)^2 relative sets the tolerance.
 META_RTOL_FLOAT32_ARGUMENT = 1e-4
 FLOAT32_SCHEDULES = {"adamw_warmup"}
+# 8- and 4-bit moments are codes: piecewise constant in the learning rate, so the loss after k steps
+# is piecewise smooth, with a jump wherever an element changes code. jax.grad differentiates the
+# smooth piece (through the block scales); the central difference over +-1e-5 x also sees the jumps
+# inside it. Measured: they agree to 0.11% (8-bit) and 0.13% (4-bit); a real error in the
+# derivative is O(1) relative. (bfloat16 stochastic rounding differentiates as the identity.)
+META_RTOL_QUANTISED = 1e-2
+QUANTISED = {"adamw_8bit", "adamw_4bit"}
 
 
-def _check_meta_gradient(make, x0: float, start=START, dtype=np.float64):
+def _check_meta_gradient(make, x0: float, start=START, dtype=np.float64, rtol=None):
     """d(loss after k steps)/dx for ``make(x)``: finite, and equal to the central difference.
 
     One compiled ``value_and_grad`` gives the gradient at ``x0`` and the values at ``x0 +- h``.
     """
-    h, rtol = (1e-5, META_RTOL) if dtype == np.float64 else (1e-3, META_RTOL_FLOAT32_ARGUMENT)
+    h, default = (1e-5, META_RTOL) if dtype == np.float64 else (1e-3, META_RTOL_FLOAT32_ARGUMENT)
+    rtol = default if rtol is None else rtol
     with x64():
         params = {"x": jnp.asarray(start, jnp.float64)}
         f = jax.jit(jax.value_and_grad(lambda x: loss_after(make(x), params)))
@@ -80,7 +88,8 @@ def test_meta_gradient_wrt_learning_rate_matches_finite_difference(case):
     """The learning rate is a traced argument of every registry optimizer; the gradient of the loss
     after 5 steps with respect to it is finite and equals a float64 central difference."""
     dtype = np.float32 if case.name in FLOAT32_SCHEDULES else np.float64
-    grad = _check_meta_gradient(case.make, case.learning_rate, dtype=dtype)
+    rtol = META_RTOL_QUANTISED if case.name in QUANTISED else None
+    grad = _check_meta_gradient(case.make, case.learning_rate, dtype=dtype, rtol=rtol)
     assert grad != 0.0  # the loss does depend on the learning rate
 
 
