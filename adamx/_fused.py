@@ -4,8 +4,12 @@ An optimizer built by `adam`, `adamw`, `nadam`, `nadamw` (optax's form), `adamax
 `lion` carries a `FusedRule`: the numbers that define it and where its moments sit in its state.
 `adamx.step` hands such an optimizer to the compiled kernel (``adamx/_native/fused_step.cc``) when
 the kernel is available and the leaves qualify (CPU, float32 or bfloat16 params, gradients and
-moments); otherwise it runs the jnp path, ``update`` then ``apply_updates``. Both compute the same
-operations in the same order, so their results are bit-identical (``tests/test_fused.py``).
+moments, the moments possibly `stochastic_bfloat16`); otherwise it runs the jnp path, ``update``
+then ``apply_updates``. Both compute the same operations in the same order, so their results are
+bit-identical (``tests/test_fused.py``, ``tests/test_fused_low_bit.py``).
+
+``adamx.chain(optimizer, kahan_summation())`` keeps the optimizer's rule with ``kahan=True``
+(`with_kahan`): the kernel then also updates the compensation, in the same pass.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from . import _native
 from ._base import GradientTransformation, ScalarOrSchedule, safe_increment
 from ._moments import _correction
+from ._quantize import RoundedBuffer, StochasticBfloat16
 from ._storage import is_storage
 
 # jax < 0.6 has no mesh axis types, and its traced values carry no sharding.
@@ -40,6 +45,9 @@ class FusedRule:
     ``moments(state) -> (mu, nu, counts)`` reads the moment trees and the int32 step counts of the
     bias corrections; ``rebuild(state, mu, nu, counts) -> state`` writes them back (every other
     state entry is a learning-rate or weight-decay schedule count, advanced here too).
+
+    ``kahan``: the optimizer is ``chain(this one, kahan_summation())``, whose state is
+    ``(this one's state, KahanState)``; the functions above read and write the first entry.
     """
 
     algorithm: str
@@ -53,6 +61,7 @@ class FusedRule:
     moments: Callable[[Any], tuple[Any, Any, tuple[Any, ...]]]
     rebuild: Callable[[Any, Any, Any, tuple[Any, ...]], Any]
     schedule_slots: tuple[int, ...]  # positions of the outer state entries holding a count
+    kahan: bool = False
 
 
 class FusableTransformation(GradientTransformation):
@@ -74,6 +83,18 @@ def rule_of(tx: Any) -> FusedRule | None:
     return getattr(tx, "fused_rule", None)
 
 
+def with_kahan(rule: FusedRule | None) -> FusedRule | None:
+    """The rule of ``chain(<the optimizer of rule>, kahan_summation())`` (``None`` stays ``None``)."""
+    if rule is None or rule.kahan:
+        return None
+    return dataclasses.replace(rule, kahan=True)
+
+
+def _split(rule: FusedRule, state: Any) -> tuple[Any, Any]:
+    """``(the optimizer's state, the KahanState or None)``."""
+    return (state[0], state[1]) if rule.kahan else (state, None)
+
+
 def _python_number(*values: Any) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -82,11 +103,12 @@ def _python_number(*values: Any) -> bool:
 
 
 def _kernel_dtype(dtype: Any) -> bool:
-    """Whether the kernel keeps a moment of ``dtype`` (a dtype; a `MomentStorage` it does not)."""
+    """Whether the kernel keeps a moment of ``dtype``: float32, bfloat16, or the storage
+    `stochastic_bfloat16` (exactly that class: a subclass may write differently)."""
     if dtype is None:
         return True
     if is_storage(dtype):
-        return False
+        return type(dtype) is StochasticBfloat16
     return np.dtype(dtype) in _KERNEL_DTYPES
 
 
@@ -246,26 +268,39 @@ def _decayed_leaves(rule: FusedRule, params: Any, treedef: Any) -> list[int] | N
 _GROUP = 32  # leaves per custom call: XLA's aliasing analysis grows faster than linearly with more
 
 
-def kernel_call(algorithm: str, hyper, p, g, m, v, decayed: list[int]):
-    """The custom calls: lists of leaves in, ``(p, m, v)`` lists out, each written in place.
+def kernel_call(algorithm: str, hyper, p, g, m, v, decayed: list[int], *, c=None):
+    """The custom calls: lists of leaves in, ``(p, m, v, c)`` lists out, each written in place.
+
+    A moment leaf is an array, or the `RoundedBuffer` of a `stochastic_bfloat16` moment: the
+    kernel rounds its value stochastically and advances its counter (both in place), and it comes
+    back a `RoundedBuffer`. ``c``: the Kahan compensations (one per leaf, in the params' dtypes),
+    or ``None`` (no Kahan; ``None`` comes back).
 
     Leaves go in groups of `_GROUP` per call: one call over thousands of aliased buffers makes XLA's
     compile time grow super-linearly (measured: 2000 leaves in one call took 670 s to compile;
     in groups of 25, 4 s), while the per-call cost of the kernel is a few microseconds.
     """
-    has_v = v is not None
+    has_v, has_c = v is not None, c is not None
     p_out: list[Any] = []
     m_out: list[Any] = []
     v_out: list[Any] = []
+    c_out: list[Any] = []
     for start in range(0, len(p), _GROUP):
         part = slice(start, start + _GROUP)
         pp, gg, mm = p[part], g[part], m[part]
         vv = v[part] if has_v else []
+        cc = c[part] if has_c else []
         n = len(pp)
-        outs = [*pp, *mm, *vv]
+        m_rounded = [isinstance(x, RoundedBuffer) for x in mm]
+        v_rounded = [isinstance(x, RoundedBuffer) for x in vv]
+        counters = [x.counter for x in mm if isinstance(x, RoundedBuffer)]
+        counters += [x.counter for x in vv if isinstance(x, RoundedBuffer)]
+        arrays = [*pp, *gg, *map(_value, mm), *map(_value, vv), *cc, *counters]
+        outs = [*pp, *map(_value, mm), *map(_value, vv), *cc, *counters]
+        # Operand 0 is hyper, then p, g, m, v, c, counters; the results are p, m, v, c, counters:
+        # every operand but g is aliased to its result.
         aliases = {1 + i: i for i in range(n)}
-        aliases.update({1 + 2 * n + i: n + i for i in range(n)})
-        aliases.update({1 + 3 * n + i: 2 * n + i for i in range(len(vv))})
+        aliases.update({1 + 2 * n + i: n + i for i in range(len(outs) - n)})
         call = jax.ffi.ffi_call(
             _native.TARGET,
             [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs],
@@ -274,17 +309,43 @@ def kernel_call(algorithm: str, hyper, p, g, m, v, decayed: list[int]):
         )
         results = call(
             hyper,
-            *pp,
-            *gg,
-            *mm,
-            *vv,
+            *arrays,
             algorithm=np.int64(ALGORITHMS[algorithm]),
             decayed=np.asarray(decayed[part], np.int64),
+            stochastic=np.asarray(
+                [
+                    int(a) + 2 * int(b)
+                    for a, b in zip(m_rounded, v_rounded or [False] * n, strict=True)
+                ],
+                np.int64,
+            ),
+            kahan=np.int64(has_c),
         )
-        p_out += results[:n]
-        m_out += results[n : 2 * n]
-        v_out += results[2 * n :]
-    return p_out, m_out, (v_out if has_v else None)
+        results = list(results)
+        new_p, new_m = results[:n], results[n : 2 * n]
+        new_v = results[2 * n : 2 * n + len(vv)]
+        new_c = results[2 * n + len(vv) : 2 * n + len(vv) + len(cc)]
+        new_counters = iter(results[2 * n + len(vv) + len(cc) :])  # m's first, then v's
+        new_m = _rewrap(new_m, m_rounded, new_counters)
+        new_v = _rewrap(new_v, v_rounded, new_counters)
+        p_out += new_p
+        m_out += new_m
+        v_out += new_v
+        c_out += new_c
+    return p_out, m_out, (v_out if has_v else None), (c_out if has_c else None)
+
+
+def _rewrap(values: list[Any], rounded: list[bool], counters: Any) -> list[Any]:
+    """``values`` with each rounded one a `RoundedBuffer` again, its counter the next of
+    ``counters`` (an iterator)."""
+    return [
+        RoundedBuffer(x, next(counters)) if r else x for x, r in zip(values, rounded, strict=True)
+    ]
+
+
+def _value(leaf: Any) -> Any:
+    """A moment leaf's array: a `RoundedBuffer`'s bfloat16 value, or the leaf itself."""
+    return leaf.value if isinstance(leaf, RoundedBuffer) else leaf
 
 
 def _flatten(tree: Any) -> tuple[list[Any], Any]:
@@ -387,38 +448,66 @@ def _reshard(x: Any, where: _Layout, spec: P) -> Any:
     return jax.device_put(x, sharding)
 
 
-def sharded_kernel_call(where: _Layout, algorithm: str, hyper, p, g, m, v, decayed: list[int]):
+def sharded_kernel_call(
+    where: _Layout, algorithm: str, hyper, p, g, m, v, decayed: list[int], *, c=None
+):
     """`kernel_call` once per shard: each leaf's update runs in its first moment's sharding.
 
-    The kernel is elementwise, so a shard of ``(p, g, m, v)`` is updated from the same shards alone.
-    The moment's sharding decides where: under ZeRO-1 (params replicated, state split) each device
-    updates its slice of the params, which are then gathered back to their own sharding.
+    The kernel is elementwise, so a shard of ``(p, g, m, v, c)`` is updated from the same shards
+    alone. The moment's sharding decides where: under ZeRO-1 (params replicated, state split) each
+    device updates its slice of the params, which are then gathered back to their own sharding.
+    (Stochastic rounding hashes an element's index in its whole leaf: `why_not` keeps it off a mesh.)
     """
     if where.mesh is None:
-        return kernel_call(algorithm, hyper, p, g, m, v, decayed)
+        return kernel_call(algorithm, hyper, p, g, m, v, decayed, c=c)
+    assert not any(isinstance(x, RoundedBuffer) for x in [*m, *(v or [])])
     specs = [_spec(x) for x in m]
     p_specs = [_spec(x) for x in p]
     v_specs = [_spec(x) for x in v] if v is not None else []
+    c_specs = [_spec(x) for x in c] if c is not None else []
     pp, gg, mm = ([_reshard(x, where, s) for x, s in zip(t, specs, strict=True)] for t in (p, g, m))
     vv = [_reshard(x, where, s) for x, s in zip(v, specs, strict=True)] if v is not None else []
+    cc = [_reshard(x, where, s) for x, s in zip(c, specs, strict=True)] if c is not None else []
     replicated = P()
     if where.concrete:
         hyper = jax.device_put(hyper, NamedSharding(where.mesh, replicated))
 
-    def body(hyper, p, g, m, v):
-        new_p, new_m, new_v = kernel_call(algorithm, hyper, p, g, m, v or None, decayed)
-        return new_p, new_m, new_v or []
+    def body(hyper, p, g, m, v, c):
+        new_p, new_m, new_v, new_c = kernel_call(
+            algorithm, hyper, p, g, m, v or None, decayed, c=c or None
+        )
+        return new_p, new_m, new_v or [], new_c or []
 
-    new_p, new_m, new_v = jax.shard_map(
+    some = lambda t, s: s if t is not None else []  # noqa: E731
+    new_p, new_m, new_v, new_c = jax.shard_map(
         body,
         mesh=where.mesh,
-        in_specs=(replicated, specs, specs, specs, specs if v is not None else []),
-        out_specs=(specs, specs, specs if v is not None else []),
+        in_specs=(replicated, specs, specs, specs, some(v, specs), some(c, specs)),
+        out_specs=(specs, specs, some(v, specs), some(c, specs)),
         check_vma=False,  # an FFI call carries no varying-axes rule; the specs say it all
-    )(hyper, pp, gg, mm, vv)
+    )(hyper, pp, gg, mm, vv, cc)
     new_p = [_reshard(x, where, s) for x, s in zip(new_p, p_specs, strict=True)]
     new_v = [_reshard(x, where, s) for x, s in zip(new_v, v_specs, strict=True)]
-    return new_p, new_m, (new_v if v is not None else None)
+    new_c = [_reshard(x, where, s) for x, s in zip(new_c, c_specs, strict=True)]
+    return (
+        new_p,
+        new_m,
+        (new_v if v is not None else None),
+        (new_c if c is not None else None),
+    )
+
+
+def _leaves(rule: FusedRule, grads: Any, state: Any, params: Any):
+    """``(treedef, p, g, m, v, c)``: the flat leaves of a step (``v``, ``c`` may be ``None``);
+    ``m`` and ``v`` as stored (`RoundedBuffer` for `stochastic_bfloat16`). Raises on a mismatch."""
+    leaves, treedef = _flatten(params)
+    inner, kahan = _split(rule, state)
+    mu, nu, _ = rule.moments(inner)
+    g_leaves = treedef.flatten_up_to(grads)
+    m_leaves = treedef.flatten_up_to(mu)
+    v_leaves = treedef.flatten_up_to(nu) if nu is not None else None
+    c_leaves = treedef.flatten_up_to(kahan.compensation) if kahan is not None else None
+    return treedef, leaves, g_leaves, m_leaves, v_leaves, c_leaves
 
 
 def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
@@ -426,60 +515,87 @@ def why_not(tx: Any, grads: Any, state: Any, params: Any) -> str | None:
     rule = rule_of(tx)
     if rule is None:
         return (
-            "this optimizer has no fused rule (adam, adamw, nadam, nadamw, adamax, adamaxw, lion)"
+            "this optimizer has no fused rule (adam, adamw, nadam, nadamw, adamax, adamaxw, lion, "
+            "each alone or as `adamx.chain(optimizer, adamx.kahan_summation())`, with float32, "
+            "bfloat16 or `stochastic_bfloat16()` moments)"
         )
     available, explanation = _native.status()
     if not available:
         return explanation
     if jax.default_backend() != "cpu":
         return f"the kernel is for CPU; the default backend is {jax.default_backend()}"
-    leaves, treedef = _flatten(params)
     try:
-        g_leaves = treedef.flatten_up_to(grads)
-        mu, nu, _ = rule.moments(state)
-        m_leaves = treedef.flatten_up_to(mu)
-        v_leaves = treedef.flatten_up_to(nu) if nu is not None else None
+        treedef, leaves, g_leaves, m_leaves, v_leaves, c_leaves = _leaves(
+            rule, grads, state, params
+        )
     except (ValueError, TypeError, AttributeError, IndexError):
         return "the gradients or the state do not match the params' structure"
+    moments = [*m_leaves, *(v_leaves or [])]
+    rounded = [x for x in moments if isinstance(x, RoundedBuffer)]
+    for x in rounded:
+        counter = x.counter
+        if jnp.result_type(x.value) != jnp.bfloat16 or jnp.result_type(counter) != jnp.uint32:
+            return "a `stochastic_bfloat16` moment is not a bfloat16 buffer with a uint32 counter"
+        if jnp.shape(counter) != ():
+            return "a `stochastic_bfloat16` moment's counter is not a scalar"
     for i, p in enumerate(leaves):
         g = g_leaves[i]
-        shapes = [jnp.shape(p), jnp.shape(g), jnp.shape(m_leaves[i])]
+        m = _value(m_leaves[i])
+        shapes = [jnp.shape(p), jnp.shape(g), jnp.shape(m)]
         dtypes = [np.dtype(jnp.result_type(p)), np.dtype(jnp.result_type(g))]
-        state_dtypes = [np.dtype(jnp.result_type(m_leaves[i]))]
+        state_dtypes = [np.dtype(jnp.result_type(m))]
         if v_leaves is not None:
-            shapes.append(jnp.shape(v_leaves[i]))
-            state_dtypes.append(np.dtype(jnp.result_type(v_leaves[i])))
+            shapes.append(jnp.shape(_value(v_leaves[i])))
+            state_dtypes.append(np.dtype(jnp.result_type(_value(v_leaves[i]))))
         if len(set(shapes)) != 1 or dtypes[0] != dtypes[1]:
             return "a leaf's gradient or moment has another shape or dtype than its parameter"
         if any(d not in _KERNEL_DTYPES for d in dtypes + state_dtypes):
             return f"the kernel takes float32 and bfloat16 leaves; a leaf is {dtypes[0]}"
+        if c_leaves is not None and (
+            jnp.shape(c_leaves[i]) != shapes[0] or jnp.result_type(c_leaves[i]) != dtypes[0]
+        ):
+            return "a Kahan compensation has another shape or dtype than its parameter"
     if _decayed_leaves(rule, params, treedef) is None:
         return "the weight-decay mask is not a tree of Python booleans"
-    where = layout([*leaves, *g_leaves, *m_leaves, *(v_leaves or [])])
+    arrays = [*leaves, *g_leaves, *map(_value, moments), *(c_leaves or [])]
+    where = layout(arrays + [x.counter for x in rounded])
     if isinstance(where, str):
         return where
+    if rounded and where.mesh is not None:
+        return (
+            "`stochastic_bfloat16` moments hash each element's index in its whole leaf, which the "
+            "kernel does not see on sharded leaves; the jnp path takes this step"
+        )
     return None
 
 
 def step_scalars(rule: FusedRule, state: Any) -> tuple[tuple[Any, ...], Any]:
     """The advanced bias-correction counts and the kernel's scalar buffer (``None``: no kernel)."""
-    _, _, counts = rule.moments(state)
+    inner, _ = _split(rule, state)
+    _, _, counts = rule.moments(inner)
     new_counts = tuple(safe_increment(c) for c in counts)
     schedule_counts = {
-        slot: state[slot].count for slot in rule.schedule_slots if _has_count(state[slot])
+        slot: inner[slot].count for slot in rule.schedule_slots if _has_count(inner[slot])
     }
     return new_counts, _hyper(rule, new_counts, schedule_counts)
 
 
-def rebuilt_state(rule: FusedRule, state: Any, mu: Any, nu: Any, new_counts: tuple) -> Any:
-    """``state`` with the new moments and counts, its schedule counts advanced as ``update`` does."""
-    new_state = rule.rebuild(state, mu, nu, new_counts)
-    return tuple(
+def rebuilt_state(
+    rule: FusedRule, state: Any, mu: Any, nu: Any, new_counts: tuple, compensation: Any = None
+) -> Any:
+    """``state`` with the new moments and counts, its schedule counts advanced as ``update`` does
+    (and with ``rule.kahan``, the new ``compensation``)."""
+    inner, kahan = _split(rule, state)
+    new_state = rule.rebuild(inner, mu, nu, new_counts)
+    new_state = tuple(
         entry._replace(count=safe_increment(entry.count))
         if i in rule.schedule_slots and _has_count(entry)
         else entry
         for i, entry in enumerate(new_state)
     )
+    if kahan is None:
+        return new_state
+    return (new_state, kahan._replace(compensation=compensation))
 
 
 def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
@@ -491,15 +607,13 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
     new_counts, hyper = step_scalars(rule, state)
     if hyper is None:
         return None
-    leaves, treedef = _flatten(params)
-    mu, nu, _ = rule.moments(state)
+    treedef, leaves, g_leaves, m_leaves, v_leaves, c_leaves = _leaves(rule, grads, state, params)
     decayed = _decayed_leaves(rule, params, treedef)
     assert decayed is not None
-    g_leaves, m_leaves = treedef.flatten_up_to(grads), treedef.flatten_up_to(mu)
-    v_leaves = treedef.flatten_up_to(nu) if nu is not None else None
-    where = layout([*leaves, *g_leaves, *m_leaves, *(v_leaves or [])])
+    moments = [_value(x) for x in [*m_leaves, *(v_leaves or [])]]
+    where = layout([*leaves, *g_leaves, *moments, *(c_leaves or [])])
     assert isinstance(where, _Layout)
-    p, m, v = sharded_kernel_call(
+    p, m, v, c = sharded_kernel_call(
         where,
         rule.algorithm,
         hyper,
@@ -508,8 +622,9 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
         m_leaves,
         v_leaves,
         decayed,
+        c=c_leaves,
     )
+    new_mu = treedef.unflatten(m)
     new_nu = treedef.unflatten(v) if v is not None else None
-    return treedef.unflatten(p), rebuilt_state(
-        rule, state, treedef.unflatten(m), new_nu, new_counts
-    )
+    new_c = treedef.unflatten(c) if c is not None else None
+    return treedef.unflatten(p), rebuilt_state(rule, state, new_mu, new_nu, new_counts, new_c)

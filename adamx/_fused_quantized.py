@@ -197,7 +197,7 @@ def fused_step(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] 
         for k, i in enumerate(q_at):
             new_p[i], new_m[i], new_v[i] = qp[k], qm[k], qv[k]
     if f_at:
-        fp, fm, fv = _fused.kernel_call(
+        fp, fm, fv, _ = _fused.kernel_call(
             rule.algorithm,
             hyper,
             [jnp.asarray(x) for x in pick(leaves, False)],

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from ._base import GradientTransformation
 from ._dtypes import wider
+from ._fused import fusable, rule_of, with_kahan
 from ._moments import _unzip
 from ._trees import map_like
 
@@ -17,6 +18,15 @@ class KahanState(NamedTuple):
     """The state of `kahan_summation`: per parameter, the rounding error still owed to it."""
 
     compensation: Any
+
+
+class KahanSummation(GradientTransformation):
+    """`kahan_summation`'s transformation: ``adamx.chain(optimizer, this)`` keeps the optimizer's
+    fused rule, so `adamx.step` updates the compensation in the optimizer's kernel pass."""
+
+    def fuse_after(self, optimizer: Any, chained: GradientTransformation) -> GradientTransformation:
+        """``chained`` (``chain(optimizer, self)``) with the fused rule of ``optimizer`` plus Kahan."""
+        return fusable(chained, with_kahan(rule_of(optimizer)))
 
 
 def kahan_summation() -> GradientTransformation:
@@ -35,6 +45,9 @@ def kahan_summation() -> GradientTransformation:
     parameters gain little from it (their rounding error is 2**-24 relative).
 
     Example: ``adamx.chain(adamx.adamw(1e-4), adamx.kahan_summation())`` for bfloat16 params.
+    `adamx.step` runs such a chain, when the optimizer has a fused rule (`adamw`, `lion`, ...), in
+    the optimizer's one-pass CPU kernel, which updates the compensation in the same pass with the
+    same roundings (docs/design.md, section 8).
 
     Returns:
       A transformation with state `KahanState`.
@@ -64,4 +77,4 @@ def kahan_summation() -> GradientTransformation:
         pairs = map_like(one, updates, state.compensation, "optimizer state", params)
         return _unzip(updates, pairs, KahanState)
 
-    return GradientTransformation(init_fn, update_fn)
+    return KahanSummation(init_fn, update_fn)

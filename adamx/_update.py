@@ -54,9 +54,10 @@ def step(
 
     Equal to ``tx.update`` followed by `apply_updates`, which is the reference implementation. For
     the optimizers with a fused rule (`adam`, `adamw`, `nadam`, `nadamw` in optax's form, `adamax`,
-    `adamaxw`, `lion`) on CPU, with float32 or bfloat16 leaves, one compiled kernel call updates
-    every parameter and moment in place instead, moving each byte once; the numbers are the same
-    bit for bit (docs/design.md, section 8). Call it inside ``jax.jit`` with ``donate_argnums`` for
+    `adamaxw`, `lion`) on CPU, with float32 or bfloat16 leaves (moments also `stochastic_bfloat16`,
+    and the optimizer also followed by `kahan_summation` in `chain`), one compiled kernel call
+    updates every parameter and moment in place instead, moving each byte once; the numbers are
+    the same bit for bit (docs/design.md, section 8). Call it inside ``jax.jit`` with ``donate_argnums`` for
     the params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
 
     Args:

@@ -148,7 +148,7 @@ def build(config: Config, seed: int = 0) -> tuple[list[Implementation], dict[str
 
         def stream(p, s, g):
             leaves = list(p.values())
-            new_p, m, v = _fused.kernel_call(
+            new_p, m, v, _ = _fused.kernel_call(
                 "stream", hyper, leaves, list(g.values()), s[0], s[1], [0] * len(leaves)
             )
             return dict(zip(p, new_p, strict=True)), (m, v)
@@ -343,6 +343,10 @@ BUILDERS: dict[str, Callable[[float], Any]] = {
         lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(16)
     ),
     "adamw_8bit": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(8)),
+    # Kahan-compensated params (a third state buffer), fused with AdamW's step.
+    "adamw_kahan": lambda lr: adamx.chain(
+        adamx.adamw(lr, weight_decay=WEIGHT_DECAY), adamx.kahan_summation()
+    ),
     "adamw_4bit": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(4)),
 }
 
