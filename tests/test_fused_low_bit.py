@@ -22,6 +22,7 @@ import pytest
 import adamx
 from adamx import _fused, _native
 from adamx._quantize import RoundedBuffer, StochasticBfloat16
+from tests.test_fused import _gradients  # the same zero step and spike, same shapes
 
 pytestmark = pytest.mark.skipif(
     not _native.status()[0], reason=f"native kernel unavailable: {_native.status()[1]}"
@@ -84,21 +85,6 @@ def _tree(dtype, seed=0):
         "b": jnp.asarray(rng.standard_normal(7), dtype),
         "s": jnp.asarray(rng.standard_normal(()), dtype),
     }
-
-
-def _gradients(dtype, steps, seed=1):
-    """Gradients with an all-zero step and a spike, in the params' dtype."""
-    rng = np.random.default_rng(seed)
-    like = _tree(dtype)
-    out = []
-    for i in range(steps):
-        scale = 0.0 if i == 3 else (50.0 if i == 7 else 1.0)
-        out.append(
-            jax.tree.map(
-                lambda x, c=scale: jnp.asarray(c * rng.standard_normal(x.shape), dtype), like
-            )
-        )
-    return out
 
 
 def _run(tx, params, grads, *, fused):
