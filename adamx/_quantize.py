@@ -15,8 +15,9 @@ The 8- and 4-bit codes are *dynamic-exponent* codes in the style of bitsandbytes
 
 so the codes cover ``b`` decades below 1, each decade with twice the points of the one below, and
 the largest code is exactly 1 (a block's absmax element is stored exactly). Inside decade ``i``,
-together with the top of decade ``i - 1``, the points are evenly spaced: the nearest code is one
-``round``, computed from ``log10`` of the value, not a search of a table.
+together with the top of decade ``i - 1``, the points are evenly spaced, so the nearest code is an
+affine function of the value, rounded: the decade by comparisons with its edges, then one multiply,
+one add and one ``round``, not a search of a table.
 """
 
 from __future__ import annotations
@@ -46,16 +47,18 @@ def dynamic_code(bits: int) -> np.ndarray:
 def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The float32 constants of the ``bits``-bit magnitude code's encoder.
 
-    ``bounds[k] = 10**(k - bits)`` for ``k = 0 .. bits`` (the decades' edges; the last is 1);
-    ``inverse_top[i] = 10**(bits - 1 - i)`` (one over decade ``i``'s largest point) and
-    ``per_step[i] = 2**i / 0.9`` (grid steps per unit of ``t``), for ``i < bits``. The fused
+    ``bounds[k] = 10**(k - bits)`` for ``k = 0 .. bits`` (the decades' edges; the last is 1), and
+    for each decade ``i < bits`` the affine map from ``y`` to the code's grid,
+    ``code = slope[i] * y + offset[i]`` rounded: decade ``i``'s points are
+    ``y = 10**(i - bits + 1) (0.1 + 0.9 (j + 1) / 2**i)`` at codes ``2**i + j``, so
+    ``slope[i] = 10**(bits - 1 - i) 2**i / 0.9`` and ``offset[i] = 2**i - 1 - 2**i / 9``. The fused
     kernel (``adamx/_native/fused_quantized.cc``) gets these same numbers, so both paths compute the
     same codes.
     """
     bounds = np.asarray([10.0 ** (k - bits) for k in range(bits + 1)], np.float32)
-    inverse_top = np.asarray([10.0 ** (bits - 1 - i) for i in range(bits)], np.float32)
-    per_step = np.asarray([2.0**i / 0.9 for i in range(bits)], np.float32)
-    return bounds, inverse_top, per_step
+    slope = np.asarray([10.0 ** (bits - 1 - i) * 2.0**i / 0.9 for i in range(bits)], np.float32)
+    offset = np.asarray([2.0**i - 1.0 - 2.0**i / 9.0 for i in range(bits)], np.float32)
+    return bounds, slope, offset
 
 
 def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax.Array:
@@ -68,17 +71,15 @@ def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax
     one for one). ``zero_free``: a positive ``y`` never gets code 0 (the second moment: a zero
     ``v`` under a nonzero ``m`` would blow the step up).
     """
-    bounds, inverse_top, per_step = code_constants(bits)
-    # Above 1 (an ulp, from |x| * (1 / absmax)) the clamp of j below gives the top code, as 1 would.
+    bounds, slope, offset = code_constants(bits)
+    # Above 1 (an ulp, from |x| * (1 / absmax)) the clamp below gives the top code, as 1 would.
     y = y.astype(jnp.float32)
     decade = sum((y >= bounds[k]).astype(jnp.int32) for k in range(1, bits))
-    points = jnp.left_shift(1, decade)  # 2**i points in the decade
-    # t = y / top in [0.1, 1]; the grid 0.1 + 0.9 (j + 1) / 2**i for j = -1 .. 2**i - 1 (j = -1:
-    # the previous decade's top, code 2**i - 1), so j + 1 = (t - 0.1) 2**i / 0.9.
-    t = y * jnp.asarray(inverse_top)[decade]
-    u = (t - np.float32(0.1)) * jnp.asarray(per_step)[decade] - 1.0
-    j = jnp.clip(jnp.round(u).astype(jnp.int32), -1, points - 1)
-    code = points + j
+    points = jnp.left_shift(1, decade)  # 2**i points in the decade, codes 2**i .. 2**(i+1) - 1
+    # The nearest point of the decade's grid, extended down by one to the previous decade's top
+    # (code 2**i - 1): one multiply, one add and a round.
+    u = y * jnp.asarray(slope)[decade] + jnp.asarray(offset)[decade]
+    code = jnp.clip(jnp.round(u).astype(jnp.int32), points - 1, 2 * points - 1)
     tiny = bounds[1]  # the single point of decade 0
     below = (y > 0) if zero_free else (y >= np.float32(0.5) * tiny)
     return jnp.where(y < tiny, below.astype(jnp.int32), code)

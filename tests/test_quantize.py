@@ -25,12 +25,28 @@ RNG = np.random.default_rng(0)
 def test_the_analytic_code_is_the_nearest_point_of_the_table(bits):
     table = dynamic_code(bits).astype(np.float32)
     assert len(table) == 2**bits and table[0] == 0 and table[-1] == 1 and np.all(np.diff(table) > 0)
-    y = np.concatenate([RNG.random(50_000) ** 6, table, RNG.random(1000) * 1e-9]).astype(np.float32)
+    # Random values, the points themselves, and the 81 floats around each midpoint.
+    mids = ((table[1:].astype(np.float64) + table[:-1]) / 2).astype(np.float32)
+    around = [mids]
+    for direction in (0.0, 2.0):
+        x = mids
+        for _ in range(40):
+            x = np.nextafter(x, np.float32(direction))
+            around.append(x)
+    y = np.concatenate([RNG.random(50_000) ** 6, table, RNG.random(1000) * 1e-9, *around])
+    y = y.astype(np.float32)
     code = np.asarray(encode_magnitude(jnp.asarray(y), bits))
-    ours = np.abs(table[code] - y)
-    best = np.abs(table[None, :] - y[:, None]).min(axis=1)
-    # Equal to the brute-force nearest point, up to float32 ties at the midpoints.
-    np.testing.assert_allclose(ours, best, rtol=0, atol=4e-8)
+    distance = np.abs(table[code].astype(np.float64) - y)
+    nearest = np.abs(table[None, :].astype(np.float64) - y[:, None]).argmin(axis=1)
+    off = distance > np.abs(table[nearest].astype(np.float64) - y)
+    # The brute-force nearest point, or at a float32 tie its neighbour: four roundings (slope and
+    # offset to float32, the multiply and the add), each under 2^(i - 24) of u < 2^(i + 1), put u
+    # within 2^(i - 22) <= 2^-15 of a code step (i < 8) of exact, so y is that near the midpoint.
+    assert np.all(np.abs(code[off] - nearest[off]) == 1)
+    step = np.abs(table[code[off]].astype(np.float64) - table[nearest[off]])
+    midpoint = (table[code[off]].astype(np.float64) + table[nearest[off]]) / 2
+    assert np.all(np.abs(y[off] - midpoint) <= 2.0**-15 * step)
+    assert off.sum() < 0.01 * len(y)  # ties only
 
 
 def test_zero_free_code_never_stores_a_positive_value_as_zero():
@@ -309,22 +325,31 @@ def test_bad_arguments_are_refused_with_a_sentence():
         adamx.blockwise_8bit(min_size=0).init(jnp.zeros(8, jnp.complex64))
 
 
-# ---- quality: the short version of `python -m adamx.experiments.low_bit` -------------------------
+# ---- quality: `python -m adamx.experiments.low_bit`, shortened ---------------------------------
 
 
 @pytest.mark.parametrize("problem", ["digits", "lm"])
 def test_low_bit_adamw_trains_within_2_percent_of_float32(problem):
+    """The docs' comparison (600 steps) without bfloat16, on three seeds, as the mean ratio.
+
+    One run is one trajectory: codes that differ only at float32 ties move a single run's final
+    loss by a few percent either way (8 seeds, 600 steps: single runs at 0.94-1.01 of float32 on
+    the training loss and 0.94-1.13 held out); the claim is about the expected loss.
+    """
     from adamx.experiments import low_bit
 
-    made = low_bit.digits_problem() if problem == "digits" else low_bit.lm_problem()
-    runs = low_bit.compare(made, steps=200, variants=("float32", "8-bit", "4-bit"))
-    base = runs["float32"]
-    assert low_bit.final(base) < 0.5 * float(np.mean(base.losses[:10]))  # it trained
+    make = low_bit.digits_problem if problem == "digits" else low_bit.lm_problem
+    per_seed = []
+    for seed in range(3):
+        runs = low_bit.compare(make(seed), steps=600, variants=("float32", "8-bit", "4-bit"))
+        base = runs["float32"]
+        assert low_bit.final(base) < 0.5 * float(np.mean(base.losses[:10]))  # it trained
+        for variant in ("8-bit", "4-bit"):
+            assert runs[variant].state_bytes_per_param < base.state_bytes_per_param / 3
+        per_seed.append(runs)
     for variant in ("8-bit", "4-bit"):
-        run = runs[variant]
-        assert low_bit.final(run) <= 1.02 * low_bit.final(base), low_bit.table(problem, runs)
-        assert run.held_out <= 1.02 * base.held_out, low_bit.table(problem, runs)
-        assert run.state_bytes_per_param < base.state_bytes_per_param / 3
+        train, held = np.mean([low_bit.ratios(runs)[variant] for runs in per_seed], axis=0)
+        assert train <= 1.02 and held <= 1.02, low_bit.summary(problem, per_seed)
 
 
 # ---- the fused 8-bit kernel ---------------------------------------------------------------------

@@ -34,42 +34,44 @@ constexpr int kMaxBlock = 4096;
 constexpr size_t kTables = 512 + 22 + 25;
 
 // The encoder's constants for a `kBits`-bit magnitude code (adamx/_quantize.py: `code_constants`):
-// decade edges (kBits + 1), one over each decade's top (kBits), grid steps per unit (kBits).
+// decade edges (kBits + 1), and per decade the affine map to the code grid, slope and offset.
 template <int kBits>
 struct Code {
   float bounds[kBits + 1];
-  float inverse_top[kBits];
-  float per_step[kBits];
+  float slope[kBits];
+  float offset[kBits];
   explicit Code(const float* t) {  // a local copy: no store through a byte pointer can alias it
     for (int k = 0; k <= kBits; ++k) bounds[k] = t[k];
-    for (int k = 0; k < kBits; ++k) inverse_top[k] = t[kBits + 1 + k];
-    for (int k = 0; k < kBits; ++k) per_step[k] = t[2 * kBits + 1 + k];
+    for (int k = 0; k < kBits; ++k) slope[k] = t[kBits + 1 + k];
+    for (int k = 0; k < kBits; ++k) offset[k] = t[2 * kBits + 1 + k];
   }
 };
 
 template <int kBits, bool kZeroFree>
 inline int encode(float y, const Code<kBits>& c) {
-  // y = |x| / absmax is in [0, 1] up to an ulp; above 1 the clamp of j gives the top code, as 1
-  // would. (No clamp of y: its NaN-aware select keeps the loop from vectorising.)
+  // y = |x| / absmax is in [0, 1] up to an ulp; above 1 the clamp gives the top code, as 1 would.
+  // (No clamp of y: its NaN-aware select keeps the loop from vectorising.)
   // The decade by comparisons with its edges; its constants by selects, not table lookups.
-  float inverse_top = c.inverse_top[0], per_step = c.per_step[0];
+  float slope = c.slope[0], offset = c.offset[0];
   int points = 1;
 #pragma GCC unroll 8
   for (int k = 1; k < kBits; ++k) {
     const bool above = y >= c.bounds[k];
-    inverse_top = above ? c.inverse_top[k] : inverse_top;
-    per_step = above ? c.per_step[k] : per_step;
+    slope = above ? c.slope[k] : slope;
+    offset = above ? c.offset[k] : offset;
     points = above ? (1 << k) : points;
   }
-  const float u = (y * inverse_top - 0.1f) * per_step - 1.0f;
-  // rint: round half to even in the default mode, as jnp.round (nearbyint is a libm call).
-  int j = static_cast<int>(std::rint(u));
-  j = std::max(j, -1);
-  j = std::min(j, points - 1);
+  // rint: round half to even in the default mode, as jnp.round (nearbyint is a libm call). An
+  // infinite y (under an absmax below 2^-128, whose inverse is inf) converts as XLA converts it,
+  // to the top of the range; a NaN y stays NaN and converts to INT_MIN, below the clamp.
+  const float u = std::min(y * slope + offset, static_cast<float>(2 * points));
+  int code = static_cast<int>(std::rint(u));
+  code = std::max(code, points - 1);
+  code = std::min(code, 2 * points - 1);
   const float tiny = c.bounds[1];
   const int below = kZeroFree ? static_cast<int>(y > 0.0f) : static_cast<int>(y >= 0.5f * tiny);
   const int under = static_cast<int>(y < tiny);  // an arithmetic select: it vectorises
-  return under * below + (1 - under) * (points + j);
+  return under * below + (1 - under) * code;
 }
 
 struct QuantizedLeaf {
@@ -93,13 +95,18 @@ struct Tables {
   // planes[moment][b][code]: byte b (little-endian) of the float32 value of `code` (moment 0: m's
   // signed table, 1: v's unsigned one); four byte lookups of 256 entries rebuild the exact float.
   alignas(64) uint8_t planes[2][4][256];
-  // The encoder's decade from y's pair of binades [2^2i, 2^(2i+2)) (index: y's biased exponent
+  // The encoder's decade from y's pair of binades [2^2i, 2^(2i+2)) (index i: y's biased exponent
   // halved, mod 16: exponents 96 .. 127, y in [2^-31, 1]): the decade of the pair's lowest value,
   // and the one decade edge inside the pair (+inf if none), so decade = low_decade + (y >= edge).
   alignas(64) int32_t low_decade[2][16];
   alignas(64) float edge[2][16];
-  alignas(64) float inverse_top[2][16];  // indexed by decade (moment 0: 7 decades, 1: 8)
-  alignas(64) float per_step[2][16];
+  // The code's affine map by decade (moment 0: 7 decades, 1: 8), and (`encode16`, y in [0, 1])
+  // by pair of binades and side of its edge: entry 16 + i below pair i's edge, i above it (the
+  // index is y's bits >> 24, whose bit 4 is set for these exponents, flipped above the edge).
+  alignas(64) float slope[2][16];
+  alignas(64) float offset[2][16];
+  alignas(64) float slope_at[2][32];
+  alignas(64) float offset_at[2][32];
   alignas(64) float tiny[2][16];  // bounds[1]: the single point of decade 0
   alignas(64) float half_tiny[2][16];  // 0.5f * bounds[1]
 #endif
@@ -117,37 +124,10 @@ void prepare(const float* t, Tables& out) {
       for (int b = 0; b < 4; ++b) out.planes[moment][b][code] = static_cast<uint8_t>(bits >> (8 * b));
     }
     const int nbits = moment == 0 ? 7 : 8;
-    const float* bounds = t + (moment == 0 ? 512 : 534);  // then inverse_top, per_step (`Code`)
+    const float* bounds = t + (moment == 0 ? 512 : 534);  // then slope, offset (`Code`)
     for (int d = 0; d < 16; ++d) {
-      out.inverse_top[moment][d] = d < nbits ? bounds[nbits + 1 + d] : 0.0f;
-      out.per_step[moment][d] = d < nbits ? bounds[2 * nbits + 1 + d] : 0.0f;
-    }
-    if (moment == 0) {
-      // m's decade 0 holds only y under tiny (y >= 2^-31, or clamped to it; `encode16`), where
-      // the code is 1 from half of tiny up, else 0. Its constants become (a, 1), with which
-      // u = (y * a - 0.1) * 1 - 1 rounds to 0 from 0.5f * tiny up and to -1 below (u does not
-      // decrease with y): a near 0.6 / (tiny / 2), checked at the four ends.
-      const float half = 0.5f * bounds[1], tiny = bounds[1];
-      auto j_of = [](float y, float a) {
-        return static_cast<int>(std::nearbyint(((y * a) - 0.1f) * 1.0f - 1.0f));
-      };
-      auto fits = [&](float a) {
-        return j_of(0.0f, a) == -1 && j_of(std::nextafter(half, 0.0f), a) == -1 &&
-               j_of(half, a) == 0 && j_of(std::nextafter(tiny, 0.0f), a) == 0;
-      };
-      float up = 0.6f / half, down = up;
-      bool found = false;
-      for (int step = 0; step < 1024 && !found; ++step) {
-        if (fits(up)) {
-          out.inverse_top[0][0] = up, found = true;
-        } else if (fits(down)) {
-          out.inverse_top[0][0] = down, found = true;
-        }
-        up = std::nextafter(up, INFINITY);
-        down = std::nextafter(down, 0.0f);
-      }
-      out.per_step[0][0] = 1.0f;
-      if (!found) out.vector = false;
+      out.slope[moment][d] = d < nbits ? bounds[nbits + 1 + d] : 0.0f;
+      out.offset[moment][d] = d < nbits ? bounds[2 * nbits + 1 + d] : 0.0f;
     }
     for (int l = 0; l < 16; ++l) out.tiny[moment][l] = bounds[1];
     for (int l = 0; l < 16; ++l) out.half_tiny[moment][l] = 0.5f * bounds[1];
@@ -166,6 +146,40 @@ void prepare(const float* t, Tables& out) {
       if (inside > 1) out.vector = false;  // two edges in one pair: not this code's tables
       out.low_decade[moment][i] = decade;
       out.edge[moment][i] = edge;
+      for (int above = 0; above < 2; ++above) {
+        const int d = decade + (above ? inside : 0);
+        out.slope_at[moment][above ? i : 16 + i] = out.slope[moment][d];
+        out.offset_at[moment][above ? i : 16 + i] = out.offset[moment][d];
+      }
+    }
+    if (moment == 0) {
+      // m's decade 0 holds only y under tiny (y >= 2^-31, or clamped to it for the index;
+      // `encode16`), where the code is 1 from half of tiny up, else 0. Its constants there become
+      // (a, 0), with which y * a + 0 rounds to 0 below 0.5f * tiny and to 1 from there up to tiny
+      // (it does not decrease with y): a near 0.5 / (tiny / 2), checked at the four ends.
+      const float half = 0.5f * bounds[1], tiny = bounds[1];
+      auto code_of = [](float y, float a) { return static_cast<int>(std::nearbyint(y * a + 0.0f)); };
+      auto fits = [&](float a) {
+        return code_of(0.0f, a) == 0 && code_of(std::nextafter(half, 0.0f), a) == 0 &&
+               code_of(half, a) == 1 && code_of(std::nextafter(tiny, 0.0f), a) == 1;
+      };
+      float a = 0.5f / half;
+      bool found = false;
+      for (int step = 0; step < 1024 && !found; ++step) {
+        found = fits(a);
+        if (!found) a = std::nextafter(a, INFINITY);
+      }
+      if (!found) out.vector = false;
+      for (int k = 0; k < 32; ++k) {
+        if (out.slope_at[0][k] == out.slope[0][0] && out.offset_at[0][k] == out.offset[0][0]) {
+          out.slope_at[0][k] = a;
+          out.offset_at[0][k] = 0.0f;
+        }
+      }
+    } else {
+      // v's y = 0 takes pair 0's upper entry (its bits >> 24 are 0), which must round to code 0.
+      if (!(out.edge[1][0] > 0.0f) || std::nearbyint(0.0f * out.slope_at[1][0] + out.offset_at[1][0]) != 0.0f)
+        out.vector = false;
     }
     // Lanes past a block's end decode code 0 and must give 0 (no effect on the absmax).
     if (t[256 * moment] != 0.0f) out.vector = false;
@@ -233,56 +247,64 @@ ADAMX_INLINE void decode64(__m512i codes, const uint8_t (*planes)[256], __m512 o
 
 // `encode<kBits, kZeroFree>` on 16 lanes (moment: 0 for the 7-bit code, 1 for the 8-bit one).
 // kAny: y may be anything (NaN, above 1, inf: a block whose absmax is NaN or under 2^-128, where
-// 1 / absmax is inf). Otherwise y is in [0, 1 + 2^-22] (not NaN): there the clamps of j never act,
-// and m's codes under `tiny` come out of decade 0's constants (`prepare`). Both were checked
-// against `encode` for every float y in [0, 1 + 2^-17], and kAny for every y >= 0 including inf
-// and NaN (a standalone harness, issue 10); tests/test_quantize.py compares whole steps.
+// 1 / absmax is inf). Otherwise y is in [0, 1 + 2^-22] (not NaN): there the clamps never act, and
+// m's codes under `tiny` come out of the affine map (`prepare`). Both were checked against `encode`
+// for every float y in [0, 1 + 2^-17], and kAny for every y >= 0 including inf and NaN (a
+// standalone harness, issue 10); tests/test_quantize.py compares whole steps.
 template <int kBits, bool kZeroFree, bool kAny>
 ADAMX_INLINE __m512i encode16(__m512 y, const Tables& t, int moment) {
   const __m512i one = _mm512_set1_epi32(1);
-  // The decade = #{k in 1 .. kBits-1: y >= bounds[k]}, from y's pair of binades and one
-  // comparison. kAny: y is clamped to 1 first (y above 1 or inf: the top decade), and a NaN y gets
-  // decade 0 (it fails every comparison). A y under 2^-31 would take another pair's entry (the
-  // index wraps around): it is under `tiny`, and either its code is set below or (m, not kAny) it
-  // is clamped to 2^-31 for the lookup, whose decade is 0.
   __m512i bits = _mm512_castps_si512(y);
-  if (kAny) bits = _mm512_min_epu32(bits, _mm512_set1_epi32(0x3f800000));
-  if (!kAny && !kZeroFree) bits = _mm512_max_epu32(bits, _mm512_set1_epi32(0x30000000));
+  if (!kAny) {
+    // The map of y's decade, from its pair of binades and the side of the pair's edge: two
+    // lookups and a comparison. (m: y under 2^-31 takes 2^-31's pair, whose map rounds it to 0.
+    // v: such a y is under tiny, set below, or 0, whose wrapped entry rounds it to 0.)
+    if (!kZeroFree) bits = _mm512_max_epu32(bits, _mm512_set1_epi32(0x30000000));
+    const __m512i pair = _mm512_srli_epi32(bits, 24);
+    const __m512 edge = _mm512_permutexvar_ps(pair, _mm512_load_ps(t.edge[moment]));
+    const __m512i at = _mm512_mask_xor_epi32(
+        pair, _mm512_cmp_ps_mask(_mm512_castsi512_ps(bits), edge, _CMP_GE_OQ), pair,
+        _mm512_set1_epi32(16));
+    const float* slope = t.slope_at[moment];
+    const float* offset = t.offset_at[moment];
+    const __m512 a = _mm512_permutex2var_ps(_mm512_load_ps(slope), at, _mm512_load_ps(slope + 16));
+    const __m512 b = _mm512_permutex2var_ps(_mm512_load_ps(offset), at, _mm512_load_ps(offset + 16));
+    __m512i code = _mm512_cvt_roundps_epi32(_mm512_add_ps(_mm512_mul_ps(y, a), b),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    if (kZeroFree) {  // a y in (0, tiny) gets code 1 (y = 0 came out as 0)
+      const __mmask16 under = _mm512_cmp_ps_mask(y, _mm512_load_ps(t.tiny[moment]), _CMP_LT_OQ);
+      code = _mm512_mask_mov_epi32(
+          code, _mm512_mask_cmp_ps_mask(under, y, _mm512_setzero_ps(), _CMP_GT_OQ), one);
+    }
+    return code;
+  }
+  // kAny: the decade itself, its map and the clamps. y is clamped to 1 for the decade (y above 1
+  // or inf: the top decade), and a NaN y gets decade 0 (it fails every comparison). A y under
+  // 2^-31 would take another pair's entry (the index wraps around): it is under tiny, set below.
+  bits = _mm512_min_epu32(bits, _mm512_set1_epi32(0x3f800000));
   const __m512i pair = _mm512_srli_epi32(bits, 24);  // the exponent halved (mod 16 in the lookups)
-  const __m512i low = _mm512_load_si512(t.low_decade[moment]);
-  __m512i decade = kAny ? _mm512_maskz_permutexvar_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), pair, low)
-                        : _mm512_permutexvar_epi32(pair, low);
+  __m512i decade = _mm512_maskz_permutexvar_epi32(_mm512_cmp_ps_mask(y, y, _CMP_ORD_Q), pair,
+                                                  _mm512_load_si512(t.low_decade[moment]));
   const __m512 edge = _mm512_permutexvar_ps(pair, _mm512_load_ps(t.edge[moment]));
   decade = _mm512_mask_add_epi32(
       decade, _mm512_cmp_ps_mask(_mm512_castsi512_ps(bits), edge, _CMP_GE_OQ), decade, one);
-  // The decade's constants; 2^decade points in it.
-  const __m512 inverse_top = _mm512_permutexvar_ps(decade, _mm512_load_ps(t.inverse_top[moment]));
-  const __m512 per_step = _mm512_permutexvar_ps(decade, _mm512_load_ps(t.per_step[moment]));
-  const __m512i points = _mm512_sllv_epi32(one, decade);
-  // u = (y * inverse_top - 0.1) * per_step - 1; j = rint(u) (nearest, ties to even; NaN or out of
-  // range: INT_MIN, as the scalar conversion), clamped to [-1, points - 1] (kAny only).
-  const __m512 u = _mm512_sub_ps(
-      _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(y, inverse_top), _mm512_set1_ps(0.1f)), per_step),
-      _mm512_set1_ps(1.0f));
-  __m512i j = _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  if (kAny) {
-    j = _mm512_max_epi32(j, _mm512_set1_epi32(-1));
-    j = _mm512_min_epi32(j, _mm512_sub_epi32(points, one));
-  }
-  __m512i code = _mm512_add_epi32(points, j);
+  const __m512 a = _mm512_permutexvar_ps(decade, _mm512_load_ps(t.slope[moment]));
+  const __m512 b = _mm512_permutexvar_ps(decade, _mm512_load_ps(t.offset[moment]));
+  const __m512i points = _mm512_sllv_epi32(one, decade);  // codes points - 1 .. 2 points - 1
+  // rint (nearest, ties to even) of the map, at most 2 points (inf: the top code, as XLA's
+  // conversion); a NaN converts to INT_MIN, below the clamp.
+  // (vminps returns its second operand when either is NaN.)
+  const __m512 top = _mm512_cvtepi32_ps(_mm512_add_epi32(points, points));
+  const __m512 u = _mm512_min_ps(top, _mm512_add_ps(_mm512_mul_ps(y, a), b));
+  __m512i code = _mm512_cvt_roundps_epi32(u, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  code = _mm512_max_epi32(code, _mm512_sub_epi32(points, one));
+  code = _mm512_min_epi32(code, _mm512_sub_epi32(_mm512_add_epi32(points, points), one));
   // Under tiny (the single point of decade 0): code 0, or 1 when `below` (zero-free: y > 0).
   const __mmask16 under = _mm512_cmp_ps_mask(y, _mm512_load_ps(t.tiny[moment]), _CMP_LT_OQ);
-  if (kAny) {
-    const __mmask16 below =
-        kZeroFree ? _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ)
-                  : _mm512_cmp_ps_mask(y, _mm512_load_ps(t.half_tiny[moment]), _CMP_GE_OQ);
-    code = _mm512_mask_blend_epi32(under, code, _mm512_maskz_mov_epi32(below, one));
-  } else if (kZeroFree) {
-    // y = 0 comes out as code 0 (decade 0, u = -1.1); a y in (0, tiny) gets code 1.
-    code = _mm512_mask_mov_epi32(
-        code, _mm512_mask_cmp_ps_mask(under, y, _mm512_setzero_ps(), _CMP_GT_OQ), one);
-  }
-  return code;
+  const __mmask16 below =
+      kZeroFree ? _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ)
+                : _mm512_cmp_ps_mask(y, _mm512_load_ps(t.half_tiny[moment]), _CMP_GE_OQ);
+  return _mm512_mask_blend_epi32(under, code, _mm512_maskz_mov_epi32(below, one));
 }
 
 // The low bytes of four vectors of 16 int32 codes, in order: 64 bytes (three byte permutes).
@@ -361,9 +383,12 @@ ADAMX_INLINE void encode_block(const Tables& t, const float* m, const float* v,
 // Blocks [first, last) of one layer: per block, dequantise m and v, the Adam step (p updated),
 // the new m and v into scratch with their absmax, then their codes. kEpsPositive: eps > 0, so
 // the denominator sqrt(.) + eps is never 0 (it is > 0 or NaN).
-template <bool kNesterov, bool kDecayed, bool kEpsPositive>
+// kFull: every block of the range has `kFull` elements and is that wide (the masks and counts are
+// constants); 0: any block, the last one of a layer short.
+template <bool kNesterov, bool kDecayed, bool kEpsPositive, size_t kFull>
 void adam_quantized_blocks_avx512(const float* h, const Tables& t, const QuantizedLeaf& leaf,
-                                  size_t layer, size_t first, size_t last, size_t width) {
+                                  size_t layer, size_t first, size_t last, size_t any_width) {
+  const size_t width = kFull ? kFull : any_width;
   const __m512 a1 = _mm512_set1_ps(h[kA1]), b1 = _mm512_set1_ps(h[kB1]);
   const __m512 c1 = _mm512_set1_ps(h[kC1]), a2 = _mm512_set1_ps(h[kA2]);
   const __m512 b2 = _mm512_set1_ps(h[kB2]), c2 = _mm512_set1_ps(h[kC2]);
@@ -376,7 +401,7 @@ void adam_quantized_blocks_avx512(const float* h, const Tables& t, const Quantiz
   alignas(64) uint16_t negative[kMaxBlock / 16 + 4];  // per 16 elements: the lanes where m < 0
   for (size_t block = first; block < last; ++block) {
     const size_t start = block * width;
-    const size_t count = leaf.size - start < width ? leaf.size - start : width;
+    const size_t count = kFull ? kFull : (leaf.size - start < width ? leaf.size - start : width);
     float* p = leaf.p + layer * leaf.size + start;
     const float* g = leaf.g + layer * leaf.size + start;
     uint8_t* mc = leaf.mc + (layer * leaf.blocks + block) * width;
@@ -540,12 +565,22 @@ template <bool kNesterov, bool kDecayed>
 void adam_quantized_blocks(const float* h, const Tables& t, const QuantizedLeaf& leaf,
                            size_t layer, size_t first, size_t last, size_t width) {
 #ifdef ADAMX_QUANTIZED_AVX512
-  if (t.vector && h[kEps] > 0.0f)
-    return adam_quantized_blocks_avx512<kNesterov, kDecayed, true>(h, t, leaf, layer, first, last,
-                                                                   width);
-  if (t.vector)
-    return adam_quantized_blocks_avx512<kNesterov, kDecayed, false>(h, t, leaf, layer, first, last,
-                                                                    width);
+  if (t.vector) {
+    // bitsandbytes' block of 256: the full blocks with constant counts, then a short last one.
+    const size_t full = width == 256 ? std::min(last, leaf.size / 256) : first;
+    const bool eps_positive = h[kEps] > 0.0f;
+    if (first < full) {
+      (eps_positive ? &adam_quantized_blocks_avx512<kNesterov, kDecayed, true, 256>
+                    : &adam_quantized_blocks_avx512<kNesterov, kDecayed, false, 256>)(
+          h, t, leaf, layer, first, full, width);
+    }
+    if (std::max(first, full) < last) {
+      (eps_positive ? &adam_quantized_blocks_avx512<kNesterov, kDecayed, true, 0>
+                    : &adam_quantized_blocks_avx512<kNesterov, kDecayed, false, 0>)(
+          h, t, leaf, layer, std::max(first, full), last, width);
+    }
+    return;
+  }
 #endif
   for (size_t b = first; b < last; ++b)
     adam_quantized_block<kNesterov, kDecayed>(h, t.raw, leaf, layer, b, width);
@@ -610,7 +645,9 @@ ffi::Error QuantizedStepImpl(ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> 
   Tables t;
   prepare(tables.typed_data(), t);
   const long total = static_cast<long>(jobs.size());
-#pragma omp parallel for schedule(static) if (total > 4)
+  // Dynamic: the jobs are equal, but the two threads are not always (a shared machine); a thread
+  // that finishes early takes the next job rather than waiting at the join.
+#pragma omp parallel for schedule(dynamic) if (total > 4)
   for (long i = 0; i < total; ++i) {
     const Job& job = jobs[i];
     const QuantizedLeaf& leaf = leaves[job.leaf];

@@ -384,7 +384,9 @@ ffi::Error FusedStepImpl(ffi::Buffer<ffi::F32> hyper, ffi::RemainingArgs args,
   }
   const long total = static_cast<long>(tasks.size());
   // Threads only pay off past a few chunks; below that the fork and join cost more than the work.
-#pragma omp parallel for schedule(static) if (total > 4)
+  // Dynamic: a thread that finishes early (the other shares its core with another job) takes the
+  // next chunk rather than waiting at the join.
+#pragma omp parallel for schedule(dynamic) if (total > 4)
   for (long i = 0; i < total; ++i) {
     const Task& t = tasks[i];
     t.kernel(h, t.p, t.g, t.m, t.v, t.c, t.sm, t.sv, t.begin, t.end);

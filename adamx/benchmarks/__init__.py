@@ -5,8 +5,10 @@ parameter count, a number of leaves, a parameter dtype) it builds one AdamW of e
 same parameters and gradients, compiles the JAX steps ahead of time (reporting the compile time),
 warms each up, and then times them in interleaved rounds: in every round each implementation runs
 ``--steps`` steps, in an order that rotates between rounds. It reports the median step time of
-each, as ratios to the limit and to the peers, the state bytes per parameter measured from the
-arrays, and the temporary bytes of the compiled adamx step (``memory_analysis()``).
+each; its ratios to the limit and to the peers, each the median over rounds of the two times'
+ratio in the same round (`paired_ratio`: a shared machine's slow spells cancel); the state bytes
+per parameter measured from the arrays; and the temporary bytes of the compiled adamx step
+(``memory_analysis()``).
 
 The limit is measured in the same run by a kernel of this repository: one in-place pass that reads
 p, g, m, v and writes p, m, v with the same dtypes as the AdamW state (28 bytes per float32
@@ -245,6 +247,15 @@ def measure(impls: list[Implementation], rounds: int, steps: int) -> dict[str, l
     return times
 
 
+def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """The median over rounds of ``name``'s time over ``base``'s in the same round.
+
+    The two ran seconds apart, under the same load, so a shared machine's slow spells cancel in
+    the ratio; a ratio of the two medians mixes rounds run under different loads.
+    """
+    return statistics.median(a / b for a, b in zip(times[name], times[base], strict=True))
+
+
 def run_config(config: Config, rounds: int, steps: int, seed: int = 0) -> dict[str, Any]:
     """Build, time and summarise one configuration; returns a JSON-ready record."""
     impls, notes = build(config, seed)
@@ -266,7 +277,7 @@ def run_config(config: Config, rounds: int, steps: int, seed: int = 0) -> dict[s
         }
         for peer in ("limit (1-pass kernel)", "optax", "torch fused"):
             if peer in median and peer != impl.name:
-                row[f"ratio_to_{peer.split()[0]}"] = t / median[peer]
+                row[f"ratio_to_{peer.split()[0]}"] = paired_ratio(times, impl.name, peer)
         if impl.bytes_per_param is not None:
             row["bandwidth_GBps"] = impl.bytes_per_param * config.params / t / 1e9
         results.append(row)
@@ -401,7 +412,7 @@ def compare_optimizers(
         {
             "name": impl.name,
             "median_ms": 1e3 * median[impl.name],
-            "ratio_to_adamw": median[impl.name] / median["adamw"],
+            "ratio_to_adamw": paired_ratio(times, impl.name, "adamw"),
             "compile_s": impl.compile_s,
             "state_bytes_per_param": (impl.state_bytes or 0) / n_params,
         }

@@ -9,8 +9,10 @@ Two small problems, both on data that needs no download:
 
 Every variant starts from the same parameters and sees the same batches; the table reports the
 final loss (mean training loss of the last 10% of steps, and a held-out loss) and the state bytes
-per parameter measured from the state's arrays. Run ``python -m adamx.experiments.low_bit``
-(``--steps``, ``--out`` for the plot); ``tests/test_quantize.py`` runs a short version.
+per parameter measured from the state's arrays, for each seed and as each variant's ratio to
+float32 over the seeds (one run is one trajectory: a few percent either way from seed to seed). Run
+``python -m adamx.experiments.low_bit`` (``--steps``, ``--seeds``, ``--out`` for the plot of seed 0);
+``tests/test_quantize.py`` runs a short version.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def digits_problem(seed: int = 0) -> Problem:
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order].astype(np.float32), y[order]
     split = int(0.8 * len(x))
-    mean, std = x[:split].mean(0), x[:split].std(0) + 1e-6
+    mean, std = x[:split].mean(0), x[:split].std(0)
+    # A pixel constant over the training split (std 0) is only centred: dividing by a tiny std
+    # would blow up a held-out image where it is not constant.
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
     x = (x - mean) / std
     keys = jax.random.split(jax.random.key(seed), 3)
     params = {
@@ -207,6 +212,12 @@ def compare(problem: Problem, steps: int, variants=VARIANTS) -> dict[str, Run]:
     return {variant: train(problem, variant, steps) for variant in variants}
 
 
+def ratios(runs: dict[str, Run]) -> dict[str, tuple[float, float]]:
+    """Each variant's final and held-out loss over float32's."""
+    base = runs["float32"]
+    return {v: (final(r) / final(base), r.held_out / base.held_out) for v, r in runs.items()}
+
+
 def table(name: str, runs: dict[str, Run]) -> str:
     base = runs["float32"]
     rows = [
@@ -215,10 +226,27 @@ def table(name: str, runs: dict[str, Run]) -> str:
         f"{'vs f32':>8}",
     ]
     for variant, run in runs.items():
+        train_ratio, held_ratio = ratios(runs)[variant]
         rows.append(
             f"{variant:>10} {run.state_bytes_per_param:12.3f} {final(run):11.4f} "
-            f"{final(run) / final(base):8.4f} {run.held_out:9.4f} {run.held_out / base.held_out:8.4f}"
+            f"{train_ratio:8.4f} {run.held_out:9.4f} {held_ratio:8.4f}"
         )
+    return "\n".join(rows)
+
+
+def summary(name: str, per_seed: list[dict[str, Run]]) -> str:
+    """Each variant's loss ratios to float32 over seeds: mean (min - max)."""
+    rows = [
+        f"{name}: {len(per_seed)} seeds, {len(per_seed[0]['float32'].losses)} steps; vs float32",
+        f"{'moments':>10} {'final loss':>24} {'held out':>24}",
+    ]
+    for variant in per_seed[0]:
+        found = np.asarray([ratios(runs)[variant] for runs in per_seed])
+        cells = [
+            f"{found[:, k].mean():.4f} ({found[:, k].min():.4f}-{found[:, k].max():.4f})"
+            for k in range(2)
+        ]
+        rows.append(f"{variant:>10} {cells[0]:>24} {cells[1]:>24}")
     return "\n".join(rows)
 
 
@@ -247,16 +275,22 @@ def plot(results: dict[str, dict[str, Run]], path: str | Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, Run]]:
+def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Run]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600, help="training steps per run")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds 0 .. N-1 of each problem")
     parser.add_argument("--out", default="low_bit_results/low_bit.png", help="the plot's path")
     args = parser.parse_args(argv)
     results = {}
-    for problem in (digits_problem(), lm_problem()):
-        results[problem.name] = compare(problem, args.steps)
-        print(table(problem.name, results[problem.name]), flush=True)
-    print(f"plot: {plot(results, args.out)}")
+    for make in (digits_problem, lm_problem):
+        per_seed = []
+        for seed in range(args.seeds):
+            problem = make(seed)
+            per_seed.append(compare(problem, args.steps))
+            print(table(f"{problem.name}, seed {seed}", per_seed[-1]), flush=True)
+        results[problem.name] = per_seed
+        print(summary(problem.name, per_seed), flush=True)
+    print(f"plot (seed 0): {plot({k: v[0] for k, v in results.items()}, args.out)}")
     return results
 
 
