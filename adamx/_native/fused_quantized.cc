@@ -129,6 +129,29 @@ void prepare(const float* t, Tables& out) {
       out.slope[moment][d] = d < nbits ? bounds[nbits + 1 + d] : 0.0f;
       out.offset[moment][d] = d < nbits ? bounds[2 * nbits + 1 + d] : 0.0f;
     }
+    // The map of decade 0 for `encode16`: v's as it is; m's decade 0 holds only y under tiny
+    // (y >= 2^-31, or clamped to it for the index), where the code is 1 from half of tiny up, else
+    // 0. Its map there becomes (a, 0), with which y * a + 0 rounds to 0 below 0.5f * tiny and to 1
+    // from there up to tiny (it does not decrease with y): a near 0.5 / (tiny / 2), checked at the
+    // four ends.
+    float slope0 = out.slope[moment][0], offset0 = out.offset[moment][0];
+    if (moment == 0) {
+      const float half = 0.5f * bounds[1], tiny = bounds[1];
+      auto code_of = [](float y, float a) { return static_cast<int>(std::nearbyint(y * a + 0.0f)); };
+      auto fits = [&](float a) {
+        return code_of(0.0f, a) == 0 && code_of(std::nextafter(half, 0.0f), a) == 0 &&
+               code_of(half, a) == 1 && code_of(std::nextafter(tiny, 0.0f), a) == 1;
+      };
+      float a = 0.5f / half;
+      bool found = false;
+      for (int step = 0; step < 1024 && !found; ++step) {
+        found = fits(a);
+        if (!found) a = std::nextafter(a, INFINITY);
+      }
+      if (!found) out.vector = false;
+      slope0 = a;
+      offset0 = 0.0f;
+    }
     for (int l = 0; l < 16; ++l) out.tiny[moment][l] = bounds[1];
     for (int l = 0; l < 16; ++l) out.half_tiny[moment][l] = 0.5f * bounds[1];
     for (int i = 0; i < 16; ++i) {
@@ -148,36 +171,12 @@ void prepare(const float* t, Tables& out) {
       out.edge[moment][i] = edge;
       for (int above = 0; above < 2; ++above) {
         const int d = decade + (above ? inside : 0);
-        out.slope_at[moment][above ? i : 16 + i] = out.slope[moment][d];
-        out.offset_at[moment][above ? i : 16 + i] = out.offset[moment][d];
+        out.slope_at[moment][above ? i : 16 + i] = d == 0 ? slope0 : out.slope[moment][d];
+        out.offset_at[moment][above ? i : 16 + i] = d == 0 ? offset0 : out.offset[moment][d];
       }
     }
-    if (moment == 0) {
-      // m's decade 0 holds only y under tiny (y >= 2^-31, or clamped to it for the index;
-      // `encode16`), where the code is 1 from half of tiny up, else 0. Its constants there become
-      // (a, 0), with which y * a + 0 rounds to 0 below 0.5f * tiny and to 1 from there up to tiny
-      // (it does not decrease with y): a near 0.5 / (tiny / 2), checked at the four ends.
-      const float half = 0.5f * bounds[1], tiny = bounds[1];
-      auto code_of = [](float y, float a) { return static_cast<int>(std::nearbyint(y * a + 0.0f)); };
-      auto fits = [&](float a) {
-        return code_of(0.0f, a) == 0 && code_of(std::nextafter(half, 0.0f), a) == 0 &&
-               code_of(half, a) == 1 && code_of(std::nextafter(tiny, 0.0f), a) == 1;
-      };
-      float a = 0.5f / half;
-      bool found = false;
-      for (int step = 0; step < 1024 && !found; ++step) {
-        found = fits(a);
-        if (!found) a = std::nextafter(a, INFINITY);
-      }
-      if (!found) out.vector = false;
-      for (int k = 0; k < 32; ++k) {
-        if (out.slope_at[0][k] == out.slope[0][0] && out.offset_at[0][k] == out.offset[0][0]) {
-          out.slope_at[0][k] = a;
-          out.offset_at[0][k] = 0.0f;
-        }
-      }
-    } else {
-      // v's y = 0 takes pair 0's upper entry (its bits >> 24 are 0), which must round to code 0.
+    if (moment == 1) {
+      // v's y = 0 takes pair 0's above-edge entry (its bits >> 24 are 0), which must round to 0.
       if (!(out.edge[1][0] > 0.0f) || std::nearbyint(0.0f * out.slope_at[1][0] + out.offset_at[1][0]) != 0.0f)
         out.vector = false;
     }

@@ -225,8 +225,8 @@ def table(name: str, runs: dict[str, Run]) -> str:
         f"{'moments':>10} {'bytes/param':>12} {'final loss':>11} {'vs f32':>8} {'held out':>9} "
         f"{'vs f32':>8}",
     ]
-    for variant, run in runs.items():
-        train_ratio, held_ratio = ratios(runs)[variant]
+    for variant, (train_ratio, held_ratio) in ratios(runs).items():
+        run = runs[variant]
         rows.append(
             f"{variant:>10} {run.state_bytes_per_param:12.3f} {final(run):11.4f} "
             f"{train_ratio:8.4f} {run.held_out:9.4f} {held_ratio:8.4f}"
