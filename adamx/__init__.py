@@ -83,6 +83,9 @@ from ._clipping import clip_by_block_rms as clip_by_block_rms
 from ._clipping import clip_by_global_norm as clip_by_global_norm
 from ._clipping import global_norm as global_norm
 from ._clipping import unitwise_norm as unitwise_norm
+from ._flat import FlatLayout as FlatLayout
+from ._flat import FlatParams as FlatParams
+from ._flat import flatten as flatten
 from ._groups import MaskedNode as MaskedNode
 from ._groups import MaskedState as MaskedState
 from ._groups import PartitionState as PartitionState
@@ -244,6 +247,8 @@ __all__ = [
     "EmaState",
     "EmptyState",
     "FactoredRmsState",
+    "FlatLayout",
+    "FlatParams",
     "FilledStorage",
     "GradientDifferenceState",
     "GradientTransformation",
@@ -327,6 +332,7 @@ __all__ = [
     "ema",
     "ema_params",
     "exponential_decay",
+    "flatten",
     "freeze",
     "from_optax_state",
     "get_hyperparam",

@@ -13,6 +13,7 @@ from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_in
 from ._chain import chain
 from ._clipping import AxisName, _psum, axis_size
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._moments import _resolve_storage, ema
 from ._scale import _evaluate, scale, scale_by_learning_rate
 from ._second_moment import _abs_squared, _real_like, _sqrt
@@ -236,6 +237,13 @@ def scale_by_factored_rms(
         return _factored_axes(shape, batch, factored, min_dim_size_to_factor, factored_dims)
 
     def init_fn(params):
+        if factored:
+            check_not_flat(
+                params,
+                "scale_by_factored_rms",
+                "it factors each matrix's second moment into row and column means",
+            )
+
         def one(path, param):
             dtype = jnp.result_type(param)
             if not jnp.issubdtype(dtype, jnp.inexact):
@@ -330,7 +338,7 @@ def _clip_by_layer_rms(
     r""":math:`u \leftarrow u / \max(1, \mathrm{RMS}(u)/d)`, per layer (Adafactor's update clipping)."""
 
     def init_fn(params):
-        del params
+        check_not_flat(params, "adafactor", "its update clipping uses each parameter's RMS")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -354,7 +362,7 @@ def _scale_by_parameter_rms(
     r""":math:`u \leftarrow u \cdot \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))`, per layer."""
 
     def init_fn(params):
-        del params
+        check_not_flat(params, "adafactor", "its step is scaled by each parameter's RMS")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):

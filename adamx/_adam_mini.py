@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ._base import GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
+from ._flat import check_not_flat
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
@@ -230,6 +231,7 @@ def block_mean(estimator: GradientTransformation, partition: Partition) -> Momen
         return tuple(1 if i in blocks.axes else n for i, n in enumerate(view))
 
     def init_fn(params):
+        check_not_flat(params, "block_mean", "its Adam-mini blocks are parts of each parameter")
         placeholders = jax.tree_util.tree_map_with_path(
             lambda path, x: jnp.zeros(block_shape(path, x), jnp.result_type(x)), params
         )

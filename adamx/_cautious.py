@@ -33,6 +33,7 @@ from ._base import (
 )
 from ._chain import _keyword_filter, chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._lion import scale_by_lion
 from ._moments import bias_correction, ema
 from ._radam import root_bias_correction
@@ -117,6 +118,12 @@ def cautious(
     keep = _keyword_filter(transform.update)
 
     def init_fn(params):
+        if rescale != "none":
+            check_not_flat(
+                params,
+                "cautious",
+                f"its rescale={rescale!r} uses each parameter's share of agreeing signs",
+            )
         return CautiousState(inner=transform.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):

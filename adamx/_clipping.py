@@ -15,6 +15,7 @@ import numpy as np
 
 from ._base import EmptyState, GradientTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._validate import check_non_negative
 
 AxisName = str | tuple[str, ...] | None
@@ -23,6 +24,16 @@ AxisName = str | tuple[str, ...] | None
 def _empty_init(params: Any) -> EmptyState:
     del params
     return EmptyState()
+
+
+def _refusing_flat(who: str, why: str) -> Any:
+    """An ``init`` like `_empty_init` that refuses `FlatParams` (``who`` works per parameter)."""
+
+    def init_fn(params: Any) -> EmptyState:
+        check_not_flat(params, who, why)
+        return EmptyState()
+
+    return init_fn
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:
@@ -210,7 +221,9 @@ def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation
 
         return jax.tree.map(one, updates), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(
+        _refusing_flat("clip_by_block_rms", "its RMS is one number per parameter"), update_fn
+    )
 
 
 def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
@@ -298,7 +311,9 @@ def adaptive_grad_clip(
 
         return jax.tree.map(one, updates, params), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(
+        _refusing_flat("adaptive_grad_clip", "its units are rows of each parameter"), update_fn
+    )
 
 
 class AddNoiseState(NamedTuple):
@@ -425,4 +440,6 @@ def centralize(*, keep_axis: int = 0) -> GradientTransformation:
 
         return jax.tree.map(one, updates), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(
+        _refusing_flat("centralize", "it subtracts means over each parameter's axes"), update_fn
+    )

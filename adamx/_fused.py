@@ -29,6 +29,7 @@ from ._base import GradientTransformation, ScalarOrSchedule, safe_increment
 from ._moments import _correction
 from ._quantize import RoundedBuffer, StochasticBfloat16
 from ._storage import is_storage
+from ._trees import resolve
 
 # jax < 0.6 has no mesh axis types, and its traced values carry no sharding.
 AxisType: Any = getattr(jax.sharding, "AxisType", None)
@@ -253,7 +254,7 @@ def _hyper(rule: FusedRule, counts: tuple[jax.Array, ...], schedule_counts: dict
 def _decayed_leaves(rule: FusedRule, params: Any, treedef: Any) -> list[int] | None:
     if rule.weight_decay is None:
         return [0] * treedef.num_leaves
-    chosen = rule.mask(params) if callable(rule.mask) else rule.mask
+    chosen = resolve(rule.mask, params)
     if chosen is None:
         return [1] * treedef.num_leaves
     try:

@@ -13,6 +13,7 @@ from ._base import EmptyState, GradientTransformation, ScalarOrSchedule
 from ._chain import chain
 from ._clipping import AxisName, _pmax, _psum
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._moments import trace
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _sqrt
@@ -81,7 +82,11 @@ def scale_by_trust_ratio(
     _check_batch_dims(batch_dims)
 
     def init_fn(params):
-        del params
+        check_not_flat(
+            params,
+            "scale_by_trust_ratio",
+            "its trust ratio (LAMB, LARS) is one number per parameter",
+        )
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):

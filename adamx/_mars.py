@@ -14,6 +14,7 @@ from ._base import EmptyState, GradientTransformation, ScalarOrSchedule
 from ._chain import chain
 from ._clipping import _abs_sq, _safe_sqrt, _shrink
 from ._dtypes import as_hyperparameter, compute_dtype
+from ._flat import check_not_flat
 from ._groups import partition
 from ._moments import _resolve_storage
 from ._scale import scale_by_learning_rate
@@ -101,7 +102,7 @@ def clip_by_block_norm(
     check_non_negative(max_norm, "max_norm")
 
     def init_fn(params):
-        del params
+        check_not_flat(params, "clip_by_block_norm", "its norm (MARS) is one number per parameter")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -14,6 +14,7 @@ from ._base import EmptyState, GradientTransformation, MomentTransformation, Sca
 from ._chain import chain
 from ._clipping import AxisName, axis_size
 from ._dtypes import as_hyperparameter, compute_dtype
+from ._flat import check_not_flat
 from ._groups import partition
 from ._moments import _complement, bias_correction, ema, require_gradient
 from ._scale import scale_by_learning_rate
@@ -225,6 +226,7 @@ def orthogonalize(
     coefficients = tuple(float(k) for k in coefficients)  # type: ignore[assignment]
 
     def init_fn(params):
+        check_not_flat(params, "orthogonalize", "Muon orthogonalises each parameter as a matrix")
         # Refuse a leaf that is not a matrix now, not at the first update.
         _map_with_batch_dims(lambda p, n: _matrix_shape(jnp.shape(p), n), params, batch_dims)
         return EmptyState()
@@ -295,7 +297,8 @@ def scale_by_shape(
     check_non_negative(target_rms, "target_rms")
 
     def init_fn(params):
-        del params
+        if adjust_lr is not None:
+            check_not_flat(params, "scale_by_shape", "its factor comes from each parameter's shape")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ._base import GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._laprop import decay_after_update
 from ._moments import _correction, _resolve_storage
 from ._scale import _evaluate, scale_by_learning_rate
@@ -199,6 +200,7 @@ def scale_by_soap(
         return jax.tree.map(one, tree, chosen)
 
     def init_fn(params):
+        check_not_flat(params, "scale_by_soap", "it preconditions each parameter along its axes")
         layout = plan(params)
 
         def statistics(leaf, lay):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ._base import GradientTransformation, MomentTransformation, ScalarOrSchedule
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
+from ._flat import check_not_flat
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _real_like, _sqrt
@@ -64,6 +65,11 @@ def scale_by_clipped_second_moment(
     estimator = chain(ema(decay, dtype=nu_dtype), bias_correction(decay))
 
     def init_fn(params):
+        check_not_flat(
+            params,
+            "scale_by_clipped_second_moment",
+            "StableAdamW clips each parameter's step by its RMS",
+        )
         return ClippedSecondMomentState(estimator.init(jax.tree.map(_real_like, params)))
 
     def update_fn(updates, state, params=None, *, gradient=None, **extra_args):

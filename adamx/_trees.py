@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from ._flat import FlatParams, resolve_flat
+
 
 def is_stored_moment(x: Any) -> bool:
     """Whether ``x`` is one parameter's moment in a stored form (`adamx.RoundedBuffer`,
@@ -69,6 +71,8 @@ def resolve(spec: Any, tree: Any) -> Any:
     model), and a function may be a pytree (Equinox and Optimistix turn closures into modules): a
     callable counts as a tree when it is a pytree node laid out like ``tree`` (or a prefix of it).
     """
+    if isinstance(tree, FlatParams):
+        return resolve_flat(spec, tree)
     if not callable(spec):
         return spec
     if jax.tree_util.treedef_is_leaf(jax.tree.structure(spec)):
