@@ -341,6 +341,11 @@ def test_benchmark_module_writes_ratios(tmp_path):
     )
     bf16 = data["configs"][1]
     assert bf16["limit_bytes_per_param"] == 14  # bfloat16 p, g, m, v
+    # many leaves: the flat step and the one-leaf step of the same size, with the ratio between
+    rows = {row["name"]: row for row in bf16["results"]}
+    assert {"adamx fused flat", "adamx fused 1 leaf"} <= set(rows)
+    assert rows["adamx fused flat"]["ratio_to_1_leaf"] > 0
+    assert "ratio_to_1_leaf" not in first["results"][0]  # one leaf: no such row
 
 
 def test_benchmark_compares_optimizers_against_adamw(tmp_path):

@@ -4,7 +4,10 @@ Run ``python -m adamx.benchmarks`` (``--help`` for the options). For each config
 parameter count, a number of leaves, a parameter dtype) it builds one AdamW of each library on the
 same parameters and gradients, compiles the JAX steps ahead of time (reporting the compile time),
 warms each up, and then times them in interleaved rounds: in every round each implementation runs
-``--steps`` steps, in an order that rotates between rounds. It reports the median step time of
+``--steps`` steps, in an order that rotates between rounds, each after a collection, a 50 ms pause
+and one untimed step (so nothing the previous implementation left behind is charged to it). A
+configuration of many leaves also times the same step on the params packed by `adamx.flatten` and
+on one leaf of the same size (``x 1 leaf``). It reports the median step time of
 each; its ratios to the limit and to the peers, each the median over rounds of the two times'
 ratio in the same round (`paired_ratio`: a shared machine's slow spells cancel); the state bytes
 per parameter measured from the arrays; and the temporary bytes of the compiled adamx step
@@ -268,6 +271,10 @@ def measure(impls: list[Implementation], rounds: int, steps: int) -> dict[str, l
             # followed a 2000-leaf jnp step took 1.7x its time after a 50 ms pause).
             gc.collect()
             time.sleep(0.05)
+            # and one untimed step: the first call after another implementation's pays for what
+            # that one left behind (measured: the step run after a 2000-leaf step took 1.7x its
+            # time over 5 steps, whichever step it was, and 0.98-1.01x of itself alone).
+            impl.run(1)
             start = time.perf_counter()
             impl.run(steps)
             times[impl.name].append((time.perf_counter() - start) / steps)
