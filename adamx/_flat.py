@@ -75,9 +75,6 @@ class FlatLayout:
         """The positions (in the original tree's leaf order) of the leaves held by ``key``."""
         return self._members[key]  # type: ignore[attr-defined]
 
-    def size(self, key: str) -> int:
-        return sum(self.slots[i].size for i in self.members(key))
-
 
 @jax.tree_util.register_pytree_with_keys_class
 class FlatParams:
@@ -105,13 +102,14 @@ class FlatParams:
 
     def unflatten(self) -> Any:
         """The original tree, each leaf a slice of its buffer reshaped to its shape."""
-        parts: dict[str, list[Any]] = {}
+        leaves: list[Any] = [None] * len(self.layout.slots)
         for key in self.layout.keys:
-            sizes = [self.layout.slots[i].size for i in self.layout.members(key)]
-            parts[key] = list(_split(jnp.asarray(self.buffers[key]), sizes))
-        leaves = []
-        for slot in self.layout.slots:
-            leaves.append(parts[slot.key].pop(0).reshape(slot.shape))
+            members = self.layout.members(key)
+            sizes = [self.layout.slots[i].size for i in members]
+            for i, piece in zip(
+                members, _split(jnp.asarray(self.buffers[key]), sizes), strict=True
+            ):
+                leaves[i] = piece.reshape(self.layout.slots[i].shape)
         return self.layout.treedef.unflatten(leaves)
 
     def __repr__(self) -> str:
@@ -173,18 +171,13 @@ def flatten(params: Any, group: Any = None) -> FlatParams:
     if group is not None:
         from ._trees import resolve
 
-        spec = resolve(group, params)
-        try:
-            labels = treedef.flatten_up_to(
-                jax.tree.map(lambda label, sub: jax.tree.map(lambda _: label, sub), spec, params)
-            )
-        except (ValueError, TypeError) as cause:
-            raise ValueError(
-                "`flatten` expected `group` to be labels with the structure of the params (or a "
-                f"prefix of it), got {jax.tree.structure(spec)} for params with structure "
-                f"{treedef} ({' '.join(str(cause).split())}). Build it from the params, e.g. "
-                "`jax.tree.map(lambda p: p.ndim > 1, params)`."
-            ) from None
+        labels = _per_leaf(
+            resolve(group, params),
+            treedef,
+            "`flatten` expected `group` to be labels with the structure of the params (or a "
+            "prefix of it)",
+            "Build it from the params, e.g. `jax.tree.map(lambda p: p.ndim > 1, params)`.",
+        )
     slots: list[_Slot] = []
     members: dict[str, list[Any]] = {}
     fill: dict[str, int] = {}
@@ -249,19 +242,15 @@ def resolve_flat(spec: Any, flat: FlatParams) -> Any:
     layout = flat.layout
     if _laid_out_like(spec, flat):
         return spec
-    if callable(spec):  # a function of the original tree (its answer for the buffers would be
-        spec = spec(flat.unflatten())  # wrong: e.g. `x.ndim > 1` is False for every 1-D buffer)
-    template = layout.treedef.unflatten(list(range(len(layout.slots))))
-    try:
-        per_leaf = layout.treedef.flatten_up_to(
-            jax.tree.map(lambda value, sub: jax.tree.map(lambda _: value, sub), spec, template)
-        )
-    except (ValueError, TypeError) as cause:
-        raise ValueError(
-            "A mask or label tree for `FlatParams` must have the structure of the flattened "
-            f"params (or a prefix of it), or one entry per buffer; got {jax.tree.structure(spec)} "
-            f"for params with structure {layout.treedef} ({' '.join(str(cause).split())})."
-        ) from None
+    if callable(spec):
+        spec = _on_tree(spec, flat)
+    per_leaf = _per_leaf(
+        spec,
+        layout.treedef,
+        "A mask or label tree for `FlatParams` must have the structure of the flattened params "
+        "(or a prefix of it), or one entry per buffer",
+        "",
+    )
     values: dict[str, Any] = {}
     for key in layout.keys:
         found = {_hashable(per_leaf[i]) for i in layout.members(key)}
@@ -273,6 +262,37 @@ def resolve_flat(spec: Any, flat: FlatParams) -> Any:
             )
         values[key] = per_leaf[layout.members(key)[0]]
     return FlatParams(values, layout)
+
+
+def _per_leaf(spec: Any, treedef: Any, expected: str, fix: str) -> list[Any]:
+    """``spec`` (a tree with ``treedef``'s structure, or a prefix of it) as one value per leaf."""
+    template = treedef.unflatten(list(range(treedef.num_leaves)))
+    try:
+        return treedef.flatten_up_to(
+            jax.tree.map(lambda value, sub: jax.tree.map(lambda _: value, sub), spec, template)
+        )
+    except (ValueError, TypeError) as cause:
+        raise ValueError(
+            f"{expected}; got {jax.tree.structure(spec)} for params with structure {treedef} "
+            f"({' '.join(str(cause).split())}). {fix}".rstrip()
+        ) from None
+
+
+def _on_tree(function: Any, flat: FlatParams) -> Any:
+    """``function`` (a mask or labels of the original tree) applied to that tree, traced only.
+
+    Applied to the buffers it would answer wrongly (``x.ndim > 1`` is False for every 1-D buffer).
+    The tree it sees is ``unflatten()`` under ``jax.eval_shape``: abstract arrays with the leaves'
+    shapes and dtypes, so nothing is sliced or copied, eagerly or inside a jitted step.
+    """
+    found: list[Any] = []
+
+    def probe(buffers: FlatParams) -> jax.Array:
+        found.append(function(buffers.unflatten()))
+        return jnp.zeros(())
+
+    jax.eval_shape(probe, flat)
+    return found[0]
 
 
 def _hashable(value: Any) -> Any:
