@@ -21,6 +21,7 @@ factored or blockwise statistics, orthogonalisation) refuse a ``FlatParams`` (`c
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -120,11 +121,63 @@ class FlatParams:
 
 
 def _split(buffer: Any, sizes: list[int]) -> list[Any]:
-    """``buffer`` cut into consecutive pieces of ``sizes``; its transpose is a concatenation."""
+    """``buffer`` cut into consecutive pieces of ``sizes``; its transpose is a concatenation.
+
+    On CPU with the native library, one call copies every piece (`_native_split`): XLA:CPU
+    compiles ``jax.lax.split`` into one kernel per piece, which on a 2000-leaf model made the
+    forward pass compile 5x longer than the tree's (docs/performance.md).
+    """
+    if len(sizes) == 1:
+        return [buffer]
+    if _native_split_usable(buffer):
+        return list(_native_split(buffer, tuple(sizes)))
     if hasattr(jax.lax, "split"):
         return list(jax.lax.split(buffer, sizes))
     offsets = np.cumsum([0, *sizes])  # jax < 0.4.36: slices (their transpose is pad and add)
     return [buffer[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def _native_split_usable(buffer: Any) -> bool:
+    """Whether ``buffer`` may take `_native_split`: on CPU, with the library, and not sharded.
+
+    The call has no sharding rule, so XLA would gather a sharded buffer onto every device for it.
+    With one device there is nothing to gather; with more, only a concrete, fully replicated
+    buffer is known to be safe (inside ``jit`` its sharding is not known yet: `jax.lax.split`).
+    """
+    from . import _native
+
+    if jax.default_backend() != "cpu" or not _native.status()[0]:
+        return False
+    if jax.device_count() == 1:
+        return True
+    sharding = None if isinstance(buffer, jax.core.Tracer) else getattr(buffer, "sharding", None)
+    return bool(getattr(sharding, "is_fully_replicated", False))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _native_split(buffer: Any, sizes: tuple[int, ...]) -> tuple[Any, ...]:
+    """``jax.lax.split(buffer, sizes, axis=-1)`` as one call of the native library's copy."""
+    from . import _native
+
+    lead = tuple(buffer.shape[:-1])
+    call = jax.ffi.ffi_call(
+        _native.SPLIT_TARGET,
+        [jax.ShapeDtypeStruct((*lead, s), buffer.dtype) for s in sizes],
+        vmap_method="broadcast_all",  # the kernel splits every row of a batched buffer
+    )
+    return tuple(call(buffer, total=np.int64(sum(sizes))))
+
+
+@_native_split.defjvp
+def _native_split_jvp(sizes, primals, tangents):
+    # The tangent is split by `jax.lax.split`, which is linear and transposes to one
+    # concatenation: the gradient is XLA's, and forward mode works too.
+    (buffer,), (tangent,) = primals, tangents
+    if tangent.dtype == jax.dtypes.float0:  # integer buffers
+        pieces = [np.zeros((*tangent.shape[:-1], s), tangent.dtype) for s in sizes]
+    else:
+        pieces = list(jax.lax.split(tangent, sizes, axis=-1))
+    return _native_split(buffer, sizes), tuple(pieces)
 
 
 def flatten(params: Any, group: Any = None) -> FlatParams:

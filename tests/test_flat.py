@@ -8,13 +8,18 @@ through the fused kernel, the jitted jnp path and the eager jnp path alike.
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import adamx
-from adamx import _native
+from adamx import _flat, _native
 
 NATIVE = _native.status()[0]
 
@@ -90,6 +95,106 @@ def test_the_gradient_through_unflatten_is_flat_and_equals_the_trees():
     _assert_trees_equal(flat_grad.unflatten(), jax.grad(loss)(params))
     text = jax.jit(jax.grad(lambda f: loss(f.unflatten()))).lower(adamx.flatten(params)).as_text()
     assert "pad" not in text  # the slices' transpose is one concatenation, not a sum of pads
+
+
+SIZES = [3, 0, 5, 1, 7]  # with an empty piece
+
+
+@pytest.mark.skipif(not NATIVE, reason=f"native library unavailable: {_native.status()[1]}")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int32", "int8", "complex64"])
+def test_the_native_split_equals_lax_split(dtype):
+    # Reference: jax.lax.split, the path taken without the native library; tolerance 0 (a copy).
+    buffer = jnp.asarray(np.arange(16) * 3 - 20).astype(dtype)
+    expected = jax.lax.split(buffer, SIZES)
+    for actual in (
+        _flat._native_split(buffer, tuple(SIZES)),
+        jax.jit(_flat._split, static_argnums=1)(buffer, tuple(SIZES)),
+    ):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected, strict=True):
+            assert a.dtype == e.dtype and a.shape == e.shape
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+@pytest.mark.skipif(not NATIVE, reason=f"native library unavailable: {_native.status()[1]}")
+def test_the_native_split_differentiates_and_batches_like_lax_split():
+    # Reference: the same function through jax.lax.split, jitted alike; tolerance 0 (the same
+    # operations: only the forward split differs, and it copies).
+    buffer = jnp.linspace(-2.0, 3.0, 16, dtype=jnp.float32)
+    weights = jnp.arange(1.0, 6.0)
+
+    def loss(split, b):
+        return sum(
+            w * jnp.sum(jnp.sin(p) * p) for w, p in zip(weights, split(b, SIZES), strict=True)
+        )
+
+    native = functools.partial(loss, lambda b, s: _flat._native_split(b, tuple(s)))
+    reference = functools.partial(loss, jax.lax.split)
+    np.testing.assert_array_equal(
+        jax.jit(jax.grad(native))(buffer), jax.jit(jax.grad(reference))(buffer)
+    )
+    tangent = jnp.cos(buffer)
+    for a, e in zip(
+        jax.jvp(native, (buffer,), (tangent,)),
+        jax.jvp(reference, (buffer,), (tangent,)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(jax.hessian(native)(buffer), jax.hessian(reference)(buffer))
+    batch = jnp.stack([buffer, 2 * buffer, -buffer])
+    actual = jax.vmap(lambda b: _flat._native_split(b, tuple(SIZES)))(batch)
+    for a, e in zip(actual, jax.vmap(lambda b: jax.lax.split(b, SIZES))(batch), strict=True):
+        assert a.shape == e.shape
+        np.testing.assert_array_equal(a, e)
+    np.testing.assert_array_equal(
+        jax.vmap(jax.grad(native))(batch), jax.vmap(jax.grad(reference))(batch)
+    )
+
+    # An integer buffer has no tangent: its pieces come out, and nothing flows back through them.
+    def through_integers(b):
+        pieces = _flat._native_split(jnp.round(b).astype(jnp.int32), tuple(SIZES))
+        return sum(jnp.sum(p.astype(jnp.float32)) for p in pieces) + jnp.sum(b)
+
+    np.testing.assert_array_equal(jax.grad(through_integers)(buffer), np.ones(16, np.float32))
+
+
+@pytest.mark.skipif(not NATIVE, reason=f"native library unavailable: {_native.status()[1]}")
+def test_unflatten_on_cpu_is_one_call_and_lax_split_without_the_library(monkeypatch):
+    # XLA:CPU compiles jax.lax.split into one kernel per leaf; the native call is one kernel.
+    flat = adamx.flatten({"a": jnp.ones((4, 3)), "b": jnp.ones(5), "c": jnp.ones((2, 2))})
+    text = jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
+    assert text.count(_native.SPLIT_TARGET) == 1 and "slice" not in text
+    monkeypatch.setattr(_flat, "_native_split_usable", lambda buffer: False)
+    text = jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
+    assert _native.SPLIT_TARGET not in text
+    tree = flat.unflatten()
+    assert jax.tree.map(jnp.shape, tree) == {"a": (4, 3), "b": (5,), "c": (2, 2)}
+
+
+def test_a_sharded_buffer_is_split_where_it_lives():
+    # The native split has no sharding rule (XLA would gather the buffer for it): with more than
+    # one device, a buffer inside jit takes jax.lax.split, and its leaves stay sharded.
+    code = """
+import jax, jax.numpy as jnp, numpy as np, adamx
+from jax.sharding import NamedSharding, PartitionSpec as P
+tree = {"a": jnp.arange(64.0).reshape(8, 8), "b": jnp.arange(16.0)}
+mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+flat = jax.device_put(adamx.flatten(tree), NamedSharding(mesh, P("d")))
+with jax.set_mesh(mesh):
+    out = jax.jit(lambda f: f.unflatten())(flat)
+    text = jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
+assert "adamx_split" not in text, text
+assert out["a"].sharding.spec == P("d", None) and out["b"].sharding.spec == P("d"), out
+for k in tree:
+    np.testing.assert_array_equal(out[k], tree[k])
+replicated = jax.device_put(adamx.flatten(tree), NamedSharding(mesh, P()))
+np.testing.assert_array_equal(replicated.unflatten()["a"], tree["a"])  # eager: the native call
+"""
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_bad_input_is_refused_with_the_fix():

@@ -21,10 +21,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "fused_step.cc", HERE / "fused_quantized.cc")  # one library, two handlers
+SOURCES = (HERE / "fused_step.cc", HERE / "fused_quantized.cc", HERE / "split.cc")  # one library
 HEADERS = (HERE / "fused_common.h",)
 TARGET = "adamx_fused_step"
 QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
+SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call
 FLAGS = (
     "-O3",
     "-march=native",
@@ -108,6 +109,9 @@ def _load() -> tuple[bool, str]:
         )
         jax.ffi.register_ffi_target(
             QUANTIZED_TARGET, jax.ffi.pycapsule(handle.AdamxQuantizedStep), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            SPLIT_TARGET, jax.ffi.pycapsule(handle.AdamxSplit), platform="cpu"
         )
     except Exception as error:  # a failed build must never break training: fall back
         return False, f"the kernel could not be built or loaded: {error}"
