@@ -361,3 +361,9 @@ def test_benchmark_compares_optimizers_against_adamw(tmp_path):
     assert rows["adafactor"]["state_bytes_per_param"] < 1.0
     with pytest.raises(ValueError, match="adamx does not have"):
         benchmark_main(["--quick", "--compare", "nosuch", "--json", str(out)])
+    benchmark_main(["--compare", "lion", "--size", "64", "--rounds", "1", "--steps", "1",
+                    "--json", str(out)])  # fmt: skip
+    record = json.loads(out.read_text())["optimizers"]
+    assert record["tree"] == "matrix_tree(size=64)" and record["params"] == 5 * 64 * 64 + 2 * 64
+    with pytest.raises(SystemExit):
+        benchmark_main(["--compare", "lion", "--size", "30", "--json", str(out)])

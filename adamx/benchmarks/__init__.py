@@ -506,7 +506,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "of matrices (e.g. lion,adafactor,muon); skips the AdamW configurations unless "
         "--configs is also given",
     )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="--compare's tree: matrices of SIZE x SIZE, 5 SIZE^2 params in all (default 1024, "
+        "5.24M params; 256 with --quick)",
+    )
     args = parser.parse_args(argv)
+    if args.size is not None and (args.size < 4 or args.size % 4):
+        parser.error(f"--size must be a positive multiple of 4 (the stacked leaf); got {args.size}")
     if args.compare and not args.configs:
         configs: list[Config] = []
     else:
@@ -523,7 +532,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     output: dict[str, Any] = {"environment": env, "configs": records}
     if args.compare:
         names = [n.strip() for n in args.compare.split(",") if n.strip()]
-        size = 256 if args.quick else 1024
+        size = args.size or (256 if args.quick else 1024)
         comparison = compare_optimizers(names, args.rounds, args.steps, args.seed, size)
         print(_format_comparison(comparison), flush=True)
         output["optimizers"] = comparison
