@@ -61,6 +61,17 @@ def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bounds, slope, offset
 
 
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]`` (float32). On an ``Explicit`` mesh the table is put whole on the index's
+    mesh and each device looks up its own indices (JAX cannot infer that sharding itself)."""
+    values = jnp.asarray(table, jnp.float32)
+    split = _explicit_sharding(index)
+    if split is None:
+        return values[index]
+    values = jax.sharding.reshard(values, jax.sharding.PartitionSpec(None))
+    return values.at[index].get(out_sharding=split.spec)
+
+
 def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax.Array:
     """The code of the nearest magnitude to each ``y`` in ``[0, 1]`` (``int32``), analytically.
 
@@ -78,7 +89,7 @@ def encode_magnitude(y: jax.Array, bits: int, *, zero_free: bool = False) -> jax
     points = jnp.left_shift(1, decade)  # 2**i points in the decade, codes 2**i .. 2**(i+1) - 1
     # The nearest point of the decade's grid, extended down by one to the previous decade's top
     # (code 2**i - 1): one multiply, one add and a round.
-    u = y * jnp.asarray(slope)[decade] + jnp.asarray(offset)[decade]
+    u = y * _lookup(slope, decade) + _lookup(offset, decade)
     code = jnp.clip(jnp.round(u).astype(jnp.int32), points - 1, 2 * points - 1)
     tiny = bounds[1]  # the single point of decade 0
     below = (y > 0) if zero_free else (y >= np.float32(0.5) * tiny)
@@ -166,15 +177,40 @@ def _layers(batch_dims: BatchDims, shape: tuple[int, ...]) -> int:
     return _batch_count(batch_dims, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
+def _spec_of(x: jax.Array) -> tuple[Any, ...] | None:
+    """``x``'s partition spec, one entry per axis, on an ``Explicit`` mesh that splits it."""
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return None
+    return tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+
+
+def _reshape(x: jax.Array, shape: tuple[int, ...], spec: Any) -> jax.Array:
+    """``x.reshape(shape)``; on an ``Explicit`` mesh, to ``spec`` (one entry per new axis)."""
+    if _explicit_sharding(x) is None:
+        return x.reshape(shape)
+    return jnp.reshape(x, shape, out_sharding=jax.sharding.PartitionSpec(*spec))
+
+
+def _reshard(x: jax.Array, spec: Any) -> jax.Array:
+    """``x`` moved to ``spec`` on an ``Explicit`` mesh (what it cannot keep gathered)."""
+    if _explicit_sharding(x) is None:
+        return x
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec(*spec))
+
+
 def _pack4(codes: jax.Array) -> jax.Array:
     """Two 4-bit codes per byte along the last axis (even length)."""
-    pairs = codes.astype(jnp.uint8).reshape(*codes.shape[:-1], -1, 2)
+    spec = _spec_of(codes)
+    shape = (*codes.shape[:-1], codes.shape[-1] // 2, 2)
+    pairs = _reshape(codes.astype(jnp.uint8), shape, None if spec is None else (*spec, None))
     return pairs[..., 0] | (pairs[..., 1] << 4)
 
 
 def _unpack4(packed: jax.Array) -> jax.Array:
+    spec = _spec_of(packed)
     low, high = packed & jnp.uint8(15), packed >> 4
-    return jnp.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)
+    return _reshape(jnp.stack([low, high], axis=-1), (*packed.shape[:-1], -1), spec)
 
 
 @jax.tree_util.register_pytree_with_keys_class
@@ -213,6 +249,164 @@ class QuantizedBuffer:
 
     def __repr__(self) -> str:
         return f"QuantizedBuffer(shape={self.shape}, codes={self.codes!r}, scales={self.scales!r})"
+
+
+# ---- where the codes and scales live on a mesh -----------------------------------------------------
+
+
+def _entries(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def layout_specs(
+    shape: tuple[int, ...], entries: list[Any], codes: tuple[int, ...], scales: Any, axis_size: Any
+) -> tuple[tuple[Any, ...], Any]:
+    """The partition specs (entry tuples) of a quantised moment's codes and scales on a mesh.
+
+    ``shape`` is the parameter's shape and ``entries`` its partition spec, one entry per axis;
+    ``codes`` and ``scales`` are the stored arrays' shapes (a pair of shapes for rank-1 scales);
+    ``axis_size(entry)`` the number of devices an entry splits over. Codes and scales are laid
+    out by layer, then by the layer's elements in row-major order, so they follow the parameter
+    where that order keeps each device's elements together:
+
+    * the layer axis follows the parameter's first stacked-layer axis, when no other layer axis
+      is split;
+    * the blocks follow the parameter's first axis after the layers, when no later axis is split
+      and every device's rows hold whole blocks (8-bit and 4-bit block-wise: blocks divide evenly
+      and no block is padded; rank-1 4-bit: an even number of codes, and the row scales);
+    * rank-1's column scales follow the parameter's last axis when only that one is split.
+
+    Anything else is replicated over the axes it cannot follow: a parameter split on its last axis
+    (``P(None, "model")``) keeps whole copies of its codes on each device of ``"model"``.
+    """
+    layers = codes[0]
+    nb = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == layers)
+    outer, inner = entries[:nb], entries[nb:]
+    size = math.prod(shape[nb:])
+    layer = outer[0] if outer and all(e is None for e in outer[1:]) else None
+    first = inner[0] if inner and all(e is None for e in inner[1:]) else None
+    last = inner[-1] if len(inner) > 1 and all(e is None for e in inner[:-1]) else None
+    if isinstance(
+        scales[0], tuple
+    ):  # rank-1: codes (layers, pairs); (layers, rows), (layers, cols)
+        even = first is not None and (size // axis_size(first)) % 2 == 0
+        return (layer, first if even else None), ((layer, first), (layer, last))
+    blocks = scales[1]
+    aligned = first is not None and size % blocks == 0 and blocks % axis_size(first) == 0
+    block = first if aligned else None
+    return (layer, block, None), (layer, block)
+
+
+def _placed_zeros(shape: tuple[int, ...], dtype: Any, spec: tuple[Any, ...], like: Any) -> Any:
+    """Zeros of ``shape``, on the mesh of ``like`` (a parameter) with ``spec`` when ``like`` has a
+    known mesh: a placed array's (eager), or a traced one's on an ``Explicit`` mesh."""
+    sharding = _named_sharding(like)
+    if sharding is None:
+        return jnp.zeros(shape, dtype)
+    target = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    if isinstance(like, jax.core.Tracer):
+        return jnp.zeros(shape, dtype, out_sharding=target)
+    return jnp.zeros(shape, dtype, device=target)
+
+
+def _named_sharding(param: Any) -> Any:
+    if not isinstance(param, jax.core.Tracer):
+        sharding = getattr(param, "sharding", None)
+        return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
+    sharding = getattr(jax.typeof(param), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    types = getattr(mesh, "axis_types", ())
+    explicit = types and all(t == jax.sharding.AxisType.Explicit for t in types)
+    return sharding if explicit else None
+
+
+def _stored_zeros(param: Any, codes: tuple[int, ...], scales: Any) -> tuple[Any, Any]:
+    """The zero codes (uint8) and scales (float32) of a quantised moment of ``param``, placed
+    by `layout_specs` where ``param``'s mesh is known."""
+    sharding = _named_sharding(param)
+    pair = isinstance(scales[0], tuple)
+    if sharding is None:
+        code_spec: tuple[Any, ...] = (None,) * len(codes)
+        scale_spec: Any = tuple((None,) * len(s) for s in scales) if pair else (None,) * 2
+    else:
+        shape = tuple(jnp.shape(param))
+        spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+
+        def size(entry: Any) -> int:
+            return math.prod(sharding.mesh.shape[name] for name in _entries(entry))
+
+        code_spec, scale_spec = layout_specs(shape, spec, codes, scales, size)
+    zeros_codes = _placed_zeros(codes, jnp.uint8, code_spec, param)
+    if pair:
+        zeros_scales: Any = tuple(
+            _placed_zeros(s, jnp.float32, sp, param)
+            for s, sp in zip(scales, scale_spec, strict=True)
+        )
+    else:
+        zeros_scales = _placed_zeros(scales, jnp.float32, scale_spec, param)
+    return zeros_codes, zeros_scales
+
+
+def _explicit_sharding(x: Any) -> Any:
+    """``x``'s sharding when it is part of its type (an ``Explicit`` mesh) and splits something."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    if not types or not all(t == jax.sharding.AxisType.Explicit for t in types):
+        return None
+    return sharding if any(e is not None for e in getattr(sharding, "spec", ())) else None
+
+
+def _layer_count(shape: tuple[int, ...], layers: int) -> int:
+    """How many leading axes of ``shape`` make ``layers`` (as `layout_specs` reads them)."""
+    return next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == layers)
+
+
+def _kept(shape: tuple[int, ...], layers: int, layer: Any, inner: Any, last: Any = None) -> Any:
+    """The spec of a parameter-shaped array that keeps only the layout's entries: the first
+    layer axis's, the first axis after the layers' and (rank-1's columns) the last axis's."""
+    nb = _layer_count(shape, layers)
+    keep: list[Any] = [None] * len(shape)
+    if nb:
+        keep[0] = layer
+    if nb < len(shape):
+        keep[nb] = inner
+    if last is not None:
+        keep[-1] = last
+    return jax.sharding.PartitionSpec(*keep)
+
+
+def _to_rows(value: jax.Array, layers: int, size: int, spec: tuple[Any, Any]) -> jax.Array:
+    """``value`` as ``(layers, size)``. On an ``Explicit`` mesh the result is split by ``spec``
+    (the layout's layer and row entries, `layout_specs`): what the layout cannot follow is
+    gathered first, so that the reshape keeps each device's elements where they are."""
+    if _explicit_sharding(value) is None:
+        return value.reshape(layers, size)
+    shape = tuple(value.shape)
+    value = jax.sharding.reshard(value, _kept(shape, layers, *spec))
+    return jnp.reshape(value, (layers, size), out_sharding=jax.sharding.PartitionSpec(*spec))
+
+
+def _from_rows(rows: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``(layers, size)`` back to the parameter's ``shape`` (`_to_rows` undone)."""
+    sharding = _explicit_sharding(rows)
+    if sharding is None:
+        return rows.reshape(shape)
+    spec = list(sharding.spec) + [None] * (2 - len(sharding.spec))
+    return jnp.reshape(rows, shape, out_sharding=_kept(shape, rows.shape[0], *spec))
+
+
+def _layout_spec(value: jax.Array, codes: tuple[int, ...], scales: Any) -> Any:
+    """The (codes, scales) specs of `layout_specs` for ``value``'s explicit sharding, or None."""
+    sharding = _explicit_sharding(value)
+    if sharding is None:
+        return None
+    shape = tuple(value.shape)
+    entries = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+
+    def size(entry: Any) -> int:
+        return math.prod(sharding.mesh.shape[name] for name in _entries(entry))
+
+    return layout_specs(shape, entries, codes, scales, size)
 
 
 def _check_real(value: Any, who: str) -> None:
@@ -263,12 +457,12 @@ class Blockwise:
         shape = tuple(jnp.shape(param))
         # Small tensors stay float32 (bitsandbytes' rule), and a zero-size one has nothing to code.
         if math.prod(shape) < max(self.min_size, 1):
-            return jnp.zeros(shape, jnp.float32)
+            return jnp.zeros_like(param, dtype=jnp.float32)  # where the param lives
         _check_real(param, "blockwise storage")
         layers, _, blocks = self._layout(shape)
         width = self.block_size // 2 if self.bits == 4 else self.block_size
-        codes = jnp.zeros((layers, blocks, width), jnp.uint8)
-        return QuantizedBuffer(codes, jnp.zeros((layers, blocks), jnp.float32), shape)
+        codes, scales = _stored_zeros(param, (layers, blocks, width), (layers, blocks))
+        return QuantizedBuffer(codes, scales, shape)
 
     def read(self, stored: Any, dtype: Any) -> jax.Array:
         if not isinstance(stored, QuantizedBuffer):
@@ -278,10 +472,20 @@ class Blockwise:
         if self.linear:
             unit = (codes.astype(jnp.float32) + 1.0) / 16.0
         else:
-            unit = jnp.asarray(self._table(), jnp.float32)[codes.astype(jnp.int32)]
+            unit = _lookup(self._table(), codes.astype(jnp.int32))
         # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN.
         values = jnp.where(unit == 0, unit, unit * stored.scales[..., None])
-        return values.reshape(layers, -1)[:, :size].reshape(stored.shape).astype(dtype)
+        blocks = values.shape[1] * values.shape[2]
+        if _explicit_sharding(values) is None:
+            rows = values.reshape(layers, blocks)
+        else:
+            spec = (jax.typeof(values).sharding.spec + (None,) * 3)[:2]
+            rows = jnp.reshape(
+                values, (layers, blocks), out_sharding=jax.sharding.PartitionSpec(*spec)
+            )
+        if blocks != size:
+            rows = rows[:, :size]
+        return _from_rows(rows, stored.shape).astype(dtype)
 
     def _table(self) -> np.ndarray:
         magnitudes = dynamic_code(self._magnitude_bits)
@@ -294,9 +498,19 @@ class Blockwise:
             return value.astype(stored.dtype)
         _check_real(value, "blockwise storage")
         layers, size, blocks = self._layout(stored.shape)
-        flat = value.astype(jnp.float32).reshape(layers, size)
+        value = value.astype(jnp.float32)
+        specs = _layout_spec(value, tuple(stored.codes.shape), tuple(stored.scales.shape))
+        layer, block = (None, None) if specs is None else specs[1]
+        flat = _to_rows(value, layers, size, (layer, block))
         flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
-        x = flat.reshape(layers, blocks, self.block_size)
+        if specs is None:
+            x = flat.reshape(layers, blocks, self.block_size)
+        else:
+            x = jnp.reshape(
+                flat,
+                (layers, blocks, self.block_size),
+                out_sharding=jax.sharding.PartitionSpec(layer, block, None),
+            )
         magnitude = jnp.abs(x)
         scale = jnp.max(magnitude, axis=-1)[..., None]
         # The absmax element is exactly 1, also when it is inf (where inf * (1 / inf) is NaN).
@@ -373,14 +587,15 @@ class Rank1:
     def init(self, param: jax.Array) -> Any:
         shape = tuple(jnp.shape(param))
         if math.prod(shape) < max(self.min_size, 1):  # as `Blockwise`
-            return jnp.zeros(shape, jnp.float32)
+            return jnp.zeros_like(param, dtype=jnp.float32)  # where the param lives
         _check_real(param, "rank1_4bit")
         matrix = self._matrix(shape)
         if matrix is None:
             return self._vector().init(param)
         layers, rows, cols = matrix
-        codes = jnp.zeros((layers, -(-rows * cols // 2)), jnp.uint8)
-        scales = (jnp.zeros((layers, rows), jnp.float32), jnp.zeros((layers, cols), jnp.float32))
+        codes, scales = _stored_zeros(
+            param, (layers, -(-rows * cols // 2)), ((layers, rows), (layers, cols))
+        )
         return QuantizedBuffer(codes, scales, shape)
 
     def read(self, stored: Any, dtype: Any) -> jax.Array:
@@ -389,11 +604,19 @@ class Rank1:
         if not isinstance(stored.scales, tuple):
             return self._vector().read(stored, dtype)
         layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
-        codes = _unpack4(stored.codes)[:, : rows * cols].reshape(layers, rows, cols)
+        codes = _unpack4(stored.codes)
+        if codes.shape[1] != rows * cols:
+            codes = codes[:, : rows * cols]
+        spec = _spec_of(codes)
+        codes = _reshape(codes, (layers, rows, cols), None if spec is None else (*spec, None))
         row, col = stored.scales
         scale = jnp.minimum(row[:, :, None], col[:, None, :])
         values = (codes.astype(jnp.float32) + 1.0) / 16.0 * scale
-        return values.reshape(stored.shape).astype(dtype)
+        spec = _spec_of(values)
+        if spec is None:
+            return values.reshape(stored.shape).astype(dtype)
+        out = _kept(stored.shape, layers, *spec)
+        return jnp.reshape(values, stored.shape, out_sharding=out).astype(dtype)
 
     def write(self, value: jax.Array, stored: Any) -> Any:
         if not isinstance(stored, QuantizedBuffer):
@@ -402,11 +625,16 @@ class Rank1:
         if not isinstance(stored.scales, tuple):
             return self._vector().write(value, stored)
         layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
-        x = jnp.maximum(value.astype(jnp.float32).reshape(layers, rows, cols), 0.0)
+        value = value.astype(jnp.float32)
+        layout = _layout_spec(value, tuple(stored.codes.shape), ((layers, rows), (layers, cols)))
+        (layer, pairs), ((_, first), (_, last)) = layout or ((None, None), ((None,) * 2,) * 2)
+        value = _reshard(value, _kept(tuple(value.shape), layers, layer, first, last))
+        x = jnp.maximum(_reshape(value, (layers, rows, cols), (layer, first, last)), 0.0)
         row, col = jnp.max(x, axis=2), jnp.max(x, axis=1)
         scale = jnp.minimum(row[:, :, None], col[:, None, :])
         code = _linear_code(x / jnp.where(scale > 0, scale, 1.0))
-        flat = code.reshape(layers, -1)
+        code = _reshard(code, (layer, pairs, None))  # columns, or an odd count per device: whole
+        flat = _reshape(code, (layers, rows * cols), (layer, pairs))
         flat = jnp.pad(flat, ((0, 0), (0, (rows * cols) % 2)))
         return QuantizedBuffer(_pack4(flat), (row, col), stored.shape)
 

@@ -12,6 +12,9 @@ belongs to ``['dense']['w']``; the longest such suffix wins). Then:
 * a leaf with its parameter's shape less one axis (Adafactor's row and column statistics) takes
   the parameter's partition spec less that axis, where the removed axis is unambiguous or every
   candidate gives the same spec;
+* the codes and scales of a quantised moment follow the parameter's layer axis and its first
+  axis after the layers, where their block layout keeps each device's elements together
+  (`layout_specs`);
 * every other leaf (step counts, PRNG keys, scalars, SOAP's ``n x n`` statistics, Adam-mini's block
   means) is replicated over the mesh.
 
@@ -29,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from ._base import GradientTransformation, OptState, Params
+from ._quantize import QuantizedBuffer, layout_specs
 from ._trees import is_stored_moment
 
 AxisNames = str | Sequence[str]
@@ -142,8 +146,15 @@ def state_shardings(tx: GradientTransformation, params: Params, *, mesh: Mesh | 
         if is_stored_moment(node)
     }
 
+    quantized = {
+        tuple(path): node
+        for path, node in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=is_stored_moment)[0]
+        if isinstance(node, QuantizedBuffer)
+    }
+
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
         shape = tuple(leaf.shape)
+        full = path
         path = next((path[:k] for k in range(len(path), 0, -1) if path[:k] in stored), path)
         for start in range(len(path) + 1):  # the longest suffix first
             owner = by_path.get(tuple(path[start:]))
@@ -152,6 +163,8 @@ def state_shardings(tx: GradientTransformation, params: Params, *, mesh: Mesh | 
             param_shape, sharding = owner
             if shape == param_shape:
                 return sharding
+            if path in quantized and isinstance(sharding, NamedSharding):
+                return _quantized_sharding(quantized[path], full[len(path) :], sharding)
             if isinstance(sharding, NamedSharding):
                 spec = _one_axis_less(
                     shape, param_shape, _full_spec(sharding.spec, len(param_shape))
@@ -162,6 +175,24 @@ def state_shardings(tx: GradientTransformation, params: Params, *, mesh: Mesh | 
         return replicated
 
     return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def _quantized_sharding(node: QuantizedBuffer, rest: tuple[Any, ...], sharding: Any) -> Any:
+    """The sharding of the codes or a scale (``rest``: its path inside ``node``) of a quantised
+    moment whose parameter has ``sharding``: `layout_specs`' rule (docs/sharding.md)."""
+    entries = _full_spec(sharding.spec, len(node.shape))
+    pair = isinstance(node.scales, tuple)
+    scales = tuple(tuple(x.shape) for x in node.scales) if pair else tuple(node.scales.shape)
+
+    def size(entry: Any) -> int:
+        return _axis_size(sharding.mesh, _entry_names(entry))
+
+    codes_spec, scales_spec = layout_specs(
+        node.shape, entries, tuple(node.codes.shape), scales, size
+    )
+    name = getattr(rest[0], "name", None)
+    spec = codes_spec if name == "codes" else scales_spec[rest[1].idx] if pair else scales_spec
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def _axis_size(mesh: Any, axis: tuple[str, ...]) -> int:

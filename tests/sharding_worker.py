@@ -391,6 +391,99 @@ def shard_map_parity() -> dict:
     return out
 
 
+QUANTISED_SPECS = {  # row-split (the codes can follow), stacked layers, column-split (they cannot)
+    "rows": P("model", None),
+    "stack": P("model", None, None),
+    "cols": P(None, "model"),
+}
+
+
+def quantised_layout(auto, explicit) -> dict:
+    """8- and 4-bit moments on row-split, layer-split and column-split params: where their codes
+    and scales are placed (`adamx.state_shardings`, eager and jitted `init` on an `Explicit`
+    mesh), the bytes each device holds, and sharded steps against one device."""
+    rng = np.random.default_rng(3)
+    host = {
+        "rows": rng.standard_normal((64, 512)).astype(np.float32),
+        "stack": rng.standard_normal((4, 16, 512)).astype(np.float32),
+        "cols": rng.standard_normal((64, 512)).astype(np.float32),
+    }
+    grads_host = [
+        {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in host.items()}
+        for _ in range(STEPS)
+    ]
+
+    def placed(tree, mesh):
+        return {
+            k: jax.device_put(v, NamedSharding(mesh, QUANTISED_SPECS[k])) for k, v in tree.items()
+        }
+
+    def layers(p):
+        return 1 if p.ndim == 3 else 0
+
+    results = {}
+    for bits in (8, 4):
+        entry: dict = {}
+        try:
+            tx = adamx.adamw(1e-2, **adamx.low_bit_moments(bits, batch_dims=layers))
+            params = placed(host, auto)
+            expected = adamx.state_shardings(tx, params)
+            entry["specs"] = {
+                jax.tree_util.keystr(path): [None if e is None else str(e) for e in s.spec]
+                for path, s in jax.tree_util.tree_flatten_with_path(expected)[0]
+            }
+            state = adamx.init_sharded(tx, params)
+            entry["jit_init"] = mismatches(state, expected)
+            entry["bytes_per_device"] = max(adamx.bytes_per_device(state).values())
+            entry["unsharded_bytes"] = sum(x.nbytes for x in jax.tree.leaves(state))
+            param_shardings = sharding_of(params)
+            grads = [placed(g, auto) for g in grads_host]
+            sharded, state = run_steps(
+                tx, params, state, grads, out_shardings=(param_shardings, expected)
+            )
+            entry["update"] = mismatches(state, expected)
+            # Reference: the same sharded steps with every code and scale replicated (the
+            # placement before the codes followed their params); tolerance 0, since placement
+            # must not change a number. (Against one device, 8-bit runs differ by the code flips
+            # that one-ulp differences of XLA's fusions cause, placement or not.)
+            replicated = jax.tree.map(lambda s: NamedSharding(auto, P()), expected)
+            base = jax.jit(tx.init, out_shardings=replicated)(params)
+            reference, _ = run_steps(
+                tx, params, base, grads, out_shardings=(param_shardings, replicated)
+            )
+            entry["max_abs_vs_replicated"] = max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(reference), strict=True)
+            )
+            explicit_params = placed(host, explicit)
+            explicit_expected = adamx.state_shardings(tx, explicit_params)
+            with jax.set_mesh(explicit):
+                explicit_state = jax.jit(tx.init)(explicit_params)
+                entry["explicit_jit_init"] = mismatches(explicit_state, explicit_expected)
+                entry["explicit_eager_init"] = mismatches(
+                    tx.init(explicit_params), explicit_expected
+                )
+                # A plain jit on the Explicit mesh: the shardings are in the types, and the
+                # quantised storages reshape to their layout's (tests/test_sharding.py).
+                explicit_out, explicit_state = run_steps(
+                    tx, explicit_params, explicit_state, [placed(g, explicit) for g in grads_host]
+                )
+            entry["explicit_update"] = mismatches(explicit_state, explicit_expected)
+            entry["explicit_params"] = [
+                k for k in host if differs(explicit_out[k], explicit_params[k].sharding)
+            ]
+            entry["explicit_vs_auto"] = max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(
+                    jax.tree.leaves(explicit_out), jax.tree.leaves(sharded), strict=True
+                )
+            )
+        except Exception:
+            entry["error"] = traceback.format_exc(limit=6)
+        results[f"{bits}bit"] = entry
+    return results
+
+
 def main() -> None:
     start = time.perf_counter()
     host = host_params()
@@ -405,6 +498,8 @@ def main() -> None:
         report["fused"] = fused(host, grads_host)
     if not only or "shard_map" in only:
         report["shard_map"] = shard_map_parity()
+    if not only or "quantised_layout" in only:
+        report["quantised_layout"] = quantised_layout(auto, explicit)
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
 

@@ -48,8 +48,10 @@ TOLERANCE = 1e-6  # of each leaf's largest magnitude (tests/sharding_worker.py, 
 # Optimizers whose state is not dominated by parameter-shaped moments: Adafactor's factored
 # statistics and SOAP's d x d statistics are small or replicated by rule, so ZeRO-1 saves less.
 SMALL_OR_SQUARE_STATE = {"adafactor", "adafactor_torch", "soap"}
-# 8- and 4-bit moments: codes and scales are laid out by blocks, not like the param, so they do not
-# follow its model axis (replicated over it); ZeRO-1 splits them over the 4 data devices: 1/4.
+# 8- and 4-bit moments: codes and scales are laid out by blocks, not like the param; on this zoo
+# (params split on their last axis, or too small for whole blocks per device) they cannot follow
+# the model axis (replicated over it, test_quantised_codes_follow_row_split_params has the cases
+# where they do); ZeRO-1 splits them over the 4 data devices: 1/4.
 QUANTISED_STATE = {"adamw_8bit", "adamw_4bit"}
 FUSED_KEYS = [
     *(
@@ -116,6 +118,7 @@ def test_the_worker_had_eight_devices_and_every_optimizer(report):
     assert sorted(report["registry"]) == sorted(OPTIMIZER_IDS)
     assert sorted(report["fused"]) == sorted(["native", *FUSED_KEYS])
     assert sorted(report["shard_map"]) == sorted(SHARD_MAP)
+    assert sorted(report["quantised_layout"]) == ["4bit", "8bit"]
 
 
 registry = pytest.mark.parametrize("name", OPTIMIZER_IDS)
@@ -237,3 +240,52 @@ def test_errors_say_what_to_do():
         adamx.zero1_shardings(adamx.adam(0.1), params, "data")
     with pytest.raises(ValueError, match=r"not \['batch'\]"):
         adamx.zero1_shardings(adamx.adam(0.1), _placeholders({"w": (4,)}, {"w": P()}), "batch")
+
+
+# Where the codes and scales of each moment go (adamx/_quantize.py, `layout_specs`): a param split
+# on its rows keeps whole blocks per device, so they follow it; one split on its stacked-layer axis
+# too; one split on its last axis cannot, and they are replicated (rank-1's column scales follow).
+QUANTISED_LAYOUT = {
+    "8bit": {
+        "rows": {"codes": [None, "model", None], "scales": [None, "model"]},
+        "stack": {"codes": ["model", None, None], "scales": ["model", None]},
+        "cols": {"codes": [None, None, None], "scales": [None, None]},
+    },
+    "4bit": {  # m block-wise, like 8-bit; v rank-1: codes, row scales, column scales
+        "rows": {"codes": [None, "model"], "scales[0]": [None, "model"], "scales[1]": [None, None]},
+        "stack": {
+            "codes": ["model", None],
+            "scales[0]": ["model", None],
+            "scales[1]": ["model", None],
+        },
+        "cols": {"codes": [None, None], "scales[0]": [None, None], "scales[1]": [None, "model"]},
+    },
+}
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantised_codes_follow_row_split_params(report, bits):
+    entry = _entry(report, "quantised_layout", bits)
+    specs = entry["specs"]
+    for param, fields in QUANTISED_LAYOUT[bits].items():
+        second = f"[0][2].estimator[0].ema['{param}']"
+        for field, spec in fields.items():
+            assert specs[f"{second}.{field}"] == spec, (param, field, specs)
+        first = f"[0][0].ema['{param}']"
+        expected_first = QUANTISED_LAYOUT["8bit"][param] if bits == "8bit" else None
+        if expected_first is not None:
+            for field, spec in expected_first.items():
+                assert specs[f"{first}.{field}"] == spec, (param, field, specs)
+        else:  # 4-bit m: block-wise, its blocks follow as 8-bit's do
+            assert specs[f"{first}.codes"] == QUANTISED_LAYOUT["8bit"][param]["codes"], specs
+    assert entry["jit_init"] == [] and entry["update"] == [], entry
+    assert entry["explicit_jit_init"] == [], entry["explicit_jit_init"]
+    assert entry["explicit_eager_init"] == [], entry["explicit_eager_init"]
+    # Two of the three params are split over the 2 "model" devices and hold the bulk of the state:
+    # each device keeps (1 + 1/2 + 1/2) / 3 = 2/3 of it (everything replicated: 1).
+    assert entry["bytes_per_device"] / entry["unsharded_bytes"] <= 0.67, entry
+    # Placement changes no number: the steps equal those with every code and scale replicated,
+    # and a plain jit on an Explicit mesh (shardings in the types) equals the Auto mesh's steps.
+    assert entry["max_abs_vs_replicated"] == 0.0, entry
+    assert entry["explicit_update"] == [] and entry["explicit_params"] == [], entry
+    assert entry["explicit_vs_auto"] == 0.0, entry
