@@ -161,12 +161,25 @@ def test_the_native_split_differentiates_and_batches_like_lax_split():
 @pytest.mark.skipif(not NATIVE, reason=f"native library unavailable: {_native.status()[1]}")
 def test_unflatten_on_cpu_is_one_call_and_lax_split_without_the_library(monkeypatch):
     # XLA:CPU compiles jax.lax.split into one kernel per leaf; the native call is one kernel.
+    # (The suite itself runs on 8 virtual CPU devices: --doctest-modules imports
+    # tests/sharding_worker.py, which sets XLA_FLAGS first. The device count is patched here.)
     flat = adamx.flatten({"a": jnp.ones((4, 3)), "b": jnp.ones(5), "c": jnp.ones((2, 2))})
-    text = jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
+
+    def lowered():
+        return jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
+
+    monkeypatch.setattr(_flat.jax, "device_count", lambda: 1)
+    text = lowered()
     assert text.count(_native.SPLIT_TARGET) == 1 and "slice" not in text
+    # More than one device: inside jit the buffer's sharding is unknown, so lax.split keeps the
+    # pieces where it lives; a concrete buffer that is whole on its device may take the call.
+    monkeypatch.setattr(_flat.jax, "device_count", lambda: 2)
+    assert _native.SPLIT_TARGET not in lowered()
+    assert _flat._native_split_usable(flat.buffers["float32"])
+    # Without the library: lax.split.
+    monkeypatch.setattr(_flat.jax, "device_count", lambda: 1)
     monkeypatch.setattr(_flat, "_native_split_usable", lambda buffer: False)
-    text = jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
-    assert _native.SPLIT_TARGET not in text
+    assert _native.SPLIT_TARGET not in lowered()
     tree = flat.unflatten()
     assert jax.tree.map(jnp.shape, tree) == {"a": (4, 3), "b": (5,), "c": (2, 2)}
 
