@@ -161,9 +161,9 @@ def test_the_native_split_differentiates_and_batches_like_lax_split():
 @pytest.mark.skipif(not NATIVE, reason=f"native library unavailable: {_native.status()[1]}")
 def test_unflatten_on_cpu_is_one_call_and_lax_split_without_the_library(monkeypatch):
     # XLA:CPU compiles jax.lax.split into one kernel per leaf; the native call is one kernel.
-    # (The suite itself runs on 8 virtual CPU devices: --doctest-modules imports
-    # tests/sharding_worker.py, which sets XLA_FLAGS first. The device count is patched here.)
+    # The rule depends on the device count, so it is patched here: one device, then two.
     flat = adamx.flatten({"a": jnp.ones((4, 3)), "b": jnp.ones(5), "c": jnp.ones((2, 2))})
+    assert jax.device_count() == 1  # the suite's own process (conftest.py: collect_ignore)
 
     def lowered():
         return jax.jit(lambda f: f.unflatten()).lower(flat).as_text()
