@@ -279,8 +279,7 @@ def layout_specs(
     Anything else is replicated over the axes it cannot follow: a parameter split on its last axis
     (``P(None, "model")``) keeps whole copies of its codes on each device of ``"model"``.
     """
-    layers = codes[0]
-    nb = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == layers)
+    nb = _layer_count(shape, codes[0])
     outer, inner = entries[:nb], entries[nb:]
     size = math.prod(shape[nb:])
     layer = outer[0] if outer and all(e is None for e in outer[1:]) else None
@@ -310,32 +309,23 @@ def _placed_zeros(shape: tuple[int, ...], dtype: Any, spec: tuple[Any, ...], lik
 
 
 def _named_sharding(param: Any) -> Any:
-    if not isinstance(param, jax.core.Tracer):
-        sharding = getattr(param, "sharding", None)
-        return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
-    sharding = getattr(jax.typeof(param), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    types = getattr(mesh, "axis_types", ())
-    explicit = types and all(t == jax.sharding.AxisType.Explicit for t in types)
-    return sharding if explicit else None
+    """A placed array's ``NamedSharding``, or a traced one's on an ``Explicit`` mesh."""
+    if isinstance(param, jax.core.Tracer):
+        return _explicit_sharding(param)
+    sharding = getattr(param, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
 def _stored_zeros(param: Any, codes: tuple[int, ...], scales: Any) -> tuple[Any, Any]:
     """The zero codes (uint8) and scales (float32) of a quantised moment of ``param``, placed
     by `layout_specs` where ``param``'s mesh is known."""
-    sharding = _named_sharding(param)
     pair = isinstance(scales[0], tuple)
-    if sharding is None:
+    layout = _layout_spec(_named_sharding(param), tuple(jnp.shape(param)), codes, scales)
+    if layout is None:
         code_spec: tuple[Any, ...] = (None,) * len(codes)
         scale_spec: Any = tuple((None,) * len(s) for s in scales) if pair else (None,) * 2
     else:
-        shape = tuple(jnp.shape(param))
-        spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
-
-        def size(entry: Any) -> int:
-            return math.prod(sharding.mesh.shape[name] for name in _entries(entry))
-
-        code_spec, scale_spec = layout_specs(shape, spec, codes, scales, size)
+        code_spec, scale_spec = layout
     zeros_codes = _placed_zeros(codes, jnp.uint8, code_spec, param)
     if pair:
         zeros_scales: Any = tuple(
@@ -361,9 +351,13 @@ def _layer_count(shape: tuple[int, ...], layers: int) -> int:
     return next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == layers)
 
 
-def _kept(shape: tuple[int, ...], layers: int, layer: Any, inner: Any, last: Any = None) -> Any:
+def _kept(
+    shape: tuple[int, ...], layers: int, layer: Any, inner: Any, last: Any = None
+) -> tuple[Any, ...]:
     """The spec of a parameter-shaped array that keeps only the layout's entries: the first
-    layer axis's, the first axis after the layers' and (rank-1's columns) the last axis's."""
+    layer axis's, the first axis after the layers' and (rank-1's columns) the last axis's. The
+    storages reshard a moment to it before cutting it into rows or blocks (what the layout cannot
+    follow is gathered first), and read a moment back with it."""
     nb = _layer_count(shape, layers)
     keep: list[Any] = [None] * len(shape)
     if nb:
@@ -372,35 +366,19 @@ def _kept(shape: tuple[int, ...], layers: int, layer: Any, inner: Any, last: Any
         keep[nb] = inner
     if last is not None:
         keep[-1] = last
-    return jax.sharding.PartitionSpec(*keep)
+    return tuple(keep)
 
 
-def _to_rows(value: jax.Array, layers: int, size: int, spec: tuple[Any, Any]) -> jax.Array:
-    """``value`` as ``(layers, size)``. On an ``Explicit`` mesh the result is split by ``spec``
-    (the layout's layer and row entries, `layout_specs`): what the layout cannot follow is
-    gathered first, so that the reshape keeps each device's elements where they are."""
-    if _explicit_sharding(value) is None:
-        return value.reshape(layers, size)
-    shape = tuple(value.shape)
-    value = jax.sharding.reshard(value, _kept(shape, layers, *spec))
-    return jnp.reshape(value, (layers, size), out_sharding=jax.sharding.PartitionSpec(*spec))
+def _to_param(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``(layers, ...)`` values back to the parameter's ``shape``, keeping ``x``'s split axes."""
+    spec = _spec_of(x)
+    return _reshape(x, shape, None if spec is None else _kept(shape, x.shape[0], *spec))
 
 
-def _from_rows(rows: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``(layers, size)`` back to the parameter's ``shape`` (`_to_rows` undone)."""
-    sharding = _explicit_sharding(rows)
-    if sharding is None:
-        return rows.reshape(shape)
-    spec = list(sharding.spec) + [None] * (2 - len(sharding.spec))
-    return jnp.reshape(rows, shape, out_sharding=_kept(shape, rows.shape[0], *spec))
-
-
-def _layout_spec(value: jax.Array, codes: tuple[int, ...], scales: Any) -> Any:
-    """The (codes, scales) specs of `layout_specs` for ``value``'s explicit sharding, or None."""
-    sharding = _explicit_sharding(value)
+def _layout_spec(sharding: Any, shape: tuple[int, ...], codes: tuple[int, ...], scales: Any) -> Any:
+    """`layout_specs` for a parameter of ``shape`` with ``sharding`` (``None``: not split)."""
     if sharding is None:
         return None
-    shape = tuple(value.shape)
     entries = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
 
     def size(entry: Any) -> int:
@@ -476,16 +454,11 @@ class Blockwise:
         # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN.
         values = jnp.where(unit == 0, unit, unit * stored.scales[..., None])
         blocks = values.shape[1] * values.shape[2]
-        if _explicit_sharding(values) is None:
-            rows = values.reshape(layers, blocks)
-        else:
-            spec = (jax.typeof(values).sharding.spec + (None,) * 3)[:2]
-            rows = jnp.reshape(
-                values, (layers, blocks), out_sharding=jax.sharding.PartitionSpec(*spec)
-            )
+        spec = _spec_of(values)
+        rows = _reshape(values, (layers, blocks), None if spec is None else spec[:2])
         if blocks != size:
             rows = rows[:, :size]
-        return _from_rows(rows, stored.shape).astype(dtype)
+        return _to_param(rows, stored.shape).astype(dtype)
 
     def _table(self) -> np.ndarray:
         magnitudes = dynamic_code(self._magnitude_bits)
@@ -499,18 +472,15 @@ class Blockwise:
         _check_real(value, "blockwise storage")
         layers, size, blocks = self._layout(stored.shape)
         value = value.astype(jnp.float32)
-        specs = _layout_spec(value, tuple(stored.codes.shape), tuple(stored.scales.shape))
-        layer, block = (None, None) if specs is None else specs[1]
-        flat = _to_rows(value, layers, size, (layer, block))
+        shape = tuple(value.shape)
+        layout = _layout_spec(
+            _explicit_sharding(value), shape, tuple(stored.codes.shape), tuple(stored.scales.shape)
+        )
+        layer, block = (None, None) if layout is None else layout[1]
+        value = _reshard(value, _kept(shape, layers, layer, block))
+        flat = _reshape(value, (layers, size), (layer, block))
         flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
-        if specs is None:
-            x = flat.reshape(layers, blocks, self.block_size)
-        else:
-            x = jnp.reshape(
-                flat,
-                (layers, blocks, self.block_size),
-                out_sharding=jax.sharding.PartitionSpec(layer, block, None),
-            )
+        x = _reshape(flat, (layers, blocks, self.block_size), (layer, block, None))
         magnitude = jnp.abs(x)
         scale = jnp.max(magnitude, axis=-1)[..., None]
         # The absmax element is exactly 1, also when it is inf (where inf * (1 / inf) is NaN).
@@ -612,11 +582,7 @@ class Rank1:
         row, col = stored.scales
         scale = jnp.minimum(row[:, :, None], col[:, None, :])
         values = (codes.astype(jnp.float32) + 1.0) / 16.0 * scale
-        spec = _spec_of(values)
-        if spec is None:
-            return values.reshape(stored.shape).astype(dtype)
-        out = _kept(stored.shape, layers, *spec)
-        return jnp.reshape(values, stored.shape, out_sharding=out).astype(dtype)
+        return _to_param(values, stored.shape).astype(dtype)
 
     def write(self, value: jax.Array, stored: Any) -> Any:
         if not isinstance(stored, QuantizedBuffer):
@@ -626,9 +592,11 @@ class Rank1:
             return self._vector().write(value, stored)
         layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
         value = value.astype(jnp.float32)
-        layout = _layout_spec(value, tuple(stored.codes.shape), ((layers, rows), (layers, cols)))
+        shape = tuple(value.shape)
+        scales = ((layers, rows), (layers, cols))
+        layout = _layout_spec(_explicit_sharding(value), shape, tuple(stored.codes.shape), scales)
         (layer, pairs), ((_, first), (_, last)) = layout or ((None, None), ((None,) * 2,) * 2)
-        value = _reshard(value, _kept(tuple(value.shape), layers, layer, first, last))
+        value = _reshard(value, _kept(shape, layers, layer, first, last))
         x = jnp.maximum(_reshape(value, (layers, rows, cols), (layer, first, last)), 0.0)
         row, col = jnp.max(x, axis=2), jnp.max(x, axis=1)
         scale = jnp.minimum(row[:, :, None], col[:, None, :])
