@@ -10,11 +10,18 @@ The kernel runs with jax's default (standard) dtype promotion: the root ``confte
 promotion for this pytest process only, and warnings raised inside the kernel are printed in the
 notebook's outputs rather than turned into errors here. The notebooks' install cells are no-ops
 because adamx is importable. Outputs are not written back: the committed notebooks keep theirs.
+
+The kernel's working directory is a temporary copy of ``notebooks/``, never ``notebooks/`` itself:
+a notebook that saves a file (``kingma_ba.ipynb`` writes ``kingma_ba.png``) writes it into the copy,
+and the test checks afterwards that nothing under ``notebooks/`` changed, so running the suite leaves
+the checkout clean.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,6 +60,15 @@ def _kernel_manager_class(kernels_dir: Path) -> type:
     return ThisInterpreterKernelManager
 
 
+def _snapshot(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def test_notebooks_are_found():
     names = {path.stem for path in PATHS}
     expected = {"quickstart", "compose_your_own", "optimizer_race", "flax_nnx", "kingma_ba"}
@@ -72,6 +88,11 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     import nbclient
     import nbformat
 
+    before = _snapshot(NOTEBOOKS)
+    # The kernel runs in a copy of the folder (the notebooks may read files next to them), so that
+    # whatever a notebook writes lands under tmp_path.
+    workdir = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, workdir, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
@@ -79,7 +100,7 @@ def test_notebook_runs(path: Path, tmp_path: Path):
         kernel_manager_class=_kernel_manager_class(tmp_path / "kernels"),
         timeout=CELL_TIMEOUT_S,
         allow_errors=False,  # the first failing cell raises CellExecutionError, naming the cell
-        resources={"metadata": {"path": str(NOTEBOOKS)}},  # the kernel's working directory
+        resources={"metadata": {"path": str(workdir)}},  # the kernel's working directory
     )
     client.execute()
 
@@ -91,3 +112,9 @@ def test_notebook_runs(path: Path, tmp_path: Path):
         if output.get("output_type") == "error"
     ]
     assert not errors, f"{path.name}: {[(e['ename'], e['evalue']) for e in errors]}"
+    after = _snapshot(NOTEBOOKS)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (
+        f"Executing {path.name} changed {changed} in {NOTEBOOKS}: tests must write only under "
+        "tmp_path. Write relative to the kernel's working directory (a temporary copy)."
+    )

@@ -35,20 +35,31 @@ only.
 Run it from the repository root, after ``pip install -e ".[examples]"``::
 
     python -m adamx.experiments.kingma_ba [--epochs N] [--seeds N] [--optimizers adam,sgd_nesterov]
-        [--experiments logreg,mlp,cnn] [--out DIR] [--search] [--ablation]
+        [--experiments logreg,mlp,cnn] [--out DIR] [--search [--grid LRS] [--select final|mean]]
+        [--data PATH [--train-size N]] [--ablation]
 
-It prints one table per experiment and writes ``DIR/kingma_ba.png`` (training cost against epochs,
-one panel per experiment, like the paper's Figures 1-3) and ``DIR/kingma_ba.json`` (every curve).
+It prints one table per experiment, then the paper's claims against the run (`claims_table`: each
+claim of section 6, what the run shows, and whether it agrees, is level or departs, computed from
+the run by a stated rule, plus how the run's protocol differs from the paper's), and writes
+``DIR/kingma_ba.png`` (training cost against epochs, one panel per experiment, like the paper's
+Figures 1-3) and ``DIR/kingma_ba.json`` (every curve and the claims).
+
+``--data PATH`` runs on the paper's own data sets when you have them (nothing is downloaded): MNIST
+as its IDX files (gzipped or not) or a keras-style ``.npz``, CIFAR-10 as its binary or python
+version (`adamx.experiments.data`). The models keep their sizes and adapt to the image shape;
+`LEARNING_RATES` were searched on the digits, so add ``--search`` there.
 ``--ablation`` runs Figure 4 instead: Adam with and without bias correction, each assembled from
 adamx's blocks (`adam_from_blocks`), over ``b1 in {0, 0.9}``, ``b2 in {0.99, 0.999, 0.9999}`` and
 ``log10(lr) in {-5, ..., -1}`` on the MLP after 10 epochs, and writes ``DIR/ablation.png`` (a
-heat map of the final cost) and ``DIR/ablation.json``.
+heat map of the final cost) and ``DIR/ablation.json``, and prints Figure 4's claims against it
+(`ablation_claims`).
 
 From Python (the notebooks)::
 
     from adamx.experiments import kingma_ba
     results = kingma_ba.run(experiments=["mlp"], optimizers=["adam", "adagrad"], epochs=20)
     print(kingma_ba.table(results))
+    print(kingma_ba.claims_table(results))
     kingma_ba.plot(results, "kingma_ba.png")
 
 scikit-learn, matplotlib and (optionally) tqdm are imported inside the functions that use them;
@@ -73,6 +84,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import adamx
+from adamx.experiments import data as _data
+from adamx.experiments.data import Data
 
 EXPERIMENTS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd_nesterov", "adagrad", "rmsprop", "adadelta")
@@ -97,6 +110,8 @@ LABELS = {
 DEFAULT_EPOCHS = {"logreg": 30, "mlp": 40, "cnn": 10}
 DEFAULT_SEEDS = 3
 BATCH_SIZE = 128
+#: Test images evaluated at once (per lane).
+EVAL_CHUNK = 1000
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 L2 = 1e-4
@@ -208,29 +223,13 @@ def _inv_sqrt_decay(count: jax.Array) -> jax.Array:
 # Data and models (pure JAX)
 
 
-@dataclasses.dataclass(frozen=True)
-class Data:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+def load_data(path: str | Path | None = None, train_size: int | None = None) -> Data:
+    """The digits (default), or MNIST / CIFAR-10 from ``path``: see `adamx.experiments.data.load`.
 
-
-def load_data() -> Data:
-    """The digits, split 80/20 by a fixed permutation and standardised with the training set."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = digits.data.astype(np.float32)
-    y = digits.target.astype(np.int32)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    n_test = int(round(TEST_FRACTION * len(x)))
-    test, train = order[:n_test], order[n_test:]
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
-    std = np.where(std > 0, std, np.float32(1.0)).astype(np.float32)
-    x = (x - mean) / std
-    return Data(x[train], y[train], x[test], y[test])
+    The digits are split 80/20 by a fixed permutation; every data set is standardised per feature
+    with its training set's statistics.
+    """
+    return _data.load(path, train_size)
 
 
 def _dense(key: jax.Array, fan_in: int, fan_out: int) -> dict[str, jax.Array]:
@@ -258,9 +257,13 @@ def _dropout(key: jax.Array | None, x: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
-def _logreg_init(key: jax.Array) -> Params:
+def _logreg_init(key: jax.Array, shape: tuple[int, int, int]) -> Params:
     del key  # convex: start at zero, as usual
-    return {"w": jnp.zeros((64, NUM_CLASSES), jnp.float32), "b": jnp.zeros((10,), jnp.float32)}
+    features = int(np.prod(shape))
+    return {
+        "w": jnp.zeros((features, NUM_CLASSES), jnp.float32),
+        "b": jnp.zeros((NUM_CLASSES,), jnp.float32),
+    }
 
 
 def _logreg_apply(params: Params, x: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -272,9 +275,14 @@ def _logreg_penalty(params: Params) -> jax.Array:
     return 0.5 * L2 * jnp.sum(params["w"] ** 2)
 
 
-def _mlp_init(key: jax.Array) -> Params:
+def _mlp_init(key: jax.Array, shape: tuple[int, int, int]) -> Params:
     k1, k2, k3 = jax.random.split(key, 3)
-    return [_dense(k1, 64, HIDDEN), _dense(k2, HIDDEN, HIDDEN), _dense(k3, HIDDEN, NUM_CLASSES)]
+    features = int(np.prod(shape))
+    return [
+        _dense(k1, features, HIDDEN),
+        _dense(k2, HIDDEN, HIDDEN),
+        _dense(k3, HIDDEN, NUM_CLASSES),
+    ]
 
 
 def _mlp_apply(params: Params, x: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -285,12 +293,14 @@ def _mlp_apply(params: Params, x: jax.Array, key: jax.Array | None) -> jax.Array
     return _affine(params[-1], x)
 
 
-def _cnn_init(key: jax.Array) -> Params:
+def _cnn_init(key: jax.Array, shape: tuple[int, int, int]) -> Params:
     k1, k2, k3, k4 = jax.random.split(key, 4)
+    height, width, channels = shape
+    pooled = (height // 2) * (width // 2) * CNN_CHANNELS
     return {
-        "conv1": _conv(k1, 1, CNN_CHANNELS),
+        "conv1": _conv(k1, channels, CNN_CHANNELS),
         "conv2": _conv(k2, CNN_CHANNELS, CNN_CHANNELS),
-        "dense": _dense(k3, 4 * 4 * CNN_CHANNELS, CNN_DENSE),
+        "dense": _dense(k3, pooled, CNN_DENSE),
         "out": _dense(k4, CNN_DENSE, NUM_CLASSES),
     }
 
@@ -310,13 +320,18 @@ def _conv_apply(layer: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return jax.nn.relu(y + layer["b"][None, :]).reshape(n, h, w, -1)
 
 
-def _cnn_apply(params: Params, x: jax.Array, key: jax.Array | None) -> jax.Array:
+def _cnn_apply(
+    params: Params, x: jax.Array, key: jax.Array | None, shape: tuple[int, int, int] = (8, 8, 1)
+) -> jax.Array:
     k_in, k_dense = jax.random.split(key) if key is not None else (None, None)
     x = _dropout(k_in, x, INPUT_DROPOUT)
     n = x.shape[0]
-    x = x.reshape(n, 8, 8, 1)
+    height, width, channels = shape
+    x = x.reshape(n, height, width, channels)
     x = _conv_apply(params["conv2"], _conv_apply(params["conv1"], x))
-    x = x.reshape(n, 4, 2, 4, 2, CNN_CHANNELS).max(axis=(2, 4)).reshape(n, -1)
+    h2, w2 = height // 2, width // 2
+    x = x[:, : 2 * h2, : 2 * w2, :]  # an odd row or column is dropped by the 2x2 pooling
+    x = x.reshape(n, h2, 2, w2, 2, CNN_CHANNELS).max(axis=(2, 4)).reshape(n, -1)
     x = _dropout(k_dense, jax.nn.relu(_affine(params["dense"], x)), HIDDEN_DROPOUT)
     return _affine(params["out"], x)
 
@@ -329,11 +344,22 @@ class Model:
     decay: Callable[[jax.Array], jax.Array] | None = None  # step-size schedule for all optimizers
 
 
-MODELS = {
-    "logreg": Model(_logreg_init, _logreg_apply, _logreg_penalty, _inv_sqrt_decay),
-    "mlp": Model(_mlp_init, _mlp_apply),
-    "cnn": Model(_cnn_init, _cnn_apply),
-}
+def make_model(experiment: str, shape: tuple[int, int, int] = (8, 8, 1)) -> Model:
+    """The model of ``experiment`` for images of ``shape`` ``(height, width, channels)``."""
+    shape = tuple(int(d) for d in shape)  # type: ignore[assignment]
+    init = {"logreg": _logreg_init, "mlp": _mlp_init, "cnn": _cnn_init}[experiment]
+    apply: Callable[..., jax.Array] = {
+        "logreg": _logreg_apply,
+        "mlp": _mlp_apply,
+        "cnn": lambda p, x, k: _cnn_apply(p, x, k, shape),  # type: ignore[arg-type]
+    }[experiment]
+    if experiment == "logreg":
+        return Model(lambda k: init(k, shape), apply, _logreg_penalty, _inv_sqrt_decay)
+    return Model(lambda k: init(k, shape), apply)
+
+
+#: The models for the bundled digits (8x8 grey images).
+MODELS = {experiment: make_model(experiment) for experiment in EXPERIMENTS}
 
 
 def _cost(model: Model, params: Params, x: jax.Array, y: jax.Array, key: jax.Array | None):
@@ -406,14 +432,29 @@ def _train(
 
     train_step = jax.jit(train_step, donate_argnums=(0, 1))
 
+    # The test set in chunks of at most EVAL_CHUNK (padded; the padding is masked out), so that a
+    # CNN on CIFAR-10's 10,000 test images does not need all their activations at once.
+    n_test = len(data.x_test)
+    chunk = min(EVAL_CHUNK, n_test)
+    n_chunks = -(-n_test // chunk)
+    pad = n_chunks * chunk - n_test
+    x_test = np.concatenate([data.x_test, np.zeros((pad, data.x_test.shape[1]), np.float32)])
+    y_test = np.concatenate([data.y_test, np.full((pad,), -1, np.int32)])
+    x_chunks = jnp.asarray(x_test.reshape(n_chunks, chunk, -1))
+    y_chunks = jnp.asarray(y_test.reshape(n_chunks, chunk))
+
     def test_accuracy(params):
-        logits = model.apply(params, jnp.asarray(data.x_test), None)
-        predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return jnp.mean((predicted == jnp.asarray(data.y_test)).astype(jnp.float32))
+        def correct(xy):
+            logits = model.apply(params, xy[0], None)
+            predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return jnp.sum((predicted == xy[1]).astype(jnp.float32))
+
+        return jnp.sum(jax.lax.map(correct, (x_chunks, y_chunks))) / np.float32(n_test)
 
     rngs = {int(s): np.random.default_rng(int(s)) for s in seeds}
     n_train = len(data.x_train)
-    n_batches = n_train // BATCH_SIZE
+    batch_size = min(BATCH_SIZE, n_train)  # a tiny data set trains on full batches
+    n_batches = n_train // batch_size
     costs = np.zeros((n_lanes, epochs))
     step = 0
     for epoch in range(epochs):
@@ -421,7 +462,7 @@ def _train(
         lane_orders = np.stack([orders[int(s)] for s in lane_seeds])
         epoch_costs = []
         for b in range(n_batches):
-            idx = lane_orders[:, b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
+            idx = lane_orders[:, b * batch_size : (b + 1) * batch_size]
             params, state, cost = train_step(params, state, idx, dropout_keys, np.int32(step))
             epoch_costs.append(cost)
             step += 1
@@ -511,6 +552,9 @@ class Results:
     search: dict[str, dict[str, dict[float, float]]]
     seeds: list[int]
     wall_time: float
+    data: str = "digits"
+    select: str = "final"
+    steps_per_epoch: int = 11
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict of everything (NaN and infinities as ``null``)."""
@@ -519,7 +563,8 @@ class Results:
             return [clean(v) for v in a] if np.ndim(a) else (float(a) if np.isfinite(a) else None)
 
         return {
-            "paper": "Kingma & Ba (2014), Adam, section 6, on scikit-learn's digits",
+            "paper": "Kingma & Ba (2014), Adam, section 6",
+            "data": self.data,
             "seeds": self.seeds,
             "batch_size": BATCH_SIZE,
             "wall_time_s": self.wall_time,
@@ -543,6 +588,7 @@ class Results:
                 }
                 for exp in self.costs
             },
+            "claims": [dataclasses.asdict(c) for c in claims(self)],
         }
 
 
@@ -572,6 +618,26 @@ def _final(costs: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(last), last, np.inf)
 
 
+def _mean_over_epochs(costs: np.ndarray) -> np.ndarray:
+    """The cost averaged over all epochs (the area under the curve: lower = faster), ``inf`` where
+    a lane diverged."""
+    finite = np.all(np.isfinite(costs), axis=-1)
+    return np.where(finite, np.mean(np.where(np.isfinite(costs), costs, 0.0), axis=-1), np.inf)
+
+
+#: How ``run(search=True, select=...)`` ranks the learning rates of the grid.
+SELECT_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "final": _final,  # lowest final training cost (the default)
+    "mean": _mean_over_epochs,  # lowest cost averaged over the epochs: fastest convergence
+}
+
+
+def _resolve_data(data: Data | str | Path | None, train_size: int | None = None) -> Data:
+    if isinstance(data, Data):
+        return data
+    return load_data(data, train_size)
+
+
 def run(
     experiments: str | Iterable[str] | None = None,
     optimizers: str | Iterable[str] | None = None,
@@ -582,6 +648,9 @@ def run(
     search: bool = False,
     learning_rates: dict[str, dict[str, float]] | None = None,
     grid: Sequence[float] = SEARCH_GRID,
+    select: str = "final",
+    data: Data | str | Path | None = None,
+    train_size: int | None = None,
 ) -> Results:
     """Train every optimizer on every experiment and collect the curves.
 
@@ -596,6 +665,11 @@ def run(
         (lowest mean final training cost), as the paper did.
       learning_rates: overrides of `LEARNING_RATES`, ``{experiment: {optimizer: lr}}``.
       grid: the learning rates ``search`` tries.
+      select: how ``search`` ranks them: ``"final"``, the lowest mean final training cost, or
+        ``"mean"``, the lowest mean cost over all epochs (the fastest convergence).
+      data: a `Data`, or a path for `load_data` (MNIST or CIFAR-10); default the bundled digits.
+        `LEARNING_RATES` were searched on the digits: with other data, pass ``search=True``.
+      train_size: with a path, keep only this many training examples (a fixed random subset).
 
     Returns:
       `Results`.
@@ -612,7 +686,9 @@ def run(
         n_epochs = {**DEFAULT_EPOCHS, **epochs}
     if any(n_epochs[e] < 1 for e in exps):
         raise ValueError(f"epochs must be >= 1, got {n_epochs}.")
-    data = load_data()
+    if select not in SELECT_RULES:
+        raise ValueError(f"Unknown select {select!r}; choose from {', '.join(SELECT_RULES)}.")
+    dataset = _resolve_data(data, train_size)
 
     bar = _progress_bar(sum(n_epochs[e] for e in exps) * len(opts), progress)
     costs: dict[str, dict[str, np.ndarray]] = {}
@@ -633,8 +709,8 @@ def run(
                     lrs = np.full(len(seed_list), lr)
                     lane_seeds = np.asarray(seed_list)
                 c, a = _train(
-                    MODELS[exp],
-                    data,
+                    make_model(exp, dataset.shape),
+                    dataset,
                     factory,
                     fixed,
                     {"learning_rate": lrs},
@@ -645,7 +721,7 @@ def run(
                 if search:
                     c = c.reshape(len(grid), len(seed_list), -1)
                     a = a.reshape(len(grid), len(seed_list))
-                    finals = _final(c).mean(axis=1)
+                    finals = SELECT_RULES[select](c).mean(axis=1)
                     best = int(np.argmin(finals))  # the first (smallest) lr among ties
                     searched[exp][opt] = {
                         float(g): float(f) for g, f in zip(grid, finals, strict=True)
@@ -654,7 +730,17 @@ def run(
                 costs[exp][opt], accuracy[exp][opt], used_lrs[exp][opt] = c, a, float(lr)
     finally:
         bar.close()
-    return Results(costs, accuracy, used_lrs, searched, seed_list, time.perf_counter() - start)
+    return Results(
+        costs,
+        accuracy,
+        used_lrs,
+        searched,
+        seed_list,
+        time.perf_counter() - start,
+        dataset.name,
+        select,
+        len(dataset.x_train) // min(BATCH_SIZE, len(dataset.x_train)),
+    )
 
 
 def _mean_std(values: np.ndarray, fmt: str) -> str:
@@ -681,19 +767,296 @@ def table(results: Results) -> str:
             cost = per_opt[opt][:, -1]
             acc = 100 * results.test_accuracy[exp][opt]
             lines.append(
-                f"  {LABELS[opt]:<12} {results.learning_rates[exp][opt]:>8.0e}  "
+                f"  {LABELS[opt]:<12} {results.learning_rates[exp][opt]:>8.2g}  "
                 f"{_mean_std(cost, '.4f'):>20}  {_mean_std(acc, '.1f'):>17}"
             )
         if results.search.get(exp):
-            lines.append("  search (mean final cost per learning rate):")
+            what = "final cost" if results.select == "final" else "cost over all epochs"
+            lines.append(f"  search (mean {what} per learning rate; the lowest is used):")
             for opt, found in results.search[exp].items():
                 cells = "  ".join(
-                    f"{lr:.0e}:{'inf' if not math.isfinite(v) else format(v, '.3g')}"
+                    f"{lr:.2g}:{'inf' if not math.isfinite(v) else format(v, '.3g')}"
                     for lr, v in found.items()
                 )
                 lines.append(f"    {LABELS[opt]:<12} {cells}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's claims against this run
+
+
+#: Paper: epochs and minibatches per epoch of section 6 (MNIST: 60,000 / 128; CIFAR-10: 50,000 /
+#: 128), for the protocol notes.
+PAPER_EPOCHS = {"logreg": 45, "mlp": 200, "cnn": 45}
+PAPER_STEPS_PER_EPOCH = {"logreg": 469, "mlp": 469, "cnn": 391}
+
+AGREES, LEVEL, DEPARTS, NOT_RUN = "agrees", "level", "departs", "not run"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim of the paper's section 6 and what a run makes of it.
+
+    Attributes:
+      section: the paper's section and figure, e.g. ``"6.1 (Fig. 1)"``.
+      claim: the claim, in words.
+      shows: what the run shows (the numbers the verdict is computed from).
+      final: the verdict on the final training cost: ``"agrees"``, ``"level"`` (the difference is
+        within the seeds' spread, so the run does not show the paper's ordering), ``"departs"`` (the
+        opposite ordering, beyond the spread) or ``"not run"``.
+      over_epochs: the verdict on the cost averaged over all epochs (the area under the curve,
+        how fast it converged), same values; ``""`` where only one measure applies.
+    """
+
+    section: str
+    claim: str
+    shows: str
+    final: str
+    over_epochs: str = ""
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """``(mean(a), mean(b), sign)``: ``sign`` is +1 when ``a`` is lower than ``b`` by more than the
+    seeds' spread (the sum of the two standard deviations over seeds), -1 when higher by more, 0
+    when within it. Diverged lanes (inf) count as higher than any finite cost."""
+    a_mean, b_mean = float(np.mean(a)), float(np.mean(b))
+    if not (np.isfinite(a_mean) and np.isfinite(b_mean)):
+        if np.isfinite(a_mean) == np.isfinite(b_mean):
+            return a_mean, b_mean, 0
+        return a_mean, b_mean, 1 if np.isfinite(a_mean) else -1
+    spread = float(np.std(a) + np.std(b))
+    diff = b_mean - a_mean
+    return a_mean, b_mean, (1 if diff > spread else -1 if diff < -spread else 0)
+
+
+def _verdict(sign: int, a_mean: float, b_mean: float, expect: str) -> str:
+    """The verdict on "A vs B" for what the paper says: ``"ahead"`` (A lower), ``"level_or_ahead"``
+    (A about equal or lower) or ``"marginal"`` (A marginally lower: level with a lower mean will
+    do)."""
+    if sign < 0:
+        return DEPARTS
+    if sign > 0:
+        return AGREES
+    if expect == "level_or_ahead" or (expect == "marginal" and a_mean <= b_mean):
+        return AGREES
+    return LEVEL
+
+
+#: The comparisons of section 6 that the run can check: (experiment, section, claim, A, B, expect).
+PAPER_COMPARISONS = (
+    (
+        "logreg",
+        "6.1 (Fig. 1 left)",
+        "Adam converges like SGD-Nesterov",
+        "adam",
+        "sgd_nesterov",
+        "level_or_ahead",
+    ),
+    ("logreg", "6.1 (Fig. 1 left)", "Adam faster than AdaGrad", "adam", "adagrad", "ahead"),
+    ("mlp", "6.2 (Fig. 2a)", "Adam faster than AdaGrad", "adam", "adagrad", "ahead"),
+    ("mlp", "6.2 (Fig. 2a)", "Adam faster than RMSProp", "adam", "rmsprop", "ahead"),
+    ("mlp", "6.2 (Fig. 2a)", "Adam faster than SGD-Nesterov", "adam", "sgd_nesterov", "ahead"),
+    ("mlp", "6.2 (Fig. 2a)", "Adam faster than AdaDelta", "adam", "adadelta", "ahead"),
+    ("cnn", "6.3 (Fig. 3)", "Adam beats AdaGrad", "adam", "adagrad", "ahead"),
+    ("cnn", "6.3 (Fig. 3)", "SGD-Nesterov beats AdaGrad", "sgd_nesterov", "adagrad", "ahead"),
+    (
+        "cnn",
+        "6.3 (Fig. 3)",
+        "Adam marginally better than SGD-Nesterov",
+        "adam",
+        "sgd_nesterov",
+        "marginal",
+    ),
+)
+
+#: The claims no run of this module can check, and why.
+PAPER_NOT_RUN = (
+    (
+        "6.1 (Fig. 1 right)",
+        "AdaGrad does well on sparse IMDB bag-of-words; Adam as fast",
+        "needs sparse bag-of-words features: neither digits, MNIST nor CIFAR-10 has them",
+    ),
+    (
+        "6.2 (Fig. 2b)",
+        "Adam faster than SFO (quasi-Newton) per iteration and in wall-clock",
+        "SFO is not a first-order optimizer and not in adamx",
+    ),
+)
+
+
+def claims(results: Results, ablation: Ablation | None = None) -> list[Claim]:
+    """The paper's section-6 claims, each with what ``results`` (and ``ablation``) show.
+
+    The rule: an optimizer is ahead of another when its mean cost over the seeds is lower by more
+    than the sum of the two seeds' standard deviations; "level" when the difference is within that
+    spread (one seed: no spread, every difference counts). It is applied to the final training
+    cost and to the cost averaged over all epochs (the area under the curve: how fast it got
+    there). Claims whose experiment or optimizers were not run are reported as ``"not run"``;
+    Figure 4's come from ``ablation`` (`ablation_claims`).
+    """
+    rows: list[Claim] = []
+    for exp, section, text, a, b, expect in PAPER_COMPARISONS:
+        per_opt = results.costs.get(exp, {})
+        if a not in per_opt or b not in per_opt:
+            missing = "experiment" if exp not in results.costs else "optimizer"
+            rows.append(Claim(section, text, f"{exp}: {missing} not in this run", NOT_RUN, NOT_RUN))
+            continue
+        verdicts, cells = [], []
+        for measure in (_final, _mean_over_epochs):
+            a_mean, b_mean, sign = _compare(measure(per_opt[a]), measure(per_opt[b]))
+            verdicts.append(_verdict(sign, a_mean, b_mean, expect))
+            cells.append(f"{_fmt(a_mean)} vs {_fmt(b_mean)}")
+        shows = f"{exp}, {per_opt[a].shape[-1]} ep.: final {cells[0]}; over epochs {cells[1]}"
+        rows.append(Claim(section, text, shows, verdicts[0], verdicts[1]))
+    for section, text, why in PAPER_NOT_RUN:
+        rows.append(Claim(section, text, why, NOT_RUN, NOT_RUN))
+    if ablation is None:
+        rows.append(
+            Claim(
+                "6.4 (Fig. 4)",
+                "Without bias correction, b2 near 1 is unstable; with it, the best results",
+                "run with --ablation",
+                NOT_RUN,
+            )
+        )
+    else:
+        rows.extend(ablation_claims(ablation))
+    return rows
+
+
+def _fmt(x: float) -> str:
+    return "diverged" if not math.isfinite(x) else f"{x:.4f}"
+
+
+#: In `ablation_claims`, a setting "blew up" without bias correction when its cost is more than
+#: this many times the cost with it (or diverged).
+BLOW_UP = 2.0
+
+
+def ablation_claims(ablation: Ablation) -> list[Claim]:
+    """Figure 4's claims against an ablation, by these rules:
+
+    * unstable without correction for b2 near 1: a (b1, b2, lr) setting blew up when its cost
+      without correction is more than `BLOW_UP` times the cost with correction, or diverged; count
+      them per b2; agrees when there are more at the largest b2 than at the smallest.
+    * best results with bias correction: agrees when the lowest cost of the grid with correction
+      is at most the lowest without.
+    * correction never worse: count the settings where the uncorrected cost is lower by more than
+      5%; agrees when there are none.
+    """
+    fc = ablation.final_cost
+    with_, without = fc[0], fc[1]  # (b1, b2, lr)
+    blew_up = ~np.isfinite(without) | (np.isfinite(with_) & (without > BLOW_UP * with_))
+    per_b2 = blew_up.sum(axis=(0, 2))
+    n_settings = fc.shape[1] * fc.shape[3]
+    worst = np.where(np.isfinite(without), without / with_, np.inf).max(axis=(0, 2))
+    b2s = "/".join(f"{b:g}" for b in ablation.b2s)
+    section = f"6.4 (Fig. 4; {ablation.experiment}, {ablation.epochs} ep.)"
+    rows = [
+        Claim(
+            section,
+            "Without bias correction, b2 near 1 is unstable",
+            f"blew up (cost without > {BLOW_UP:g}x with, or diverged) at b2={b2s}: "
+            f"{'/'.join(map(str, per_b2))} of {n_settings} (b1, lr); worst ratio "
+            f"{'/'.join('inf' if not math.isfinite(w) else format(w, '.3g') for w in worst)}",
+            AGREES if per_b2[-1] > per_b2[0] else DEPARTS,
+        )
+    ]
+    best = [float(np.min(np.where(np.isfinite(fc[v]), fc[v], np.inf))) for v in (0, 1)]
+    rows.append(
+        Claim(
+            section,
+            "Bias correction gives the best result",
+            f"lowest cost of the grid: with {_fmt(best[0])}, without {_fmt(best[1])}",
+            AGREES if best[0] <= best[1] else DEPARTS,
+        )
+    )
+    better = np.isfinite(fc[1]) & (~np.isfinite(fc[0]) | (fc[1] < 0.95 * fc[0]))
+    where = [
+        f"b1={ablation.b1s[i]:g} b2={ablation.b2s[j]:g} lr=1e{ablation.log10_lrs[k]}"
+        for i, j, k in zip(*np.nonzero(better), strict=True)
+    ]
+    rows.append(
+        Claim(
+            section,
+            "Bias correction is never worse",
+            f"without correction >5% lower at {int(better.sum())} of {better.size} settings"
+            + (f" ({', '.join(where[:3])}{', ...' if len(where) > 3 else ''})" if where else ""),
+            AGREES if not where else DEPARTS,
+        )
+    )
+    return rows
+
+
+def claims_table(
+    results: Results | None = None, ablation: Ablation | None = None, *, markdown: bool = True
+) -> str:
+    """The paper's claims against this run as a Markdown table, then how the run's protocol
+    differs from the paper's (data, steps, seeds, learning-rate selection)."""
+    if results is not None:
+        rows = claims(results, ablation)
+    else:
+        if ablation is None:
+            raise ValueError("`claims_table` needs the results of a run, of an ablation, or both.")
+        rows = ablation_claims(ablation)
+    header = ["paper", "claim", "this run (A vs B: mean cost over seeds)", "final", "over epochs"]
+    if results is None:
+        header = ["paper", "claim", "this run", "verdict"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for c in rows:
+        cells = [c.section, c.claim, c.shows, c.final]
+        if results is not None:
+            cells.append(c.over_epochs or "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if results is not None:
+        lines.append(
+            "Rule: A is ahead of B when its mean cost over the seeds is lower by more than the sum "
+            "of the two standard deviations over seeds; within that, 'level'. 'final' compares the "
+            "last epoch's training cost, 'over epochs' the cost averaged over all epochs (the area "
+            "under the curve)."
+        )
+    if ablation is not None:
+        lines.append(
+            f"Figure 4's rules: a setting blew up when its cost without correction is over "
+            f"{BLOW_UP:g}x the cost with it (or diverged); the claim holds when more settings blew "
+            "up at the largest b2 than at the smallest. 'Best' compares the lowest cost of each "
+            "variant's grid; 'never worse' counts settings where the uncorrected cost is >5% lower."
+        )
+    if results is not None:
+        lines.extend(_protocol_notes(results))
+    return "\n".join(lines) + "\n"
+
+
+def _protocol_notes(results: Results) -> list[str]:
+    notes = ["", f"How this run differs from the paper (data: {results.data}):"]
+    for exp, per_opt in results.costs.items():
+        epochs = next(iter(per_opt.values())).shape[-1]
+        best = min(per_opt, key=lambda o: float(np.mean(_final(per_opt[o]))))
+        fastest = min(per_opt, key=lambda o: float(np.mean(_mean_over_epochs(per_opt[o]))))
+        notes.append(
+            f"- {exp}: {epochs} epochs (paper {PAPER_EPOCHS[exp]}); lowest final cost: "
+            f"{LABELS[best]}, lowest over epochs: {LABELS[fastest]} (of {len(per_opt)} run)"
+        )
+    n = len(results.seeds)
+    if any(results.search.values()):
+        rule = {"final": "the lowest mean final cost", "mean": "the lowest mean cost over epochs"}
+        how = f"searched here ({rule[results.select]})"
+    else:
+        how = "LEARNING_RATES (searched on the digits, lowest mean final cost over 2 seeds)"
+        if results.data != "digits":
+            how += f", not on {results.data}: add --search"
+    notes.append(
+        f"- {n} seed{'s' if n > 1 else ''}; learning rates: {how}; the paper: "
+        f"'a dense grid', best reported. Minibatches per epoch: {results.steps_per_epoch} here, "
+        f"{PAPER_STEPS_PER_EPOCH['cnn']}-{PAPER_STEPS_PER_EPOCH['mlp']} in the paper."
+    )
+    return notes
 
 
 def _figure(width: float, height: float, ncols: int, nrows: int = 1):
@@ -779,6 +1142,8 @@ def run_ablation(
     b2s: Sequence[float] = (0.99, 0.999, 0.9999),
     log10_lrs: Sequence[int] = (-5, -4, -3, -2, -1),
     progress: bool = True,
+    data: Data | str | Path | None = None,
+    train_size: int | None = None,
 ) -> Ablation:
     """The paper's Figure 4: Adam with and without bias correction over a grid of b1, b2, lr.
 
@@ -791,7 +1156,7 @@ def run_ablation(
             f"Unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}."
         )
     seed_list = _seed_list(seeds)
-    data = load_data()
+    dataset = _resolve_data(data, train_size)
     grid = np.array(
         [(b1, b2, 10.0**e, s) for b1 in b1s for b2 in b2s for e in log10_lrs for s in seed_list],
         np.float64,
@@ -803,8 +1168,8 @@ def run_ablation(
         for corrected in (True, False):
             bar.set_description(f"ablation/{'with' if corrected else 'without'} correction")
             costs, _ = _train(
-                MODELS[experiment],
-                data,
+                make_model(experiment, dataset.shape),
+                dataset,
                 adam_from_blocks,
                 {"bias_corrected": corrected},
                 {"b1": grid[:, 0], "b2": grid[:, 1], "learning_rate": grid[:, 2]},
@@ -902,7 +1267,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--experiments", default=None, help="comma-separated, from logreg,mlp,cnn (default all)"
     )
     parser.add_argument("--out", default="kingma_ba_results", help="folder for the PNG and JSON")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MNIST (folder of the IDX files, gzipped or not, or an .npz with x_train/y_train) or "
+        "CIFAR-10 (folder of data_batch_*.bin and test_batch.bin, or of the python version); "
+        "default scikit-learn's bundled digits. Nothing is downloaded.",
+    )
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="train on this many examples (a fixed subset)"
+    )
     parser.add_argument("--search", action="store_true", help="search the learning-rate grid")
+    parser.add_argument(
+        "--grid",
+        default=None,
+        help="comma-separated learning rates for --search (default half decades 1e-4 .. 1)",
+    )
+    parser.add_argument(
+        "--select",
+        choices=sorted(SELECT_RULES),
+        default="final",
+        help="--search keeps the rate with the lowest final cost (final, default) or the lowest "
+        "cost averaged over the epochs (mean: fastest convergence)",
+    )
     parser.add_argument(
         "--ablation",
         action="store_true",
@@ -915,21 +1302,45 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--epochs must be >= 1")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.train_size is not None and args.train_size < 1:
+        parser.error("--train-size must be >= 1")
+    if args.grid is not None:
+        try:
+            args.grid = tuple(float(v) for v in args.grid.split(","))
+        except ValueError:
+            parser.error(f"--grid expects comma-separated numbers, got {args.grid!r}")
+        if not args.grid or min(args.grid) <= 0:
+            parser.error("--grid expects positive learning rates")
     return args
 
 
 def main(argv: list[str] | None = None) -> Results | Ablation:
     """The command line: run, print the tables, write the PNG and JSON into ``--out``."""
     args = _parse_args(argv)
+    progress = not args.no_progress
+    try:
+        data = load_data(args.data, args.train_size)
+    except (OSError, _data.DataFormatError) as error:
+        raise SystemExit(f"error: {error}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
+    if args.data is not None:
+        print(
+            f"data: {data.name} from {args.data}: {len(data.x_train)} training and "
+            f"{len(data.x_test)} test images of {data.shape[0]}x{data.shape[1]}x{data.shape[2]}"
+        )
     if args.ablation:
         experiment = args.experiments.split(",")[0] if args.experiments else "mlp"
         ablation = run_ablation(
-            experiment, epochs=args.epochs or 10, seeds=args.seeds or 1, progress=progress
+            experiment,
+            epochs=args.epochs or 10,
+            seeds=args.seeds or 1,
+            progress=progress,
+            data=data,
         )
         print(ablation_table(ablation))
+        print("The paper's Figure 4 against this run:\n")
+        print(claims_table(ablation=ablation))
         png = plot_ablation(ablation, out / "ablation.png")
         (out / "ablation.json").write_text(json.dumps(ablation.to_json(), indent=1))
         print(f"wrote {png} and {out / 'ablation.json'} ({ablation.wall_time:.0f} s)")
@@ -941,8 +1352,13 @@ def main(argv: list[str] | None = None) -> Results | Ablation:
         args.seeds or DEFAULT_SEEDS,
         progress,
         search=args.search,
+        grid=args.grid or SEARCH_GRID,
+        select=args.select,
+        data=data,
     )
     print(table(results))
+    print("The paper's section 6 against this run:\n")
+    print(claims_table(results))
     png = plot(results, out / "kingma_ba.png")
     (out / "kingma_ba.json").write_text(json.dumps(results.to_json(), indent=1))
     print(f"wrote {png} and {out / 'kingma_ba.json'} ({results.wall_time:.0f} s)")
