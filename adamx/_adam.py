@@ -79,6 +79,17 @@ def adam(
     update is 0 from then on, not NaN (torch and optax do the same); clip the gradient (`clip`)
     where such values can occur.
 
+    Non-finite gradients with 8- or 4-bit moments (`low_bit_moments`, `blockwise_8bit`,
+    `blockwise_4bit`, `rank1_4bit`): a NaN does not stay in its coordinate. It makes its block's
+    scale NaN (with `rank1_4bit`, its row's and its column's), and a NaN scale reads back as NaN
+    for every element it scales, so the NaN stays visible in the state, never silently dropped
+    (bitsandbytes' block absmax does the same). After its step only its own parameter is NaN; from
+    the next step on, every parameter of its block (of its row and column, and a step later of its
+    whole layer, with `rank1_4bit`). The fused 8-bit kernel and the jnp path give the same NaNs
+    and the same bits elsewhere. An Inf keeps its own coordinate, as in float32: it is stored
+    exactly under an infinite scale, and the other elements of its block (block-wise codes) read
+    0, not NaN.
+
     Reference: matches ``optax.adam`` (0.2.8) and ``torch.optim.Adam`` (2.13) step for step
     (``tests/test_adam.py``). torch's ``Adam(weight_decay=wd)`` is L2 regularisation:
     ``adamx.chain(adamx.add_decayed_weights(wd), adamx.adam(lr))``.

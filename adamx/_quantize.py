@@ -170,6 +170,21 @@ def stochastic_bfloat16() -> StochasticBfloat16:
 
 
 # ---- block-wise quantisation --------------------------------------------------------------------
+#
+# Non-finite moments. A NaN anywhere in a block (a row or column of a rank-1 layer) makes its scale
+# NaN, and a NaN scale reads back as NaN for every element it scales, code 0 included: the NaN
+# stays visible in the state and spreads over its block, never silently dropped (bitsandbytes'
+# block absmax does the same). An infinite scale (an Inf moment, or a v = g**2 that overflowed)
+# keeps its element at +-inf (the top code) and reads code 0 as 0, not 0 * inf = NaN.
+
+
+def _absmax(x: jax.Array, axis: int) -> jax.Array:
+    """``max(|x|)`` over ``axis``, NaN when any element is NaN: the maximum of the magnitudes'
+    bit patterns (a NaN's is above inf's, and for the other non-negative floats the order of the
+    patterns is the order of the values), as the fused kernel takes it. A float max reduction
+    will not do: XLA:CPU's keeps or drops a NaN depending on where it falls."""
+    bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.uint32)
+    return jax.lax.bitcast_convert_type(jnp.max(bits, axis=axis), jnp.float32)
 
 
 def _layers(batch_dims: BatchDims, shape: tuple[int, ...]) -> int:
@@ -451,8 +466,10 @@ class Blockwise:
             unit = (codes.astype(jnp.float32) + 1.0) / 16.0
         else:
             unit = _lookup(self._table(), codes.astype(jnp.int32))
-        # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN.
-        values = jnp.where(unit == 0, unit, unit * stored.scales[..., None])
+        # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN;
+        # under a NaN scale every element is NaN (0 * NaN), code 0 included.
+        scale = stored.scales[..., None]
+        values = jnp.where((unit == 0) & jnp.isinf(scale), unit, unit * scale)
         blocks = values.shape[1] * values.shape[2]
         spec = _spec_of(values)
         rows = _reshape(values, (layers, blocks), None if spec is None else spec[:2])
@@ -482,7 +499,7 @@ class Blockwise:
         flat = jnp.pad(flat, ((0, 0), (0, blocks * self.block_size - size)))
         x = _reshape(flat, (layers, blocks, self.block_size), (layer, block, None))
         magnitude = jnp.abs(x)
-        scale = jnp.max(magnitude, axis=-1)[..., None]
+        scale = _absmax(x, -1)[..., None]  # NaN if any element is NaN
         # The absmax element is exactly 1, also when it is inf (where inf * (1 / inf) is NaN).
         y = jnp.where(
             (magnitude == scale) & (scale > 0),
@@ -598,7 +615,8 @@ class Rank1:
         (layer, pairs), ((_, first), (_, last)) = layout or ((None, None), ((None,) * 2,) * 2)
         value = _reshard(value, _kept(shape, layers, layer, first, last))
         x = jnp.maximum(_reshape(value, (layers, rows, cols), (layer, first, last)), 0.0)
-        row, col = jnp.max(x, axis=2), jnp.max(x, axis=1)
+        # NaN-propagating: a NaN element makes its row's and its column's scale NaN.
+        row, col = _absmax(x, 2), _absmax(x, 1)
         scale = jnp.minimum(row[:, :, None], col[:, None, :])
         code = _linear_code(x / jnp.where(scale > 0, scale, 1.0))
         code = _reshard(code, (layer, pairs, None))  # columns, or an odd count per device: whole

@@ -408,9 +408,10 @@ void adam_quantized_blocks_avx512(const float* h, const Tables& t, const Quantiz
     const float m_scale = leaf.ms[layer * leaf.blocks + block];
     const float v_scale = leaf.vs[layer * leaf.blocks + block];
     const __m512 ms = _mm512_set1_ps(m_scale), vs = _mm512_set1_ps(v_scale);
-    // Code 0 is (+-)0 even under an infinite or NaN scale, not 0 * inf = NaN: a select, unless
-    // both scales are finite.
-    const bool finite = std::isfinite(m_scale) && std::isfinite(v_scale);
+    // Code 0 is (+-)0 even under an infinite scale, not 0 * inf = NaN: a select where a scale is
+    // infinite. Under a NaN scale every element is NaN (0 * NaN), code 0 included, as on the jnp
+    // path: the block's NaN stays visible.
+    const bool m_infinite = std::isinf(m_scale), v_infinite = std::isinf(v_scale);
     __m512i m_bits = _mm512_setzero_si512(), v_bits = _mm512_setzero_si512();
     for (size_t o = 0; o < count; o += 64) {
       // Dequantise 64 codes (code 0 past `count`) to table values.
@@ -418,17 +419,18 @@ void adam_quantized_blocks_avx512(const float* h, const Tables& t, const Quantiz
       __m512 m_unit[4], v_unit[4];
       decode64<true>(_mm512_maskz_loadu_epi8(k64, mc + o), t.planes[0], m_unit);
       decode64<false>(_mm512_maskz_loadu_epi8(k64, vc + o), t.planes[1], v_unit);
-      for (int q = 0; q < 4; ++q) {  // (past `count`, g = p = 0 and code 0: m = v = 0)
+      for (int q = 0; q < 4; ++q) {  // (past `count`, g = p = 0 and code 0: m = v = 0, or NaN
+                                     // under a NaN scale, whose block's absmax is NaN anyway)
         const size_t i = o + 16 * q;
         const __mmask16 k = count <= i         ? 0
                             : count - i >= 16 ? 0xffff
                                               : static_cast<__mmask16>((1u << (count - i)) - 1);
-        // m = unit * scale (unit == 0 ? unit : unit * scale, when a scale is not finite)
+        // m = unit * scale (unit == 0 ? unit : unit * scale, when the scale is infinite)
         __m512 m_old = _mm512_mul_ps(m_unit[q], ms), v_old = _mm512_mul_ps(v_unit[q], vs);
-        if (!finite) {
+        if (m_infinite)
           m_old = _mm512_mask_mov_ps(m_unit[q], _mm512_cmp_ps_mask(m_unit[q], zero, _CMP_NEQ_UQ), m_old);
+        if (v_infinite)
           v_old = _mm512_mask_mov_ps(v_unit[q], _mm512_cmp_ps_mask(v_unit[q], zero, _CMP_NEQ_UQ), v_old);
-        }
         // The Adam step, as the scalar loop (and `adam` in fused_step.cc), operation for operation.
         const __m512 gi = _mm512_maskz_loadu_ps(k, g + i), pi = _mm512_maskz_loadu_ps(k, p + i);
         const __m512 mi = _mm512_add_ps(_mm512_mul_ps(a1, gi), _mm512_mul_ps(b1, m_old));
@@ -492,8 +494,9 @@ void adam_quantized_block(const float* h, const float* tables, const QuantizedLe
   alignas(64) float v[kMaxBlock];
   // Dequantise (a table lookup times the block's absmax).
   // Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN; a
-  // finite scale gives that by itself, and keeps this loop vectorised.
-  if (std::isfinite(m_scale)) {
+  // finite scale gives that by itself, and keeps this loop vectorised. A NaN scale makes every
+  // element NaN (0 * NaN, code 0 included), as on the jnp path.
+  if (!std::isinf(m_scale)) {
     for (size_t o = 0; o < count; ++o) m[o] = signed_values[mc[o]] * m_scale;
   } else {
     for (size_t o = 0; o < count; ++o) {
@@ -501,7 +504,7 @@ void adam_quantized_block(const float* h, const float* tables, const QuantizedLe
       m[o] = unit == 0.0f ? unit : unit * m_scale;
     }
   }
-  if (std::isfinite(v_scale)) {
+  if (!std::isinf(v_scale)) {
     for (size_t o = 0; o < count; ++o) v[o] = unsigned_values[vc[o]] * v_scale;
   } else {
     for (size_t o = 0; o < count; ++o) {
@@ -523,7 +526,8 @@ void adam_quantized_block(const float* h, const float* tables, const QuantizedLe
     v[o] = vi;
   }
   // The new absmax, as the max of the magnitudes' bit patterns (the same order for non-negative
-  // floats; a NaN's pattern is above inf's, so a NaN moment gives a NaN scale, as jnp.max).
+  // floats; a NaN's pattern is above inf's, so a NaN moment gives a NaN scale, as `_absmax` on the
+  // jnp path).
   uint32_t m_bits = 0, v_bits = 0;
   for (size_t o = 0; o < count; ++o) {
     uint32_t am, av;
