@@ -17,11 +17,12 @@ from ._base import (
 from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import _complement, _correction, _resolve_storage, bias_correction, ema
-from ._radam import _check_fallback, _decoupled_decay, rectification, root_bias_correction
+from ._radam import _check_fallback, rectification, root_bias_correction
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _real_like, _sqrt
 from ._storage import MomentStorage, init_buffers, stored_dtypes
 from ._validate import check_decay, check_non_negative
+from ._weight_decay import optional_decay
 
 
 class BeliefMomentState(NamedTuple):
@@ -163,7 +164,7 @@ def adabelief(
     *,
     rectify: bool = True,
     fallback: str = "sgd",
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -204,7 +205,8 @@ def adabelief(
       eps_root: :math:`\epsilon_{root}`, added into :math:`s_t` on every step.
       rectify: use RAdam's rectification (the authors' default) or not (optax).
       fallback: below the threshold, ``"sgd"`` (step along :math:`\hat m_t`) or ``"none"``.
-      weight_decay: :math:`\lambda >= 0` (decoupled, times the learning rate), or a schedule.
+      weight_decay: :math:`\lambda >= 0` (decoupled, times the learning rate), or a schedule;
+        ``None`` (the default): no decay block (any value given, 0 included, keeps it).
       mask: which leaves to decay: a pytree of booleans like the params, or a function of the
         params returning one; ``None`` decays all.
       mu_dtype: dtype of :math:`m` (default: the parameter's).
@@ -212,7 +214,7 @@ def adabelief(
 
     Returns:
       A `GradientTransformation`: ``chain(scale_by_belief(...), [add_decayed_weights(weight_decay,
-      mask)], scale_by_learning_rate(lr))``, the decay only when ``weight_decay`` is not 0.
+      mask)], scale_by_learning_rate(lr))``, the decay only when ``weight_decay`` is given.
 
     Example:
       >>> import jax, jax.numpy as jnp, adamx
@@ -249,6 +251,6 @@ def adabelief(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        *_decoupled_decay(weight_decay, mask),
+        *optional_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

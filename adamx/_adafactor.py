@@ -18,6 +18,7 @@ from ._moments import _resolve_storage, ema
 from ._scale import _evaluate, scale, scale_by_learning_rate
 from ._second_moment import _abs_squared, _real_like, _sqrt
 from ._storage import MomentStorage, stored_dtypes
+from ._structural import either, structural
 from ._trees import map_like, non_float_parameter
 from ._validate import _concrete, check_learning_rate, check_non_negative
 from ._weight_decay import add_decayed_weights
@@ -140,18 +141,20 @@ def _factored_axes(
 
 
 def scale_by_factored_rms(
-    decay_rate: float = 0.8,
     *,
+    decay_rate: float = 0.8,
     eps: float | None = 1e-30,
     eps_placement: str = "add",
     factored: bool = True,
-    min_dim_size_to_factor: int = 128,
+    min_dim_size_to_factor: int | None = None,
     factored_dims: str = "largest",
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     decay_offset: int = 0,
     nu_dtype: Any = None,
     storage: MomentStorage | None = None,
     axis_name: AxisName = None,
+    step_offset: int | None = None,
+    epsilon: float | None = None,
 ) -> GradientTransformation:
     r"""Divide the gradient by the root of Adafactor's factored estimate of :math:`E[|g|^2]`.
 
@@ -200,10 +203,16 @@ def scale_by_factored_rms(
         params) and pass it in with the specs of `state_shardings`: a statistic keeps the split
         where it keeps that axis and is whole where it averaged it away. ``None`` (default)
         under ``jit``, where XLA reduces sharded leaves itself.
+      step_offset, epsilon: optax's names for ``decay_offset`` and ``eps``. Every argument is
+        keyword-only: optax's positional order (``factored, decay_rate, ...``) differs.
 
     Returns:
       A `GradientTransformation` with state `FactoredRmsState`.
     """
+    decay_offset = decay_offset if step_offset is None else step_offset  # optax's name
+    eps = eps if epsilon is None else epsilon  # optax's name
+    min_dim_size_to_factor = structural(min_dim_size_to_factor, "min_dim_size_to_factor", 128)
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_non_negative(decay_rate, "decay_rate")
     if eps_placement not in _EPS_PLACEMENTS:
         raise ValueError(
@@ -281,7 +290,8 @@ def scale_by_factored_rms(
         def one(g, v_row, v_col, v):
             cdt = compute_dtype(g.dtype, *stored_dtypes((v_row, v_col, v)))
             rdt = real_dtype(cdt)
-            steps = jnp.maximum(count - decay_offset, 1).astype(rdt)
+            offset = jnp.asarray(decay_offset).astype(count.dtype)  # an injected int64 too
+            steps = jnp.maximum(count - offset, 1).astype(rdt)
             weight = steps ** as_hyperparameter(-decay_rate, rdt)  # 1 - beta2_t = t^-c
             beta = jnp.ones((), rdt) - weight
             e = jnp.asarray(jnp.finfo(rdt).eps if eps is None else eps, rdt)
@@ -395,9 +405,9 @@ def scale_by_adafactor(
     multiply_by_parameter_scale: bool = True,
     min_scale: float = 1e-3,
     factored: bool = True,
-    min_dim_size_to_factor: int = 128,
+    min_dim_size_to_factor: int | None = None,
     factored_dims: str = "largest",
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     decay_offset: int = 0,
     nu_dtype: Any = None,
     axis_name: AxisName = None,
@@ -415,6 +425,8 @@ def scale_by_adafactor(
       A `GradientTransformation`; its state is ``(FactoredRmsState, EmptyState(), EmptyState())`` (fewer empty entries
       when a step is dropped).
     """
+    min_dim_size_to_factor = structural(min_dim_size_to_factor, "min_dim_size_to_factor", 128)
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     if clipping_threshold is not None:
         check_non_negative(clipping_threshold, "clipping_threshold")
         if _concrete(clipping_threshold) == 0:
@@ -424,7 +436,7 @@ def scale_by_adafactor(
     check_non_negative(min_scale, "min_scale")
     members = [
         scale_by_factored_rms(
-            decay_rate,
+            decay_rate=decay_rate,
             eps=eps,
             eps_placement=eps_placement,
             factored=factored,
@@ -475,9 +487,9 @@ def _times(first: ScalarOrSchedule, second: ScalarOrSchedule) -> ScalarOrSchedul
 
 
 def adafactor(
-    learning_rate: ScalarOrSchedule,
-    decay_rate: float = 0.8,
+    learning_rate: ScalarOrSchedule | None = None,
     *,
+    decay_rate: float = 0.8,
     relative_step: bool = True,
     eps: float | None = 1e-30,
     eps_placement: str = "add",
@@ -486,21 +498,24 @@ def adafactor(
     min_scale: float = 1e-3,
     momentum: float | None = None,
     mu_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     mask: Any = None,
     decay_by_learning_rate: bool = True,
     factored: bool = True,
-    min_dim_size_to_factor: int = 128,
+    min_dim_size_to_factor: int | None = None,
     factored_dims: str = "largest",
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     decay_offset: int = 0,
     nu_dtype: Any = None,
     axis_name: AxisName = None,
+    dtype_momentum: Any = None,
+    weight_decay_rate: ScalarOrSchedule | None = None,
+    weight_decay_mask: Any = None,
 ) -> GradientTransformation:
     r"""Adafactor (Shazeer & Stern, 2018): a factored second moment with relative step sizes.
 
     .. math::
-        u_t &= g_t / \sqrt{\hat V_t} \quad \text{(`scale_by_factored_rms`)}, \qquad
+        u_t &= g_t / \sqrt{\hat V_t} \quad \text{(scale\_by\_factored\_rms)}, \qquad
         \hat u_t = \frac{u_t}{\max(1, \mathrm{RMS}(u_t)/d)}, \\
         \rho_t &= \min\!\left(\eta_t, \tfrac{1}{\sqrt t}\right), \qquad
         \alpha_t = \max(\epsilon_2, \mathrm{RMS}(\theta_{t-1}))\, \rho_t, \qquad
@@ -540,7 +555,10 @@ def adafactor(
 
     Args:
       learning_rate: :math:`\eta`, a number >= 0 or a schedule (the paper and torch use
-        ``1e-2``).
+        ``1e-2``). ``None`` (the default, as optax): with ``relative_step``, the paper's
+        :math:`\rho_t = \min(10^{-2}, 1/\sqrt t)`; without it, no learning-rate scaling at all
+        (optax's ``learning_rate=None``). Every argument after it is keyword-only (optax's
+        positional order differs).
       decay_rate: :math:`c`, the exponent of :math:`\hat\beta_{2,t} = 1 - t^{-c}`.
       relative_step: cap :math:`\rho_t` by :math:`1/\sqrt t` (paper, torch).
       eps: :math:`\epsilon_1` (``None``: machine epsilon, with ``"clamp"``).
@@ -550,11 +568,15 @@ def adafactor(
       min_scale: :math:`\epsilon_2 \ge 0`.
       momentum: :math:`\beta_1` in ``[0, 1)``, or ``None`` for none (the default).
       mu_dtype: dtype of the momentum (default: the parameter's).
-      weight_decay: :math:`\lambda >= 0`, or a schedule.
+      weight_decay: :math:`\lambda >= 0`, or a schedule; ``None`` (the default): no decay block
+        (any value given, 0 included, keeps it: the layout follows the arguments given).
       mask: which leaves to decay (as in `adamw`).
       decay_by_learning_rate: multiply the decay by :math:`\eta_t` (torch) or not (optax).
       factored, min_dim_size_to_factor, factored_dims, batch_dims, decay_offset, nu_dtype: as in
         `scale_by_factored_rms`.
+      dtype_momentum, weight_decay_mask: optax's names for ``mu_dtype`` and ``mask``.
+      weight_decay_rate: optax's decay, which is never multiplied by the learning rate: the same
+        as ``weight_decay`` with ``decay_by_learning_rate=False``.
       axis_name: inside ``jax.shard_map``, the mesh axis every leaf is split over along its first
         non-batch axis (see `scale_by_factored_rms`); ``None`` (default) under ``jit``.
 
@@ -581,8 +603,21 @@ def adafactor(
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", ICML 2018,
       https://arxiv.org/abs/1804.04235
     """
-    check_learning_rate(learning_rate)
-    check_non_negative(weight_decay, "weight_decay")
+    min_dim_size_to_factor = structural(min_dim_size_to_factor, "min_dim_size_to_factor", 128)
+    batch_dims = structural(batch_dims, "batch_dims", 0)
+    mu_dtype = either("mu_dtype", mu_dtype, "dtype_momentum", dtype_momentum, None)
+    mask = either("mask", mask, "weight_decay_mask", weight_decay_mask, None)
+    if weight_decay_rate is not None:  # optax's decay: never multiplied by the learning rate
+        weight_decay = either(
+            "weight_decay", weight_decay, "weight_decay_rate", weight_decay_rate, None
+        )
+        decay_by_learning_rate = False
+    if learning_rate is None and relative_step:
+        learning_rate = 1e-2  # the paper's rho_t = min(1e-2, 1 / sqrt(t))
+    if learning_rate is not None:
+        check_learning_rate(learning_rate)
+    if weight_decay is not None:
+        check_non_negative(weight_decay, "weight_decay")
     members = [
         scale_by_adafactor(
             decay_rate,
@@ -599,14 +634,17 @@ def adafactor(
             nu_dtype=nu_dtype,
             axis_name=axis_name,
         ),
-        scale_by_learning_rate(
-            _relative_step(learning_rate) if relative_step else learning_rate, flip_sign=False
-        ),
     ]
+    if learning_rate is not None:
+        step = _relative_step(learning_rate) if relative_step else learning_rate
+        members.append(scale_by_learning_rate(step, flip_sign=False))
     if momentum is not None:
         members.append(ema(momentum, dtype=mu_dtype))
-    if callable(weight_decay) or _concrete(weight_decay) != 0:
-        decay = _times(weight_decay, learning_rate) if decay_by_learning_rate else weight_decay
+    if weight_decay is not None:
+        if decay_by_learning_rate and learning_rate is not None:
+            decay = _times(weight_decay, learning_rate)
+        else:
+            decay = weight_decay
         members.append(add_decayed_weights(decay, mask))
     members.append(scale(-1))
     return chain(*members)

@@ -16,6 +16,7 @@ from ._flat import check_not_flat
 from ._moments import bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
+from ._structural import structural
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -276,6 +277,7 @@ def scale_by_adam_mini(
       A `MomentTransformation`; its state is ``(EmaState(mu), BiasCorrectionState(count),
       SecondMomentState(BlockMeanState((EmaState(v_blocks), BiasCorrectionState(count)))))``.
     """
+
     check_decay(b1, "b1")
     check_decay(b2, "b2")
     check_non_negative(eps, "eps")
@@ -294,11 +296,11 @@ def adam_mini(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: ScalarOrSchedule = 0.0,
-    mask: Any = adam_mini_decay_mask,
+    mask: Any = None,
     *,
     n_heads: int | None = None,
     n_kv_heads: int | None = None,
-    batch_dims: int | Callable[[Any], int] = 0,
+    batch_dims: int | Callable[[Any], int] | None = None,
     partition: Partition | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -336,7 +338,9 @@ def adam_mini(
       eps: :math:`\epsilon`, added to the root.
       weight_decay: :math:`\lambda >= 0`, or a schedule.
       mask: which leaves to decay (a tree of booleans or a function of the params); ``None``
-        decays all.
+        (the default): `adam_mini_decay_mask`, the authors' rule. To decay every leaf, pass
+        ``mask=lambda params: jax.tree.map(lambda _: True, params)``. (A function default would
+        be taken for a schedule by ``inject_hyperparams``, hence ``None``.)
       n_heads, n_kv_heads, batch_dims: passed to `adam_mini_partition` (when ``partition`` is
         ``None``).
       partition: a function ``(path, leaf) -> Blocks`` (see `adam_mini_blocks` to inspect it).
@@ -366,6 +370,7 @@ def adam_mini(
       Zhang, Chen, Li, Ding, Wu, Kingma, Ye, Luo & Sun, "Adam-mini: Use Fewer Learning Rates To
       Gain More", ICLR 2025, https://arxiv.org/abs/2406.16793
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     if partition is not None and (n_heads, n_kv_heads, batch_dims) != (None, None, 0):
         raise ValueError(
             "Pass either `partition` or `n_heads`/`n_kv_heads`/`batch_dims` (which configure the "
@@ -377,6 +382,6 @@ def adam_mini(
         )
     return chain(
         scale_by_adam_mini(b1, b2, eps, partition=partition, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        add_decayed_weights(weight_decay, mask),
+        add_decayed_weights(weight_decay, adam_mini_decay_mask if mask is None else mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -42,7 +42,8 @@ def scale_by_delayed_second_moment(
     decay: float = 0.9999,
     *,
     eps: float = 1e-6,
-    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
     nu_dtype: Any = None,
     storage: MomentStorage | None = None,
 ) -> MomentTransformation:
@@ -54,7 +55,7 @@ def scale_by_delayed_second_moment(
 
     for :math:`t \ge 2`. The first call only sets :math:`v_1 = |g_1|^2` and outputs zeros.
     :math:`c_t` = ``clip_value_fn(t - 1)``, the count of previous calls as a float (ADOPT's
-    :math:`(t-1)^{1/4}` by default; ``None``: no clipping). :math:`\epsilon` is a floor on the
+    :math:`(t-1)^{1/4}` by default; ``use_clipping=False``: no clipping). :math:`\epsilon` is a floor on the
     root, not an addend. :math:`g_t` is the gradient of this block's run in `adamx.chain` (used on
     its own, its input). For complex gradients :math:`v` is real and the clip bounds
     :math:`|n_t|`, keeping the phase. With ``eps = 0`` a zero root gives a zero output, not NaN.
@@ -62,7 +63,10 @@ def scale_by_delayed_second_moment(
     Args:
       decay: :math:`\beta_2`, in ``[0, 1)``.
       eps: :math:`\epsilon >= 0`, the floor of :math:`\sqrt{v_{t-1}}`.
-      clip_value_fn: :math:`c` as a function of the previous-step count, or ``None``.
+      use_clipping: clip (the default); ``False`` turns clipping off (optax's keyword).
+      clip_value_fn: :math:`c` as a function of the previous-step count; ``None`` (the default):
+        `quarter_power`. A function default would be taken for a schedule by
+        ``inject_hyperparams``, hence ``None``.
       nu_dtype: dtype of the stored :math:`v`; ``None`` keeps the parameter's real dtype.
       storage: a `MomentStorage` for :math:`v` (instead of ``nu_dtype``).
 
@@ -71,6 +75,7 @@ def scale_by_delayed_second_moment(
     """
     check_decay(decay, "decay")
     check_non_negative(eps, "eps")
+    clip = quarter_power if clip_value_fn is None else clip_value_fn
     storage = _resolve_storage(storage, nu_dtype, "nu_dtype")
     guard_zero = not (isinstance(eps, (int, float)) and eps > 0)
 
@@ -94,8 +99,8 @@ def scale_by_delayed_second_moment(
                 n = jnp.where(positive, x / jnp.where(positive, root, 1).astype(cdt), 0)
             else:
                 n = x / root.astype(cdt)
-            if clip_value_fn is not None:
-                c = jnp.asarray(clip_value_fn(state.count.astype(rdt))).astype(rdt)
+            if use_clipping:
+                c = jnp.asarray(clip(state.count.astype(rdt))).astype(rdt)
                 if jnp.iscomplexobj(n):
                     magnitude = jnp.abs(n)
                     over = magnitude > c
@@ -124,7 +129,8 @@ def scale_by_adopt(
     b2: float = 0.9999,
     eps: float = 1e-6,
     *,
-    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> MomentTransformation:
@@ -139,7 +145,9 @@ def scale_by_adopt(
     """
     check_decay(b1, "b1")
     return chain(
-        scale_by_delayed_second_moment(b2, eps=eps, clip_value_fn=clip_value_fn, nu_dtype=nu_dtype),
+        scale_by_delayed_second_moment(
+            b2, eps=eps, use_clipping=use_clipping, clip_value_fn=clip_value_fn, nu_dtype=nu_dtype
+        ),
         ema(b1, dtype=mu_dtype),
     )
 
@@ -163,10 +171,11 @@ def adopt(
     b1: float = 0.9,
     b2: float = 0.9999,
     eps: float = 1e-6,
+    *,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Any = None,
-    *,
-    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = quarter_power,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.typing.ArrayLike] | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
@@ -183,7 +192,7 @@ def adopt(
 
     :math:`\epsilon` is a floor on the root (a clamp, not an addend), :math:`m` is not
     bias-corrected, and the clip value is taken of the previous-step count :math:`t - 1`
-    (``clip_value_fn``; ``None`` turns clipping off, the first arXiv version). The decoupled decay
+    (``clip_value_fn``; ``use_clipping=False`` turns clipping off, the first arXiv version). The decoupled decay
     is skipped on the first call, as in the official code.
 
     Reference: matches a NumPy transcription of the official ``iShohei220/adopt`` update and
@@ -201,7 +210,10 @@ def adopt(
       weight_decay: :math:`\lambda >= 0` (decoupled), or a schedule.
       mask: which leaves to decay: a pytree of booleans like the params, or a function of the
         params returning one; ``None`` decays all.
-      clip_value_fn: the clip value as a function of the previous-step count, or ``None``.
+      use_clipping: clip (the default); ``False`` turns clipping off (optax's keyword; before
+        issue 21 this was ``clip_value_fn=None``, which now means the default `quarter_power`).
+      clip_value_fn: the clip value as a function of the previous-step count; ``None`` (the
+        default): `quarter_power`, :math:`(t-1)^{1/4}`.
       mu_dtype: dtype of :math:`m` (default: the parameter's).
       nu_dtype: dtype of :math:`v` (default: the parameter's real dtype).
 
@@ -232,7 +244,13 @@ def adopt(
     check_non_negative(weight_decay, "weight_decay")
     return chain(
         scale_by_adopt(
-            b1, b2, eps, clip_value_fn=clip_value_fn, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+            b1,
+            b2,
+            eps,
+            use_clipping=use_clipping,
+            clip_value_fn=clip_value_fn,
+            mu_dtype=mu_dtype,
+            nu_dtype=nu_dtype,
         ),
         add_decayed_weights(_after_first_step(weight_decay), mask),
         scale_by_learning_rate(learning_rate),

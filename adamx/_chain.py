@@ -9,7 +9,8 @@ from typing import Any, overload
 import jax
 
 from ._base import GradientTransformation, MomentTransformation
-from ._dtypes import upcast
+from ._dtypes import cast, upcast
+from ._trees import check_like
 
 
 def _keyword_filter(update: Callable[..., Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -112,6 +113,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 "checkpoint restored without a target comes back as lists and dicts: restore it "
                 "against `jax.eval_shape(opt.init, params)`)."
             )
+        if gradient is None and params is not None:  # the outermost chain: check the input
+            check_like(updates, params)  # trace-time: a wrong shape, dtype or key path, named
         dtypes = jax.tree.map(lambda u: u.dtype, updates)
         updates = jax.tree.map(upcast, updates)
         gradient = updates if gradient is None else jax.tree.map(upcast, gradient)
@@ -132,7 +135,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(new_member_state)
             if not moment:
                 gradient = updates
-        updates = jax.tree.map(lambda u, dtype: u.astype(dtype), updates, dtypes)
+        updates = jax.tree.map(cast, updates, dtypes)  # no-op casts skipped at trace time
         return updates, tuple(new_state)
 
     kind = MomentTransformation if members and all(is_moment) else GradientTransformation

@@ -16,6 +16,7 @@ import numpy as np
 from ._base import EmptyState, GradientTransformation, safe_increment, zero_count
 from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._flat import check_not_flat
+from ._structural import structural
 from ._validate import check_non_negative
 
 AxisName = str | tuple[str, ...] | None
@@ -406,7 +407,7 @@ def add_noise(
     return GradientTransformation(init_fn, update_fn)
 
 
-def centralize(*, keep_axis: int = 0) -> GradientTransformation:
+def centralize(*, keep_axis: int | None = None) -> GradientTransformation:
     r"""Gradient centralisation (Yong et al., 2020): subtract each unit's mean gradient.
 
     Like ``optax.centralize``, a leaf of rank 2 or more gets the mean over every axis but
@@ -424,6 +425,7 @@ def centralize(*, keep_axis: int = 0) -> GradientTransformation:
       Yong, Huang, Hua and Zhang, `Gradient Centralization: A New Optimization Technique for Deep
       Neural Networks <https://arxiv.org/abs/2004.01461>`_, ECCV 2020.
     """
+    keep_axis = structural(keep_axis, "keep_axis", 0)
     if not isinstance(keep_axis, int) or isinstance(keep_axis, bool):
         raise TypeError(f"`keep_axis` must be an int such as 0 or -1, got {keep_axis!r}.")
 

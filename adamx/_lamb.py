@@ -17,6 +17,7 @@ from ._flat import check_not_flat
 from ._moments import trace
 from ._scale import scale_by_learning_rate
 from ._second_moment import _abs_squared, _sqrt
+from ._structural import structural
 from ._trees import map_like, resolve
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
@@ -45,7 +46,7 @@ def scale_by_trust_ratio(
     eps: float = 0.0,
     *,
     mask: Any = None,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""Scale each leaf's update by its trust ratio :math:`\kappa \lVert\theta\rVert / \lVert u\rVert`.
@@ -76,6 +77,7 @@ def scale_by_trust_ratio(
     Returns:
       A `GradientTransformation` with state `EmptyState`.
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_non_negative(min_norm, "min_norm")
     check_non_negative(trust_coefficient, "trust_coefficient")
     check_non_negative(eps, "eps")
@@ -132,7 +134,7 @@ def lamb(
     mask: Any = None,
     *,
     trust_ratio_mask: Any = None,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
     axis_name: AxisName = None,
@@ -190,6 +192,7 @@ def lamb(
       You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
       ICLR 2020, https://arxiv.org/abs/1904.00962
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
@@ -208,14 +211,14 @@ def lars(
     momentum: float = 0.9,
     nesterov: bool = False,
     *,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     mu_dtype: Any = None,
     axis_name: AxisName = None,
 ) -> GradientTransformation:
     r"""LARS (You, Gitman & Ginsburg, 2017): SGD with momentum and a layer-wise trust ratio.
 
     .. math::
-        r_t &= g_t + \lambda\, \theta_{t-1}, \qquad
+        r_t = g_t + \lambda\, \theta_{t-1}, \qquad
         b_t = \mu\, b_{t-1} + \eta_t\, \kappa\, \frac{\lVert\theta_{t-1}\rVert}
         {\lVert r_t\rVert + \epsilon}\, r_t, \qquad
         \theta_t = \theta_{t-1} - b_t
@@ -270,6 +273,7 @@ def lars(
       You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
       https://arxiv.org/abs/1708.03888
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_decay(momentum, "momentum")
     return chain(
         add_decayed_weights(weight_decay, weight_decay_mask),

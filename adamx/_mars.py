@@ -19,6 +19,7 @@ from ._groups import partition
 from ._moments import _resolve_storage
 from ._scale import scale_by_learning_rate
 from ._storage import MomentStorage, init_buffers, stored_dtypes
+from ._structural import structural
 from ._trees import map_like
 from ._validate import check_decay, check_learning_rate, check_non_negative
 from ._weight_decay import add_decayed_weights
@@ -83,7 +84,7 @@ def mars_correction(
 
 
 def clip_by_block_norm(
-    max_norm: float = 1.0, *, batch_dims: BatchDims = 0
+    max_norm: float = 1.0, *, batch_dims: BatchDims | None = None
 ) -> GradientTransformation:
     r"""Rescale each leaf (each matrix of a stacked leaf) to Frobenius norm at most ``max_norm``.
 
@@ -99,6 +100,7 @@ def clip_by_block_norm(
     Returns:
       A transformation with state `EmptyState`.
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_non_negative(max_norm, "max_norm")
 
     def init_fn(params):
@@ -152,7 +154,7 @@ def scale_by_mars(
     eps: float = 1e-8,
     gamma: float = 0.025,
     *,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
@@ -165,6 +167,7 @@ def scale_by_mars(
       A `GradientTransformation`; its state is ``(MarsCorrectionState(previous), EmptyState(),
       adam's state)``.
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     return chain(
         mars_correction(gamma, b1, dtype=mu_dtype),
         clip_by_block_norm(1.0, batch_dims=batch_dims),
@@ -185,7 +188,7 @@ def mars(
     b1_1d: float = 0.9,
     b2_1d: float = 0.95,
     weight_decay_1d: ScalarOrSchedule = 0.1,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> GradientTransformation:
@@ -254,6 +257,7 @@ def mars(
       Yuan, Liu, Wu, Zhou & Gu, "MARS: Unleashing the Power of Variance Reduction for Training
       Large Models", ICML 2025, https://arxiv.org/abs/2411.10438
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_learning_rate(learning_rate)
     check_non_negative(weight_decay, "weight_decay")
     matrices = chain(

@@ -9,8 +9,17 @@ import jax
 import jax.numpy as jnp
 
 from ._base import MomentTransformation, safe_increment, zero_count
-from ._dtypes import as_hyperparameter, compute_dtype
-from ._storage import MomentStorage, filled, init_buffers, is_storage, storage_for, stored_dtypes
+from ._dtypes import Hyperparameters, as_hyperparameter, cast, compute_dtype, per_dtype
+from ._storage import (
+    DtypeStorage,
+    MomentStorage,
+    filled,
+    init_buffers,
+    is_storage,
+    storage_for,
+    stored_dtypes,
+)
+from ._structural import either
 from ._trees import map_like
 from ._validate import _concrete, check_decay, check_dtype
 
@@ -68,14 +77,14 @@ def ema(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
 
+        hp = Hyperparameters(_complement(decay), decay)
+
         def one(u, stored):
-            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
-            m = storage.read(stored, cdt)
-            m = (
-                as_hyperparameter(_complement(decay), cdt) * u.astype(cdt)
-                + as_hyperparameter(decay, cdt) * m
-            )
-            return m.astype(u.dtype), storage.write(m, stored)
+            cdt = compute_dtype(u.dtype, *_floats(stored))
+            m = _read(storage, stored, cdt)
+            weight, keep = hp(cdt)
+            m = weight * cast(u, cdt) + keep * m
+            return cast(m, u.dtype), _write(storage, m, stored)
 
         pairs = map_like(one, updates, state.ema, "optimizer state")
         return _unzip(updates, pairs, EmaState)
@@ -100,9 +109,10 @@ def trace(
     decay: float,
     *,
     nesterov: bool = False,
-    dampening: float = 0.0,
+    dampening: float | None = None,
     dtype: Any = None,
     storage: MomentStorage | None = None,
+    accumulator_dtype: Any = None,
 ) -> MomentTransformation:
     r"""Heavy-ball momentum (Polyak; torch and optax's form): a trace of the updates.
 
@@ -112,28 +122,30 @@ def trace(
 
     with :math:`b_0 = 0`. With dampening :math:`\tau > 0` the first step is undamped,
     :math:`b_1 = u_1`, as torch's ``SGD`` (which starts the buffer at the first gradient); with
-    :math:`\tau = 0` (the default, optax's ``trace``) the two starts coincide.
+    :math:`\tau = 0` the two starts coincide.
 
     Args:
       decay: :math:`\mu`, in ``[0, 1)``.
       nesterov: output the Nesterov look-ahead :math:`u_t + \mu b_t` (torch requires
         :math:`\tau = 0` for it, and so does adamx).
-      dampening: :math:`\tau` in ``[0, 1]`` (torch's ``dampening``).
+      dampening: :math:`\tau` in ``[0, 1]`` (torch's ``dampening``); ``None`` (the default):
+        optax's undamped ``trace``. The state's layout follows the argument, not its value:
+        `TraceState` without it, `DampedTraceState` when it is given (0 included).
       dtype: dtype of the stored buffer; ``None`` keeps each parameter's dtype.
+        ``accumulator_dtype`` is optax's name for it.
       storage: a `MomentStorage` (instead of ``dtype``).
 
     Returns:
-      A `MomentTransformation` with state `TraceState` (or `DampedTraceState` with dampening).
+      A `MomentTransformation` with state `TraceState` (or `DampedTraceState` when ``dampening``
+      is given).
     """
     check_decay(decay, "decay")
-    check_decay(dampening, "dampening", upper_inclusive=True)
+    dtype = either("dtype", dtype, "accumulator_dtype", accumulator_dtype, None)
+    damped = dampening is not None  # the layout follows the argument given, never its value
+    if damped:
+        check_decay(dampening, "dampening", upper_inclusive=True)
     storage = _resolve_storage(storage, dtype, "dtype")
-    # The state layout must not depend on a value: only a Python 0 means "undamped" (optax's
-    # TraceState). An array dampening, concrete at `init` and traced in `update` (as
-    # inject_hyperparams passes it), always takes the damped layout, which equals the undamped
-    # arithmetic when it is 0.
-    damped = not (isinstance(dampening, (int, float)) and dampening == 0)
-    tau = _concrete(dampening)  # None when traced
+    tau = _concrete(dampening) if damped else None  # None when traced or not given
     if nesterov and tau is not None and tau != 0:
         raise ValueError(
             f"Nesterov momentum needs `dampening=0`, got `dampening={dampening}` (torch's rule: "
@@ -147,16 +159,19 @@ def trace(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
 
+        hp = Hyperparameters(decay)
+        damping = Hyperparameters(_complement(dampening)) if damped else None
+        first = state.count == 0 if damped else None  # one scalar, not one per leaf
+
         def one(u, stored):
-            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
-            mu = as_hyperparameter(decay, cdt)
-            x = u.astype(cdt)
+            cdt = compute_dtype(u.dtype, *_floats(stored))
+            (mu,) = hp(cdt)
+            x = cast(u, cdt)
             if damped:  # b_1 = u_1 (undamped), then (1 - tau) u_t
-                first = state.count == 0
-                x = jnp.where(first, x, as_hyperparameter(_complement(dampening), cdt) * x)
-            b = x + mu * storage.read(stored, cdt)
-            out = u.astype(cdt) + mu * b if nesterov else b
-            return out.astype(u.dtype), storage.write(b, stored)
+                x = jnp.where(first, x, damping(cdt)[0] * x)
+            b = x + mu * _read(storage, stored, cdt)
+            out = cast(u, cdt) + mu * b if nesterov else b
+            return cast(out, u.dtype), _write(storage, b, stored)
 
         pairs = map_like(one, updates, state.trace, "optimizer state")
         new_updates, buffers = _unzip(updates, pairs, TraceState)
@@ -241,22 +256,31 @@ def bias_correction(decay: float, *, nesterov: bool = False) -> MomentTransforma
         del params, extra_args
         count = safe_increment(state.count)
         if not nesterov:
+            # 1 / (1 - decay^t): one scalar per compute dtype, not one per leaf.
+            inverse = per_dtype(lambda cdt: 1 / _correction(decay, count, cdt))
 
             def one(m):
                 cdt = compute_dtype(m.dtype)
-                return (m.astype(cdt) * (1 / _correction(decay, count, cdt))).astype(m.dtype)
+                return cast(cast(m, cdt) * inverse(cdt), m.dtype)
 
             return jax.tree.map(one, updates), BiasCorrectionState(count)
         gradient = require_gradient(gradient, updates, "bias_correction(nesterov=True)")
         next_count = safe_increment(count)
 
-        def lookahead(m, g):
-            cdt = compute_dtype(m.dtype, g.dtype)
+        def scalars(cdt):
             b = as_hyperparameter(decay, cdt)
-            m_next = m.astype(cdt) * (1 / _correction(decay, next_count, cdt))
+            inverse_next = 1 / _correction(decay, next_count, cdt)
             # (1 - b) / (1 - b^t) first: g / (1 - b^t) alone overflows for |g| near the maximum.
             g_weight = as_hyperparameter(_complement(decay), cdt) / _correction(decay, count, cdt)
-            return (b * m_next + g_weight * g.astype(cdt)).astype(m.dtype)
+            return b, inverse_next, g_weight
+
+        weights = per_dtype(scalars)  # once per compute dtype, not once per leaf
+
+        def lookahead(m, g):
+            cdt = compute_dtype(m.dtype, g.dtype)
+            b, inverse_next, g_weight = weights(cdt)
+            m_next = cast(m, cdt) * inverse_next
+            return cast(b * m_next + g_weight * cast(g, cdt), m.dtype)
 
         return jax.tree.map(lookahead, updates, gradient), BiasCorrectionState(count)
 
@@ -297,14 +321,35 @@ def accumulate(
         del params, extra_args
 
         def one(u, stored):
-            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
-            s = storage.read(stored, cdt) + u.astype(cdt)
-            return s.astype(u.dtype), storage.write(s, stored)
+            cdt = compute_dtype(u.dtype, *_floats(stored))
+            s = _read(storage, stored, cdt) + cast(u, cdt)
+            return cast(s, u.dtype), _write(storage, s, stored)
 
         pairs = map_like(one, updates, state.sum, "optimizer state")
         return _unzip(updates, pairs, AccumulateState)
 
     return MomentTransformation(init_fn, update_fn)
+
+
+def _floats(stored: Any) -> Any:
+    """`stored_dtypes`, with a fast path for a plain array (the common storage)."""
+    if isinstance(stored, jax.Array):
+        return (stored.dtype,) if jnp.issubdtype(stored.dtype, jnp.inexact) else ()
+    return stored_dtypes(stored)
+
+
+def _read(storage: MomentStorage, stored: Any, cdt: Any) -> jax.Array:
+    """``storage.read(stored, cdt)``; a plain array already in ``cdt`` is returned as is."""
+    if type(storage) is DtypeStorage:
+        return cast(stored, cdt)
+    return storage.read(stored, cdt)
+
+
+def _write(storage: MomentStorage, value: jax.Array, stored: Any) -> Any:
+    """``storage.write(value, stored)``; a plain array of the stored dtype is returned as is."""
+    if type(storage) is DtypeStorage:
+        return cast(value, stored.dtype)
+    return storage.write(value, stored)
 
 
 def _unzip(updates: Any, pairs: Any, state_type: type) -> tuple[Any, Any]:

@@ -18,6 +18,7 @@ from ._flat import check_not_flat
 from ._groups import partition
 from ._moments import _complement, bias_correction, ema, require_gradient
 from ._scale import scale_by_learning_rate
+from ._structural import check_count, either, structural
 from ._validate import check_decay, check_dtype, check_learning_rate, check_non_negative
 from ._weight_decay import add_decayed_weights
 
@@ -173,21 +174,25 @@ def newton_schulz(
     denominator = jnp.where(denominator > 0, denominator, jnp.ones((), norm.dtype))
     m = m / denominator.astype(work)
     a, b, c = (as_hyperparameter(k, work) for k in coefficients)
-    for _ in range(steps):
+
+    def iteration(m):
         gram = jnp.matmul(m, _adjoint(m), precision=precision)
         poly = b * gram + c * jnp.matmul(gram, gram, precision=precision)
-        m = a * m + jnp.matmul(poly, m, precision=precision)
+        return a * m + jnp.matmul(poly, m, precision=precision)
+
+    if isinstance(steps, int):
+        for _ in range(steps):
+            m = iteration(m)
+    else:  # an array count (traced under `jit` after `inject_hyperparams`), as optax's muon
+        m = jax.lax.fori_loop(0, steps, lambda _, m: iteration(m), m)
     if tall:
         m = _adjoint(m)
     return m.reshape(x.shape).astype(x.dtype)
 
 
 def _check_newton_schulz(steps: Any, coefficients: Any, eps: Any, dtype: Any) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"`steps` is the number of Newton-Schulz iterations and must be an int >= 1, got "
-            f"{steps!r}; Keller Jordan's Muon uses 5."
-        )
+    # An integer array (`inject_hyperparams` makes one) runs the iteration as a `fori_loop`.
+    check_count(steps, "steps", 1, "the number of Newton-Schulz iterations (Keller Jordan's: 5)")
     if len(tuple(coefficients)) != 3:
         raise ValueError(
             f"`coefficients` must be the three numbers (a, b, c) of the quintic iteration, got "
@@ -202,7 +207,7 @@ def orthogonalize(
     coefficients: tuple[float, float, float] = _KELLER,
     *,
     eps: float = 1e-7,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     ns_dtype: Any = None,
     axis_name: AxisName = None,
@@ -222,6 +227,7 @@ def orthogonalize(
     Returns:
       A `GradientTransformation` with state `EmptyState`.
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     _check_newton_schulz(steps, coefficients, eps, ns_dtype)
     coefficients = tuple(float(k) for k in coefficients)  # type: ignore[assignment]
 
@@ -353,16 +359,18 @@ def nesterov_ema(decay: float) -> MomentTransformation:
 
 
 def scale_by_muon(
-    beta: float = 0.95,
     *,
-    steps: int = 5,
-    coefficients: tuple[float, float, float] = _KELLER,
+    beta: float = 0.95,
+    steps: int | None = None,
+    coefficients: tuple[float, float, float] | None = None,
+    ns_steps: int | None = None,
+    ns_coeffs: tuple[float, float, float] | None = None,
     eps: float = 1e-7,
     nesterov: bool = True,
     debias: bool = False,
     adjust_lr: AdjustLr = "original",
     target_rms: float = 0.2,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     ns_dtype: Any = None,
     mu_dtype: Any = None,
@@ -380,6 +388,9 @@ def scale_by_muon(
       BiasCorrectionState(count), EmptyState(), EmptyState())`` (no middle entry without Nesterov
       and ``debias``).
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
+    steps = either("steps", steps, "ns_steps", ns_steps, 5)
+    coefficients = either("coefficients", coefficients, "ns_coeffs", ns_coeffs, _KELLER)
     check_decay(beta, "beta")
     momentum: list[GradientTransformation] = [ema(beta, dtype=mu_dtype)]
     if debias:
@@ -459,18 +470,21 @@ def muon_labels(
 
 def muon(
     learning_rate: ScalarOrSchedule,
+    *,
     beta: float = 0.95,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: Any = None,
-    *,
-    steps: int = 5,
-    coefficients: tuple[float, float, float] = _KELLER,
+    steps: int | None = None,
+    coefficients: tuple[float, float, float] | None = None,
+    ns_steps: int | None = None,
+    ns_coeffs: tuple[float, float, float] | None = None,
+    weight_decay_mask: Any = None,
     eps: float = 1e-7,
     nesterov: bool = True,
     debias: bool = False,
     adjust_lr: AdjustLr = "original",
     target_rms: float = 0.2,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
     ns_dtype: Any = None,
     mu_dtype: Any = None,
@@ -532,8 +546,14 @@ def muon(
       weight_decay: :math:`\lambda >= 0` for the Muon matrices, or a schedule.
       mask: which Muon matrices to decay: a function ``params -> booleans`` (it sees only the
         Muon leaves); ``None`` decays all.
-      steps: :math:`n`, Newton-Schulz iterations.
-      coefficients: :math:`(a, b, c)` of the iteration.
+      steps: :math:`n`, Newton-Schulz iterations (default 5); ``ns_steps`` is optax's name for
+        it. An integer array (``inject_hyperparams``) is taken too: the loop is then a
+        ``fori_loop``, as in optax.
+      coefficients: :math:`(a, b, c)` of the iteration (default Keller's); ``ns_coeffs`` is
+        optax's name for it.
+      ns_steps, ns_coeffs, weight_decay_mask: optax's names for ``steps``, ``coefficients`` and
+        ``mask`` (pass one name of each pair). Every argument after ``learning_rate`` is
+        keyword-only: optax's positional order differs (``ns_coeffs, ns_steps, beta, ...``).
       eps: :math:`\epsilon` of the iteration (Keller ``1e-7``, optax ``1e-8``).
       nesterov: use the look-ahead :math:`U_t` (default, as Keller).
       debias: bias-correct the momentum, with Dozat's look-ahead (optax's form).
@@ -579,13 +599,17 @@ def muon(
 
       Liu et al., "Muon is Scalable for LLM Training", 2025, https://arxiv.org/abs/2502.16982
     """
+    batch_dims = structural(batch_dims, "batch_dims", 0)
+    steps = either("steps", steps, "ns_steps", ns_steps, 5)
+    coefficients = either("coefficients", coefficients, "ns_coeffs", ns_coeffs, _KELLER)
+    mask = either("mask", mask, "weight_decay_mask", weight_decay_mask, None)
     check_learning_rate(learning_rate)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     check_learning_rate(adam_learning_rate, "adam_learning_rate")
     matrices = chain(
         scale_by_muon(
-            beta,
+            beta=beta,
             steps=steps,
             coefficients=coefficients,
             eps=eps,

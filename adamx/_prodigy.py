@@ -13,7 +13,7 @@ from ._chain import chain
 from ._dtypes import as_hyperparameter, compute_dtype, upcast
 from ._moments import _correction, ema, trace
 from ._scale import _evaluate
-from ._schedule_free import _no_decay, _scalar_dtype
+from ._schedule_free import _scalar_dtype
 from ._second_moment import (
     SecondMomentState,
     _abs_squared,
@@ -21,9 +21,10 @@ from ._second_moment import (
     scale_by_second_moment,
 )
 from ._storage import init_buffers, storage_for, stored_dtypes
+from ._structural import either
 from ._trees import map_like
 from ._validate import _concrete, check_decay, check_learning_rate, check_non_negative
-from ._weight_decay import add_decayed_weights
+from ._weight_decay import optional_decay
 
 
 class ProdigyState(NamedTuple):
@@ -60,15 +61,19 @@ def _total(tree: Any, dtype: Any) -> jax.Array:
 
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
+    *,
     b1: float = 0.9,
     b2: float = 0.999,
     b3: float | None = None,
     eps: float = 1e-8,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     mask: Any = None,
-    *,
     d0: float = 1e-6,
     d_coef: float = 1.0,
+    betas: tuple[float, float] | None = None,
+    beta3: float | None = None,
+    estim_lr0: float | None = None,
+    estim_lr_coef: float | None = None,
     bias_correction: bool = False,
     safeguard_warmup: bool = False,
     mu_dtype: Any = None,
@@ -116,7 +121,7 @@ def prodigy(
       b3: :math:`\beta_3`, decay of :math:`r` and :math:`s`, in ``[0, 1)``; ``None``:
         :math:`\sqrt{\beta_2}`.
       eps: :math:`\epsilon`, added to the root after multiplication by :math:`d_t`.
-      weight_decay: :math:`\lambda >= 0`, or a schedule.
+      weight_decay: :math:`\lambda >= 0`, or a schedule; ``None`` (the default): no decay.
       mask: which leaves to decay: a pytree of booleans like the params, or a function of the
         params returning one; ``None`` decays all.
       d0: the initial estimate :math:`d_0 > 0` (optax's ``estim_lr0``).
@@ -149,14 +154,19 @@ def prodigy(
       Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
       ICML 2024, https://arxiv.org/abs/2306.06101
     """
+    if betas is not None:
+        b1, b2 = betas
+    b3 = either("b3", b3, "beta3", beta3, None)
+    d0 = d0 if estim_lr0 is None else estim_lr0
+    d_coef = d_coef if estim_lr_coef is None else estim_lr_coef
     check_learning_rate(learning_rate)
     check_decay(b1, "b1")
     check_decay(b2, "b2")
-    beta3: Any = b3
-    if beta3 is None:
+    decay3: Any = b3
+    if decay3 is None:
         concrete_b2 = _concrete(b2)
-        beta3 = math.sqrt(concrete_b2) if concrete_b2 is not None else jnp.sqrt(b2)
-    check_decay(beta3, "b3")
+        decay3 = math.sqrt(concrete_b2) if concrete_b2 is not None else jnp.sqrt(b2)
+    check_decay(decay3, "b3")
     check_non_negative(eps, "eps")
     check_non_negative(d_coef, "d_coef")
     initial = _concrete(d0)
@@ -168,8 +178,8 @@ def prodigy(
     first = ema(b1, dtype=mu_dtype)
     second = scale_by_second_moment(b2, eps=eps, bias_correction=False, nu_dtype=nu_dtype)
     v_average = chain(ema(b2, dtype=nu_dtype))  # second's estimator: its state, updated here
-    weighted_sum = trace(beta3)
-    decay = identity() if _no_decay(weight_decay, mask) else add_decayed_weights(weight_decay, mask)
+    weighted_sum = trace(decay3)
+    (decay,) = optional_decay(weight_decay, mask) or (identity(),)
     origin = storage_for(None)  # x0 in the parameter's dtype, as the authors keep it
 
     def init_fn(params):
@@ -220,7 +230,7 @@ def prodigy(
             return _real_dot(g, start - jnp.asarray(p).astype(start.dtype), dtype)
 
         inner = _total(map_like(distance, updates, params, "params", state.x0), dtype)
-        numerator = as_hyperparameter(beta3, dtype) * state.numerator + ratio * dlr * inner
+        numerator = as_hyperparameter(decay3, dtype) * state.numerator + ratio * dlr * inner
 
         dg = scaled(d, updates)  # d_{t-1} g_t, what m and v average
         m, mu_state = first.update(dg, state.mu)

@@ -21,7 +21,7 @@ from ._moments import BiasCorrectionState, _correction, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import scale_by_second_moment
 from ._validate import _concrete, check_decay
-from ._weight_decay import add_decayed_weights
+from ._weight_decay import optional_decay
 
 _FALLBACKS = ("sgd", "none")
 
@@ -201,16 +201,6 @@ def root_bias_correction(decay: float = 0.999) -> MomentTransformation:
     return MomentTransformation(init_fn, update_fn)
 
 
-def _decoupled_decay(weight_decay: Any, mask: Any) -> tuple[GradientTransformation, ...]:
-    """``(add_decayed_weights(weight_decay, mask),)``, or nothing for a Python 0 (the default),
-    so that ``update`` needs no params then. As in `trace`'s dampening, only a Python number
-    decides the layout: an array 0 (``inject_hyperparams``) keeps the block at init and update."""
-    if isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool):
-        if weight_decay == 0 and mask is None:
-            return ()
-    return (add_decayed_weights(weight_decay, mask),)
-
-
 def scale_by_radam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -264,7 +254,7 @@ def radam(
     inclusive: bool = False,
     fallback: str = "sgd",
     eps_before_correction: bool = True,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     mask: Any = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -323,7 +313,8 @@ def radam(
         threshold.
       eps_before_correction: :math:`\epsilon` before (torch) or after (optax) the correction of
         :math:`v`.
-      weight_decay: :math:`\lambda >= 0` (decoupled), or a schedule.
+      weight_decay: :math:`\lambda >= 0` (decoupled), or a schedule; ``None`` (the default):
+        no decay block in the chain (any value given, 0 included, keeps the block).
       mask: which leaves to decay: a pytree of booleans like the params, or a function of the
         params returning one; ``None`` decays all.
       mu_dtype: dtype of :math:`m` (default: the parameter's).
@@ -331,7 +322,7 @@ def radam(
 
     Returns:
       A `GradientTransformation`: ``chain(scale_by_radam(...), [add_decayed_weights(weight_decay,
-      mask)], scale_by_learning_rate(lr))``, the decay only when ``weight_decay`` is not 0.
+      mask)], scale_by_learning_rate(lr))``, the decay only when ``weight_decay`` is given.
 
     Example:
       >>> import jax, jax.numpy as jnp, adamx
@@ -369,6 +360,6 @@ def radam(
             mu_dtype=mu_dtype,
             nu_dtype=nu_dtype,
         ),
-        *_decoupled_decay(weight_decay, mask),
+        *optional_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -8,16 +8,18 @@ import jax
 import jax.numpy as jnp
 
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
-from ._dtypes import as_hyperparameter, compute_dtype
+from ._dtypes import Hyperparameters, cast, compute_dtype
 from ._validate import check_learning_rate
 
 
 def _multiply(updates: Any, factor: Any) -> Any:
     """``factor * u`` for every leaf, in the compute dtype, returned in each leaf's dtype."""
 
+    hp = Hyperparameters(factor)  # converted once per compute dtype, not once per leaf
+
     def one(u):
         cdt = compute_dtype(u.dtype)
-        return (u.astype(cdt) * as_hyperparameter(factor, cdt)).astype(u.dtype)
+        return cast(cast(u, cdt) * hp(cdt)[0], u.dtype)
 
     return jax.tree.map(one, updates)
 

@@ -17,9 +17,10 @@ from ._moments import _correction, _resolve_storage
 from ._scale import _evaluate
 from ._second_moment import scale_by_second_moment
 from ._storage import MomentStorage, init_buffers, stored_dtypes
+from ._structural import either
 from ._trees import map_like
 from ._validate import _concrete, check_decay, check_learning_rate, check_non_negative
-from ._weight_decay import add_decayed_weights
+from ._weight_decay import optional_decay
 
 _CORRECTIONS = ("moment", "learning_rate")
 
@@ -93,8 +94,14 @@ def _schedule_free(
     weight_lr_power: Any,
     r: Any,
     storage: MomentStorage,
+    *,
+    added: bool = False,
 ) -> GradientTransformation:
-    """`schedule_free` with the step size given as ``step_size(count, dtype) -> gamma_t``."""
+    """`schedule_free` with the step size given as ``step_size(count, dtype) -> gamma_t``.
+
+    ``added``: ``direction`` is a whole optimizer whose updates are added to :math:`z` (optax's
+    ``base_optimizer``); :math:`\\gamma` then only weighs the average, evaluated at :math:`t`.
+    """
     keep = _keyword_filter(direction.update)
 
     def init_fn(params):
@@ -119,7 +126,7 @@ def _schedule_free(
             )
         dtype = state.weight_sum.dtype
         count = safe_increment(state.count)  # t
-        gamma = step_size(state.count, dtype)
+        gamma = step_size(count if added else state.count, dtype)
         lr_max = jnp.maximum(state.lr_max, gamma)
         weight = lr_max ** as_hyperparameter(weight_lr_power, dtype)
         if not (isinstance(r, (int, float)) and r == 0):
@@ -138,6 +145,9 @@ def _schedule_free(
             g, y = u.astype(cdt), jnp.asarray(y).astype(cdt)
             step, ck = as_hyperparameter(gamma, cdt), as_hyperparameter(c, cdt)
             beta = as_hyperparameter(b1, cdt)
+            if added:  # z_{t+1} = z_t + u_t, the base optimizer's update
+                move = ck * (z - y) + (1 - beta * (1 - ck)) * g
+                return move.astype(u.dtype), storage.write(z + g, stored)
             # y_{t+1} = (1 - c) y_t + c z_t + gamma (b1 (1 - c) - 1) u_t: the interpolation of
             # x_{t+1} = (1 - c) x_t + c z_{t+1} and z_{t+1} = z_t - gamma u_t, without x.
             move = ck * (z - y) + step * (beta * (1 - ck) - 1) * g
@@ -160,16 +170,25 @@ def _schedule_free(
 
 
 def schedule_free(
-    direction: GradientTransformation,
+    *args: Any,
+    direction: GradientTransformation | None = None,
+    base_optimizer: GradientTransformation | None = None,
     learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
-    *,
     warmup_steps: int = 0,
     weight_lr_power: float = 2.0,
     r: float = 0.0,
     z_dtype: Any = None,
+    state_dtype: Any = None,
 ) -> GradientTransformation:
     r"""Make a momentum-free ``direction`` Schedule-Free (Defazio et al., 2024).
+
+    The base is named, never positional: ``direction=`` is a direction that is *subtracted*,
+    scaled by :math:`\gamma_t` (adamx's form, below); ``base_optimizer=`` is a whole optimizer
+    whose updates, learning rate and sign included, are *added* to :math:`z` (optax's
+    ``contrib.schedule_free``: :math:`z_{t+1} = z_t + \Delta_t`, and ``learning_rate`` only
+    weighs the average, evaluated at :math:`t` as optax does). The two read the same object in
+    opposite directions, so a positional base (optax's call form) is refused rather than guessed.
 
     With :math:`u_t` the direction at :math:`y_t` (the params the caller holds):
 
@@ -196,6 +215,8 @@ def schedule_free(
 
     Args:
       direction: the base direction :math:`u_t` (no learning rate, no momentum).
+      base_optimizer: instead of ``direction``, a whole optimizer whose updates are added to
+        :math:`z` (optax's form, e.g. ``adamx.sgd(lr)``).
       learning_rate: :math:`\eta`, a number >= 0 or a schedule of the step count (evaluated at
         :math:`t - 1`); constant, or with a warm-up only, is the point of the method.
       b1: :math:`\beta_1`, the interpolation, in ``(0, 1)``.
@@ -203,19 +224,33 @@ def schedule_free(
       weight_lr_power: :math:`p`, the power of the largest step size in the averaging weights.
       r: the power of :math:`t` in the averaging weights (0: for a constant :math:`\gamma` the
         average is uniform, :math:`c_{t+1} = 1/t`).
-      z_dtype: dtype of the stored :math:`z` (default: the parameter's).
+      z_dtype: dtype of the stored :math:`z` (default: the parameter's); ``state_dtype`` is
+        optax's name for it.
 
     Returns:
       A `GradientTransformation` with state `ScheduleFreeState`.
     """
+    if args or (direction is None) == (base_optimizer is None):
+        raise TypeError(
+            "`schedule_free` takes its base by keyword, exactly one of `direction=` (a direction "
+            "without learning rate, subtracted after scaling by the step size: adamx's form) or "
+            "`base_optimizer=` (a whole optimizer whose updates are added: optax's form); got "
+            f"{len(args)} positional argument(s), direction={direction!r:.40}, "
+            f"base_optimizer={base_optimizer!r:.40}. Name the one you mean: the two forms move in "
+            "opposite directions for the same object."
+        )
     _check_wrapper(learning_rate, b1, warmup_steps, weight_lr_power, r)
+    z_dtype = either("z_dtype", z_dtype, "state_dtype", state_dtype, None)
+    base = direction if base_optimizer is None else base_optimizer
+    assert base is not None  # exactly one is given, checked above
     return _schedule_free(
-        direction,
+        base,
         _step_size(learning_rate, warmup_steps),
         b1,
         weight_lr_power,
         r,
         _resolve_storage(None, z_dtype, "z_dtype"),
+        added=base_optimizer is not None,
     )
 
 
@@ -228,19 +263,20 @@ def _check_wrapper(learning_rate: Any, b1: Any, warmup_steps: Any, power: Any, r
 
 
 def schedule_free_adamw(
-    learning_rate: ScalarOrSchedule,
-    warmup_steps: int = 0,
+    learning_rate: ScalarOrSchedule = 0.0025,
+    warmup_steps: int | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    weight_decay: ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    weight_decay: ScalarOrSchedule | None = None,
     *,
+    mask: Any = None,
     weight_lr_power: float = 2.0,
     r: float = 0.0,
     bias_correction: str = "moment",
     nu_dtype: Any = None,
     z_dtype: Any = None,
+    state_dtype: Any = None,
 ) -> GradientTransformation:
     r"""Schedule-Free AdamW (Defazio et al., 2024): AdamW without momentum or a decay schedule.
 
@@ -282,18 +318,24 @@ def schedule_free_adamw(
       b1: :math:`\beta_1`, the interpolation between :math:`z` and :math:`x`, in ``(0, 1)``.
       b2: :math:`\beta_2`, decay of the second moment, in ``[0, 1)``.
       eps: :math:`\epsilon`, added to the root.
-      weight_decay: :math:`\lambda >= 0` (decoupled, taken at :math:`y`), or a schedule.
+      weight_decay: :math:`\lambda >= 0` (decoupled, taken at :math:`y`), or a schedule;
+        ``None`` (the default): no decay block (any value given, 0 included, keeps it).
       mask: which leaves to decay: a pytree of booleans like the params, or a function of the
         params returning one; ``None`` decays all.
       weight_lr_power: the power of the largest step size in the averaging weights (2).
       r: the power of :math:`t` in the averaging weights (0).
       bias_correction: ``"moment"`` (v1.3 and optax) or ``"learning_rate"`` (the paper, pre-v1.3).
       nu_dtype: dtype of :math:`v` (default: the parameter's real dtype).
-      z_dtype: dtype of :math:`z` (default: the parameter's).
+      z_dtype: dtype of :math:`z` (default: the parameter's); ``state_dtype`` is optax's name.
+
+    ``learning_rate`` defaults to optax's 0.0025 and ``warmup_steps`` to ``None`` (no warm-up), as
+    in ``optax.contrib.schedule_free_adamw``; ``mask`` and what follows are keyword-only (optax's
+    seventh positional argument is ``weight_lr_power``).
 
     Returns:
-      ``schedule_free(chain(scale_by_second_moment(b2, eps=eps), add_decayed_weights(weight_decay,
-      mask)), learning_rate, b1, ...)``; its state is `ScheduleFreeState`.
+      ``schedule_free(direction=chain(scale_by_second_moment(b2, eps=eps),
+      add_decayed_weights(weight_decay, mask)), learning_rate=learning_rate, b1=b1, ...)``; its
+      state is `ScheduleFreeState`.
 
     Example:
       >>> import jax, jax.numpy as jnp, adamx
@@ -316,6 +358,8 @@ def schedule_free_adamw(
       Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
       NeurIPS 2024, https://arxiv.org/abs/2405.15682
     """
+    warmup_steps = 0 if warmup_steps is None else warmup_steps
+    z_dtype = either("z_dtype", z_dtype, "state_dtype", state_dtype, None)
     _check_wrapper(learning_rate, b1, warmup_steps, weight_lr_power, r)
     check_decay(b2, "b2")
     if bias_correction not in _CORRECTIONS:
@@ -325,9 +369,9 @@ def schedule_free_adamw(
             f"{bias_correction!r}."
         )
     corrected = bias_correction == "moment"
-    decay = () if _no_decay(weight_decay, mask) else (add_decayed_weights(weight_decay, mask),)
     direction = chain(
-        scale_by_second_moment(b2, eps=eps, bias_correction=corrected, nu_dtype=nu_dtype), *decay
+        scale_by_second_moment(b2, eps=eps, bias_correction=corrected, nu_dtype=nu_dtype),
+        *optional_decay(weight_decay, mask),
     )
     base = _step_size(learning_rate, warmup_steps)
 
@@ -337,17 +381,6 @@ def schedule_free_adamw(
     step_size = base if corrected else paper_step_size
     storage = _resolve_storage(None, z_dtype, "z_dtype")
     return _schedule_free(direction, step_size, b1, weight_lr_power, r, storage)
-
-
-def _no_decay(weight_decay: Any, mask: Any) -> bool:
-    """Whether the decay block can be left out: a Python 0 and no mask (so no params are needed
-    by it; an array 0, as ``inject_hyperparams`` passes, keeps the block)."""
-    return (
-        isinstance(weight_decay, (int, float))
-        and not isinstance(weight_decay, bool)
-        and weight_decay == 0
-        and mask is None
-    )
 
 
 def schedule_free_eval_params(state: Any, params: Any) -> Any:

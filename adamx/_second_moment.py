@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ._base import GradientTransformation, MomentTransformation
 from ._chain import chain
-from ._dtypes import as_hyperparameter, compute_dtype
+from ._dtypes import Hyperparameters, as_hyperparameter, cast, compute_dtype
 from ._moments import bias_correction as _bias_correction
 from ._moments import ema
 from ._storage import MomentStorage
@@ -25,18 +25,36 @@ class SecondMomentState(NamedTuple):
 
 def _abs_squared(g: jax.Array) -> jax.Array:
     """``|g|^2`` in at least float32, real-valued for complex ``g`` (optax's convention)."""
-    g = g.astype(compute_dtype(g.dtype))
+    g = cast(g, compute_dtype(g.dtype))
     if jnp.iscomplexobj(g):
         return (g.conj() * g).real
     return g**2
 
 
-def _sqrt(v: jax.Array) -> jax.Array:
-    """``sqrt(v)`` whose derivative at ``v = 0`` is 0 rather than inf, so differentiating through
-    a step with a coordinate whose gradients were all zero gives 0, not ``0 * inf = NaN``. Values
-    are unchanged (NaN stays NaN); XLA fuses the selects into the same pass."""
-    zero = v == 0
-    return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, v)))
+@jax.custom_jvp
+def _sqrt(v: Any) -> Any:
+    """``sqrt`` of every leaf of ``v`` (an array or a tree of arrays), whose derivative at ``v = 0``
+    is 0 rather than inf, so differentiating through a step with a coordinate whose gradients were
+    all zero gives 0, not ``0 * inf = NaN``.
+
+    The forward pass is a plain ``sqrt``: the guard lives in the derivative (a ``custom_jvp``), so a
+    step pays no compare or select for it. One call over the whole tree is one ``custom_jvp`` in
+    the jaxpr, not one per leaf.
+    """
+    return jax.tree.map(jnp.sqrt, v)
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals: tuple[Any], tangents: tuple[Any]) -> tuple[Any, Any]:
+    # JAX's rule for sqrt, t * (0.5 / sqrt(v)), with 0 where v = 0 (and NaN kept where v is NaN).
+    (v,), (t,) = primals, tangents
+    root = _sqrt(v)
+
+    def one(v, r, t):
+        zero = v == 0
+        return jnp.where(zero, 0, t * (0.5 / jnp.where(zero, 1, r))).astype(t.dtype)
+
+    return root, jax.tree.map(one, v, root, t)
 
 
 def _real_like(param: jax.Array) -> jax.Array:
@@ -48,15 +66,31 @@ def divide_by_root(u: jax.Array, v: jax.Array, eps: Any, eps_root: Any, guard_ze
     """``u / (sqrt(v + eps_root) + eps)`` in the compute dtype, returned in ``u``'s dtype; with
     ``guard_zero``, a zero denominator gives 0 instead of NaN (a NaN denominator propagates)."""
     cdt = compute_dtype(u.dtype, v.dtype)
-    root = _sqrt(v.astype(cdt) + as_hyperparameter(eps_root, cdt))
+    return _divide(u, _sqrt(_radicand(v, cdt, eps_root)), cdt, eps, guard_zero)
+
+
+def _adds(value: Any) -> bool:
+    """Whether adding ``value`` can change a number: not for a Python 0 (the radicand is a sum of
+    squares, never -0.0, and ``v + 0.0`` is ``v`` for every other ``v``, NaN included)."""
+    return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
+
+
+def _radicand(v: jax.Array, cdt: Any, eps_root: Any) -> jax.Array:
+    """``v + eps_root`` in ``cdt``: what the root is taken of."""
+    v = cast(v, cdt)
+    return v + as_hyperparameter(eps_root, cdt) if _adds(eps_root) else v
+
+
+def _divide(u: jax.Array, root: jax.Array, cdt: Any, eps: Any, guard_zero: bool) -> jax.Array:
+    """``u / (root + eps)`` in ``cdt``, returned in ``u``'s dtype (see `divide_by_root`)."""
     denominator = root + as_hyperparameter(eps, cdt)
-    x = u.astype(cdt)
+    x = cast(u, cdt)
     if guard_zero:
         positive = denominator != 0
         x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
     else:
         x = x / denominator
-    return x.astype(u.dtype)
+    return cast(x, u.dtype)
 
 
 def scale_by_second_moment(
@@ -118,9 +152,28 @@ def scale_by_second_moment(
             jax.tree.map(_abs_squared, gradient), state.estimator, params
         )
 
-        scaled = jax.tree.map(
-            lambda u, v: divide_by_root(u, v, eps, eps_root, guard_zero), updates, v_hat
-        )
+        # The roots of every leaf in one `_sqrt` call; the hyperparameters converted once.
+        root_hp, eps_hp = Hyperparameters(eps_root), Hyperparameters(eps)
+        add_root = _adds(eps_root)
+
+        def radicand(u, v):
+            cdt = compute_dtype(u.dtype, v.dtype)
+            v = cast(v, cdt)
+            return v + root_hp(cdt)[0] if add_root else v
+
+        def divide(u, root):
+            cdt = root.dtype
+            denominator = root + eps_hp(cdt)[0]
+            x = cast(u, cdt)
+            if guard_zero:
+                positive = denominator != 0
+                x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
+            else:
+                x = x / denominator
+            return cast(x, u.dtype)
+
+        roots = _sqrt(jax.tree.map(radicand, updates, v_hat))
+        scaled = jax.tree.map(divide, updates, roots)
         return scaled, SecondMomentState(estimator=estimator_state)
 
     return MomentTransformation(init_fn, update_fn)

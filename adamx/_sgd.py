@@ -8,7 +8,7 @@ from ._base import GradientTransformation, ScalarOrSchedule, identity
 from ._chain import chain
 from ._moments import trace
 from ._scale import scale_by_learning_rate
-from ._validate import _concrete, check_decay
+from ._validate import check_decay
 
 
 def sgd(
@@ -17,7 +17,7 @@ def sgd(
     nesterov: bool = False,
     accumulator_dtype: Any = None,
     *,
-    dampening: float = 0.0,
+    dampening: float | None = None,
 ) -> GradientTransformation:
     r"""Stochastic gradient descent (Robbins & Monro, 1951), with optional momentum.
 
@@ -47,7 +47,9 @@ def sgd(
       momentum: :math:`\mu` in ``[0, 1)``, or ``None`` for plain SGD (no state).
       nesterov: use Nesterov momentum (needs ``momentum``).
       accumulator_dtype: dtype of the momentum buffer (default: the parameter's).
-      dampening: torch's dampening :math:`\tau` in ``[0, 1]`` (needs ``momentum``, not Nesterov).
+      dampening: torch's dampening :math:`\tau` in ``[0, 1]`` (needs ``momentum``, not Nesterov);
+        ``None`` (the default): optax's undamped trace. Given (0 included), the momentum state
+        is `DampedTraceState`: the layout follows the arguments given, never their values.
 
     Returns:
       ``chain(trace(momentum, nesterov=nesterov) or identity(), scale_by_learning_rate(lr))``; the
@@ -75,7 +77,7 @@ def sgd(
             raise ValueError(
                 "`nesterov=True` needs momentum, got `momentum=None`; pass e.g. `momentum=0.9`."
             )
-        if _concrete(dampening) not in (None, 0.0):
+        if dampening is not None:
             raise ValueError(
                 f"`dampening={dampening}` needs momentum, got `momentum=None`; pass e.g. "
                 "`momentum=0.9`, or drop `dampening`."

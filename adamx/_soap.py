@@ -18,6 +18,7 @@ from ._moments import _correction, _resolve_storage
 from ._scale import _evaluate, scale_by_learning_rate
 from ._second_moment import _real_like
 from ._storage import init_buffers, stored_dtypes
+from ._structural import check_count, structural
 from ._trees import map_like
 from ._validate import check_decay, check_learning_rate, check_non_negative
 
@@ -152,10 +153,10 @@ def scale_by_soap(
     *,
     shampoo_beta: float | None = None,
     precondition_frequency: int = 10,
-    max_precond_dim: int = 10000,
+    max_precond_dim: int | None = None,
     precondition_1d: bool = False,
     correct_bias: bool = True,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     labels: Any = None,
     precision: Any = jax.lax.Precision.HIGHEST,
     mu_dtype: Any = None,
@@ -169,15 +170,16 @@ def scale_by_soap(
     Returns:
       A `GradientTransformation` with state `SoapState`.
     """
+    max_precond_dim = structural(max_precond_dim, "max_precond_dim", 10000)
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_decay(b1, "b1")
     check_decay(b2, "b2")
     beta_s = b2 if shampoo_beta is None else shampoo_beta
     check_decay(beta_s, "shampoo_beta")
     check_non_negative(eps, "eps")
-    for value, name in ((precondition_frequency, "precondition_frequency"),
-                        (max_precond_dim, "max_precond_dim")):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}; e.g. 10.")
+    check_count(precondition_frequency, "precondition_frequency", 1, "the calls between basis "
+                "refreshes (e.g. 10)")  # fmt: skip
+    check_count(max_precond_dim, "max_precond_dim", 1, "the largest side that is rotated")
     mu_storage = _resolve_storage(None, mu_dtype, "mu_dtype")
     nu_storage = _resolve_storage(None, nu_dtype, "nu_dtype")
 
@@ -305,7 +307,10 @@ def scale_by_soap(
                 return m_new, v_new, bases
 
             m_new, v_new, new_bases = jax.lax.cond(
-                (k % precondition_frequency) == 0, refresh, keep, (m_new, v_new, new_stats, bases)
+                (k % jnp.asarray(precondition_frequency).astype(k.dtype)) == 0,
+                refresh,
+                keep,
+                (m_new, v_new, new_stats, bases),
             )
             mu_out = jax.tree.map(mu_storage.write, m_new, mu)
             nu_out = jax.tree.map(nu_storage.write, v_new, nu)
@@ -354,10 +359,10 @@ def soap(
     *,
     shampoo_beta: float | None = None,
     precondition_frequency: int = 10,
-    max_precond_dim: int = 10000,
+    max_precond_dim: int | None = None,
     precondition_1d: bool = False,
     correct_bias: bool = True,
-    batch_dims: BatchDims = 0,
+    batch_dims: BatchDims | None = None,
     labels: Any = None,
     precision: Any = jax.lax.Precision.HIGHEST,
     mu_dtype: Any = None,
@@ -449,6 +454,8 @@ def soap(
       Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade, "SOAP: Improving and
       Stabilizing Shampoo using Adam", ICLR 2025, https://arxiv.org/abs/2409.11321
     """
+    max_precond_dim = structural(max_precond_dim, "max_precond_dim", 10000)
+    batch_dims = structural(batch_dims, "batch_dims", 0)
     check_learning_rate(learning_rate)
     check_non_negative(weight_decay, "weight_decay")
     direction = scale_by_soap(

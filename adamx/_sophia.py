@@ -14,6 +14,7 @@ from ._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ._moments import EmaState, bias_correction, ema
 from ._scale import scale_by_learning_rate
 from ._second_moment import _real_like
+from ._structural import either
 from ._trees import map_like
 from ._validate import check_decay, check_non_negative
 from ._weight_decay import add_decayed_weights
@@ -136,11 +137,12 @@ def sophia(
     learning_rate: ScalarOrSchedule,
     b1: float = 0.965,
     b2: float = 0.99,
+    *,
     gamma: float = 0.04,
     eps: float = 1e-15,
     weight_decay: ScalarOrSchedule = 0.1,
     mask: Any = None,
-    *,
+    weight_decay_mask: Any = None,
     clip_threshold: float = 1.0,
     eps_placement: str = "add",
     debias: bool = False,
@@ -196,6 +198,8 @@ def sophia(
       eps: :math:`\epsilon >= 0`.
       weight_decay: :math:`\lambda >= 0` (or a schedule), decoupled, scaled by :math:`\eta_t`.
       mask: which leaves to decay (a tree of booleans or a function of the params); ``None``: all.
+        ``weight_decay_mask`` is optax's name for it. Arguments after ``b2`` are keyword-only
+        (optax's fourth positional argument is ``eps``, adamx's was ``gamma``).
       clip_threshold: :math:`c`, the bound of each coordinate of the direction.
       eps_placement: ``"add"`` (:math:`\gamma h + \epsilon`, the authors') or ``"max"``
         (:math:`\max(\gamma h, \epsilon)`, optax's).
@@ -227,6 +231,7 @@ def sophia(
       Liu, Li, Hall, Liang & Ma, "Sophia: A Scalable Stochastic Second-order Optimizer for
       Language Model Pre-training", ICLR 2024, https://arxiv.org/abs/2305.14342
     """
+    mask = either("mask", mask, "weight_decay_mask", weight_decay_mask, None)
     return chain(
         scale_by_sophia(
             b1, b2, gamma, eps, clip_threshold=clip_threshold, eps_placement=eps_placement,

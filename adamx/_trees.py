@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
+from ._dtypes import is_inexact
 from ._flat import FlatParams, resolve_flat
 
 
@@ -25,23 +27,112 @@ def _paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in leaves]
 
 
-def structure_mismatch(updates: Any, reference: Any, reference_name: str) -> ValueError:
-    """A sentence naming the first key path where ``updates`` and ``reference`` differ."""
+def _listing(paths: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"`{p}`" for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def structure_mismatch(
+    updates: Any, reference: Any, reference_name: str, updates_name: str = "gradients"
+) -> ValueError:
+    """A sentence naming the key paths missing from ``updates`` and those it has in excess."""
     ours, theirs = _paths(updates), _paths(reference)
-    pairs = zip(ours, theirs, strict=False)  # the shorter list ends the search
-    first = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
-    if first is not None:
-        where = (
-            f"the gradients have `{ours[first]}` where the {reference_name} has `{theirs[first]}`"
+    ours_set, theirs_set = set(ours), set(theirs)
+    missing = [p for p in theirs if p not in ours_set]
+    extra = [p for p in ours if p not in theirs_set]
+    parts = []
+    if missing and extra:  # a renamed key: where the two first differ
+        first = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+        parts.append(
+            f"the {updates_name} have `{ours[first]}` where the {reference_name} has "
+            f"`{theirs[first]}`"
         )
-    elif len(ours) < len(theirs):
-        where = f"the gradients lack `{theirs[len(ours)]}`, which the {reference_name} has"
-    else:
-        where = f"the gradients have `{ours[len(theirs)]}`, which the {reference_name} lacks"
+    if missing:
+        parts.append(f"missing: the {updates_name} lack {_listing(missing)}")
+    if extra:
+        parts.append(
+            f"extra: the {updates_name} have {_listing(extra)}, not in the {reference_name}"
+        )
+    if parts:
+        where = "; ".join(parts)
+    else:  # the same key paths in other containers (a tuple for a list, another node type)
+        pairs = zip(ours, theirs, strict=False)
+        differs = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
+        at = ours[differs] if differs is not None else "<root>"
+        where = (
+            f"the key paths are the same but the containers differ (first at `{at}`): "
+            f"the {updates_name} are a {jax.tree.structure(updates, is_leaf=_stops_here)}, the "
+            f"{reference_name} a {jax.tree.structure(reference, is_leaf=_stops_here)}"
+        )
     return ValueError(
-        f"The gradients do not have the structure of the {reference_name}: {where}. Pass "
-        f"gradients shaped like the params given to `init` (or call `init` again for new params)."
+        f"The {updates_name} do not have the structure of the {reference_name}: {where}. Pass "
+        f"{updates_name} shaped like the params given to `init` (or call `init` again for new "
+        "params)."
     )
+
+
+def _is_structure_error(error: Exception) -> bool:
+    """A tree-structure error from `jax.tree.map` (jax 0.10's "structure", older jax's "Dict key
+    mismatch" and "Custom node type mismatch")."""
+    text = str(error)
+    return "structure" in text or "mismatch" in text
+
+
+def wrong_shape(path: Any, shape: Any, expected: Any, name: str = "gradient") -> ValueError:
+    """The error for a leaf of the wrong shape (a transposed gradient), naming its key path."""
+    where = jax.tree_util.keystr(tuple(path)) or "<root>"
+    return ValueError(
+        f"Expected the {name} `{where}` to have its parameter's shape {tuple(expected)}, but got "
+        f"shape {tuple(shape)}; pass {name}s shaped like the params given to `init` (a "
+        "transposed leaf needs `.T`, a flattened one `.reshape`)."
+    )
+
+
+def non_float_gradient(
+    path: Any, dtype: Any, expected: Any, name: str = "gradient", reference: str = "parameter"
+) -> TypeError:
+    """The error for an integer or boolean leaf where its parameter is floating-point."""
+    where = jax.tree_util.keystr(tuple(path)) or "<root>"
+    return TypeError(
+        f"Expected the {name} `{where}` to be floating-point like its {reference} "
+        f"({np.dtype(expected).name}), but got dtype {np.dtype(dtype).name}, which would round "
+        f"the update to integers (zero, silently); pass floating-point {name}s, e.g. from "
+        "`jax.grad`, or cast with `.astype(jnp.float32)`."
+    )
+
+
+def check_like(tree: Any, params: Any, name: str = "gradient") -> None:
+    """Refuse ``tree`` (gradients, or updates) unless it is laid out like ``params``: the same key
+    paths, each leaf of its parameter's shape, and floating-point where the parameter is.
+
+    Trace-time Python (shapes, dtypes and structure are static): it adds nothing to the jaxpr.
+    ``None`` leaves on either side are not checked. The error names the key path and both shapes
+    (`ValueError`), both dtypes (`TypeError`), or the missing and extra key paths (`ValueError`).
+    """
+
+    def one(path, x, r):
+        if x is None or r is None or is_stored_moment(r):
+            return None
+        shape, expected = getattr(x, "shape", None), getattr(r, "shape", None)
+        if shape is not None and expected is not None and tuple(shape) != tuple(expected):
+            raise wrong_shape(path, shape, expected, name)
+        dtype, expected_dtype = getattr(x, "dtype", None), getattr(r, "dtype", None)
+        if (
+            dtype is not None
+            and expected_dtype is not None
+            and dtype != expected_dtype
+            and is_inexact(expected_dtype)
+            and not is_inexact(dtype)
+        ):
+            raise non_float_gradient(path, dtype, expected_dtype, name)
+        return None
+
+    try:
+        jax.tree_util.tree_map_with_path(one, tree, params, is_leaf=_stops_here)
+    except ValueError as error:
+        if not _is_structure_error(error) or str(error).startswith("Expected the"):
+            raise
+        raise structure_mismatch(tree, params, "params", f"{name}s") from None
 
 
 def non_float_parameter(path: Any, dtype: Any) -> TypeError:
@@ -55,11 +146,44 @@ def non_float_parameter(path: Any, dtype: Any) -> TypeError:
 
 
 def map_like(fn: Callable[..., Any], updates: Any, reference: Any, name: str, *rest: Any) -> Any:
-    """``jax.tree.map(fn, updates, reference, *rest)``; a structure mismatch names its key path."""
+    """``jax.tree.map(fn, updates, reference, *rest)``; a mismatch names its key path.
+
+    A structure mismatch names the missing and extra key paths. Per leaf, an integer or boolean
+    update where the reference leaf is floating-point is refused (its result would be rounded to
+    integers), and a failure of ``fn`` on a leaf whose shape differs from its reference leaf's (a
+    transposed gradient) is reported with the key path and both shapes: trace-time Python, which
+    costs the jaxpr nothing.
+    """
+
+    def one(path, u, r, *more):
+        dtype, expected = getattr(u, "dtype", None), getattr(r, "dtype", None)
+        if (
+            dtype is not None
+            and expected is not None
+            and dtype != expected
+            and is_inexact(expected)
+            and not is_inexact(dtype)
+        ):
+            raise non_float_gradient(path, dtype, expected, "gradient", f"{name} leaf")
+        try:
+            return fn(u, r, *more)
+        except (TypeError, ValueError) as error:
+            shape, reference_shape = getattr(u, "shape", None), getattr(r, "shape", None)
+            if (
+                shape is None
+                or reference_shape is None
+                or tuple(shape) == tuple(reference_shape)
+                or "shape" not in str(error)
+            ):
+                raise
+            raise wrong_shape(path, shape, reference_shape) from error
+
     try:
-        return jax.tree.map(fn, updates, reference, *rest)
+        return jax.tree_util.tree_map_with_path(one, updates, reference, *rest)
     except ValueError as error:
-        if "structure" not in str(error) and "Custom node type mismatch" not in str(error):
+        if str(error).startswith("Expected the"):
+            raise
+        if not _is_structure_error(error):
             raise
         raise structure_mismatch(updates, reference, name) from None
 

@@ -8,12 +8,19 @@ import jax
 import jax.numpy as jnp
 
 from ._base import GradientTransformation, OptState, Params, Updates
-from ._dtypes import wider
+from ._dtypes import cast, is_inexact, wider
 from ._fused import fused_step, why_not
 from ._fused_quantized import fused_step as quantized_step
 from ._fused_quantized import rule_of as quantized_rule
 from ._fused_quantized import why_not as quantized_why_not
-from ._trees import non_float_parameter, structure_mismatch
+from ._trees import (
+    _is_structure_error,
+    check_like,
+    non_float_gradient,
+    non_float_parameter,
+    structure_mismatch,
+    wrong_shape,
+)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
@@ -27,18 +34,25 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     def one(path, p, u):
         if p is None:
             return None
-        p, u = jnp.asarray(p), jnp.asarray(u)
-        if not jnp.issubdtype(p.dtype, jnp.inexact) and jnp.issubdtype(u.dtype, jnp.inexact):
+        p = p if isinstance(p, jax.Array) else jnp.asarray(p)
+        u = u if isinstance(u, jax.Array) else jnp.asarray(u)
+        if p.shape != u.shape:  # would broadcast, or fail with no key path
+            raise wrong_shape(path, u.shape, p.shape, "update")
+        if p.dtype == u.dtype:
+            return p + u
+        if not is_inexact(p.dtype) and is_inexact(u.dtype):
             raise non_float_parameter(path, p.dtype)  # the update would be truncated silently
+        if is_inexact(p.dtype) and not is_inexact(u.dtype):
+            raise non_float_gradient(path, u.dtype, p.dtype, "update")
         wide = wider(p.dtype, u.dtype)
-        return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
+        return cast(cast(p, wide) + cast(u, wide), p.dtype)
 
     try:
         return jax.tree_util.tree_map_with_path(one, params, updates, is_leaf=lambda x: x is None)
     except ValueError as error:
-        if "structure" not in str(error) and "Custom node type mismatch" not in str(error):
+        if not _is_structure_error(error):
             raise
-        raise structure_mismatch(updates, params, "params") from None
+        raise structure_mismatch(updates, params, "params", "updates") from None
 
 
 def step(
@@ -76,6 +90,7 @@ def step(
       >>> print(params)
       [ 0.9 -0.9]
     """
+    check_like(grads, params)  # trace-time: names a leaf of the wrong shape, dtype or key path
     if fused is not False and not extra_args:
         if quantized_rule(tx) is not None:  # 8-bit moments (adamx/_fused_quantized.py)
             result = quantized_step(tx, grads, state, params)

@@ -12,32 +12,46 @@ import jax
 import numpy as np
 
 
-def _concrete(value: Any) -> float | None:
-    """``value`` as a Python float if it is a concrete real scalar, else ``None`` (traced, callable)."""
+def _concrete(value: Any, name: str | None = None) -> float | None:
+    """``value`` as a Python float if it is a concrete real scalar, else ``None`` (traced, callable).
+
+    ``name`` is the argument's name, which the error of a value of the wrong kind gives.
+    """
     if callable(value) or isinstance(value, jax.core.Tracer):
         return None
+    what = "a real number" if name is None else f"`{name}` to be a real number"
     if isinstance(value, bool):
-        raise TypeError(f"Expected a number, got the bool {value!r}; pass a float such as 0.9.")
+        raise TypeError(f"Expected {what}, got the bool {value!r}; pass a float such as 0.9.")
     try:
         array = np.asarray(value)
     except Exception:  # noqa: BLE001 - anything numpy cannot read is reported below
         array = None
     if array is None or array.dtype.kind not in "iuf":
+        hint = f" such as {value}" if isinstance(value, str) and _is_float(value) else ""
         raise TypeError(
-            f"Expected a real number, got {value!r} of type {type(value).__name__}; "
-            "pass a Python float or a scalar array."
+            f"Expected {what}, got {value!r} of type {type(value).__name__}; "
+            f"pass a Python float{hint} or a scalar array"
+            + (" (or a schedule)." if name is not None and "rate" in name else ".")
         )
     if array.shape != ():
         raise ValueError(
-            f"Expected a scalar, got an array of shape {array.shape}; pass one number "
-            "(per-parameter values are not supported)."
+            f"Expected {'a scalar' if name is None else f'`{name}` to be a scalar'}, got an array "
+            f"of shape {array.shape}; pass one number (per-parameter values are not supported)."
         )
     return float(array)
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
     """A learning rate is a finite number >= 0 or a schedule (a callable of the step count)."""
-    number = _concrete(value)
+    number = _concrete(value, name)
     if number is None:
         return
     if not math.isfinite(number) or number < 0:
@@ -50,7 +64,7 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
 
 def check_decay(value: Any, name: str, *, upper_inclusive: bool = False) -> None:
     """A decay rate (``b1``, ``b2``, momentum) lies in ``[0, 1)`` (or ``[0, 1]`` where allowed)."""
-    number = _concrete(value)
+    number = _concrete(value, name)
     if number is None:
         return
     upper_ok = number <= 1 if upper_inclusive else number < 1
@@ -64,7 +78,7 @@ def check_decay(value: Any, name: str, *, upper_inclusive: bool = False) -> None
 
 def check_non_negative(value: Any, name: str) -> None:
     """``eps``, ``eps_root``, ``weight_decay``: a finite number >= 0 (or a schedule where allowed)."""
-    number = _concrete(value)
+    number = _concrete(value, name)
     if number is None:
         return
     if not math.isfinite(number) or number < 0:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 
 from ._base import EmptyState, GradientTransformation, ScalarOrSchedule, safe_increment, zero_count
-from ._dtypes import as_hyperparameter, compute_dtype
+from ._dtypes import Hyperparameters, cast, compute_dtype
 from ._scale import _evaluate
 from ._trees import map_like, resolve
 from ._validate import check_non_negative
@@ -55,9 +55,11 @@ def add_decayed_weights(
         decay = _evaluate(weight_decay, state.count, "weight-decay") if scheduled else weight_decay
         chosen = resolve(mask, params)
 
+        hp = Hyperparameters(decay)  # converted once per compute dtype, not once per leaf
+
         def one(u, p):
             cdt = compute_dtype(u.dtype, p.dtype)
-            return (u.astype(cdt) + as_hyperparameter(decay, cdt) * p.astype(cdt)).astype(u.dtype)
+            return cast(cast(u, cdt) + hp(cdt)[0] * cast(p, cdt), u.dtype)
 
         if chosen is None:
             updates = map_like(one, updates, params, "params")
@@ -67,3 +69,22 @@ def add_decayed_weights(
         return updates, new_state
 
     return GradientTransformation(init_fn, update_fn)
+
+
+def optional_decay(weight_decay: ScalarOrSchedule | None, mask: Any = None) -> tuple:
+    """``(add_decayed_weights(weight_decay, mask),)`` when ``weight_decay`` is given, else ``()``.
+
+    The one rule for optimizers whose decay block is optional (RAdam, AdaBelief, schedule-free
+    AdamW, Prodigy): the block is there when the argument is given, whatever its value, so the
+    state's tree structure is a function of the arguments given and never of their values (a Python
+    0 and an array 0 from ``inject_hyperparams`` give the same tree). Left out (``None``, the
+    default), ``update`` needs no params for it.
+    """
+    if weight_decay is None:
+        if mask is not None:
+            raise ValueError(
+                "`mask` chooses the leaves that weight decay acts on, but `weight_decay` is not "
+                "given; pass `weight_decay` (e.g. `weight_decay=1e-4`), or drop `mask`."
+            )
+        return ()
+    return (add_decayed_weights(weight_decay, mask),)

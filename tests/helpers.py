@@ -17,9 +17,37 @@ import numpy as np
 import adamx
 
 
+@dataclass(frozen=True, init=False)
+class Call:
+    """A call of a public optimizer factory: ``Call(adamx.adamw, lr, weight_decay=1e-4)``.
+
+    Kept as its parts so that wrappers that take a factory (``optax.inject_hyperparams``,
+    ``adamx.inject_hyperparams``) can be applied to the very same call. ``static`` names the
+    arguments a wrapper must leave as they are (a callable that is not a schedule, such as a mask).
+    """
+
+    factory: Callable[..., adamx.GradientTransformation]
+    args: tuple
+    kwargs: dict
+    static: tuple[str, ...]
+
+    def __init__(self, factory, *args, static: tuple[str, ...] = (), **kwargs):
+        object.__setattr__(self, "factory", factory)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "kwargs", kwargs)
+        object.__setattr__(self, "static", tuple(static))
+
+    def __call__(self) -> adamx.GradientTransformation:
+        return self.factory(*self.args, **self.kwargs)
+
+    def wrapped(self, wrapper, **options) -> adamx.GradientTransformation:
+        """``wrapper(factory, static_args=static, **options)(*args, **kwargs)``."""
+        return wrapper(self.factory, static_args=self.static, **options)(*self.args, **self.kwargs)
+
+
 @dataclass(frozen=True)
 class Case:
-    """An optimizer of the registry: ``make(learning_rate)`` builds it.
+    """An optimizer of the registry: ``make(learning_rate)`` builds it from ``call(learning_rate)``.
 
     ``learning_rate`` converges on the parabolas in the matrix's step budget; ``rosenbrock`` is the
     ``(learning_rate, steps)`` that reaches the Rosenbrock minimum, or ``None`` with a reason in
@@ -29,11 +57,14 @@ class Case:
     """
 
     name: str
-    make: Callable[[float], adamx.GradientTransformation]
+    call: Callable[[float], Call]
     learning_rate: float = 1e-1
     rosenbrock: tuple[float, int] | None = (2e-2, 3000)
     rosenbrock_excluded: str = ""
     complex_excluded: str = ""  # why complex parameters are refused (with a clear error), if so
+
+    def make(self, learning_rate) -> adamx.GradientTransformation:
+        return self.call(learning_rate)()
 
 
 def _warmup(lr: float, steps: int = 10):
@@ -46,37 +77,39 @@ def _halving(lr: float):
     return lambda count: lr * 0.5 ** (count.astype(jnp.result_type(lr)) / 100)
 
 
-def _chained_adam(lr: float) -> adamx.GradientTransformation:
+def chained_adam(
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> adamx.GradientTransformation:
     """Adam assembled by hand from the blocks, as a user would (must equal `adamx.adam`)."""
     return adamx.chain(
-        adamx.ema(0.9),
-        adamx.bias_correction(0.9),
-        adamx.scale_by_second_moment(0.999, eps=1e-8),
-        adamx.scale_by_learning_rate(lr),
+        adamx.ema(b1),
+        adamx.bias_correction(b1),
+        adamx.scale_by_second_moment(b2, eps=eps),
+        adamx.scale_by_learning_rate(learning_rate),
     )
 
 
 _REAL_STORAGE = "low-bit storages code real moments; a complex first moment stays `mu_dtype=None`"
 
 OPTIMIZERS: tuple[Case, ...] = (
-    Case("adam", lambda lr: adamx.adam(lr)),
-    Case("adam_nesterov", lambda lr: adamx.adam(lr, nesterov=True)),
-    Case("adamw", lambda lr: adamx.adamw(lr, weight_decay=1e-4)),
-    Case("adamw_warmup", lambda lr: adamx.adamw(_warmup(lr), weight_decay=1e-4)),
-    Case("adam_blocks", _chained_adam),
-    Case("sgd", lambda lr: adamx.sgd(lr), rosenbrock=(1e-3, 10000)),
-    Case("sgd_nesterov", lambda lr: adamx.sgd(lr, 0.9, nesterov=True), 1e-2, (1e-3, 3000)),
-    Case("rmsprop", lambda lr: adamx.rmsprop(lr), 3e-2, (2e-3, 10000)),
+    Case("adam", lambda lr: Call(adamx.adam, lr)),
+    Case("adam_nesterov", lambda lr: Call(adamx.adam, lr, nesterov=True)),
+    Case("adamw", lambda lr: Call(adamx.adamw, lr, weight_decay=1e-4)),
+    Case("adamw_warmup", lambda lr: Call(adamx.adamw, _warmup(lr), weight_decay=1e-4)),
+    Case("adam_blocks", lambda lr: Call(chained_adam, lr)),
+    Case("sgd", lambda lr: Call(adamx.sgd, lr), rosenbrock=(1e-3, 10000)),
+    Case("sgd_nesterov", lambda lr: Call(adamx.sgd, lr, 0.9, nesterov=True), 1e-2, (1e-3, 3000)),
+    Case("rmsprop", lambda lr: Call(adamx.rmsprop, lr), 3e-2, (2e-3, 10000)),
     Case(
         "rmsprop_centered_momentum",
-        lambda lr: adamx.rmsprop(lr, centered=True, momentum=0.9),
+        lambda lr: Call(adamx.rmsprop, lr, centered=True, momentum=0.9),
         1e-2,
         (5e-3, 3000),
     ),
-    Case("adagrad", lambda lr: adamx.adagrad(lr), 3e-1, (1.0, 10000)),
+    Case("adagrad", lambda lr: Call(adamx.adagrad, lr), 3e-1, (1.0, 10000)),
     Case(
         "adadelta",
-        lambda lr: adamx.adadelta(lr),
+        lambda lr: Call(adamx.adadelta, lr),
         5.0,
         None,
         "from (-1.2, 1) it stalls or diverges for lr in {1, 3, 10, 30, 100}, eps in "
@@ -85,54 +118,78 @@ OPTIMIZERS: tuple[Case, ...] = (
     ),
     # AMSGrad's running max keeps the scale of the first Rosenbrock gradient (~215), so it needs
     # a large learning rate there; torch's form (max of the raw v) less so.
-    Case("amsgrad", lambda lr: adamx.amsgrad(lr), rosenbrock=(1.0, 3000)),
-    Case("amsgrad_torch", lambda lr: adamx.amsgrad(lr, max_of="raw"), rosenbrock=(0.1, 3000)),
-    Case("adamax", lambda lr: adamx.adamax(lr, b2=0.99)),
-    Case("adamaxw", lambda lr: adamx.adamaxw(lr, b2=0.99, weight_decay=1e-4)),
-    Case("nadam", lambda lr: adamx.nadam(lr)),
-    Case("nadam_torch", lambda lr: adamx.nadam(lr, momentum_decay=4e-3)),
-    Case("nadamw", lambda lr: adamx.nadamw(lr, weight_decay=1e-4)),
-    Case("nadamw_algoperf", lambda lr: adamx.nadamw(lr, weight_decay=1e-4, algoperf=True)),
+    Case("amsgrad", lambda lr: Call(adamx.amsgrad, lr), rosenbrock=(1.0, 3000)),
+    Case("amsgrad_torch", lambda lr: Call(adamx.amsgrad, lr, max_of="raw"), rosenbrock=(0.1, 3000)),
+    Case("adamax", lambda lr: Call(adamx.adamax, lr, b2=0.99)),
+    Case("adamaxw", lambda lr: Call(adamx.adamaxw, lr, b2=0.99, weight_decay=1e-4)),
+    Case("nadam", lambda lr: Call(adamx.nadam, lr)),
+    Case("nadam_torch", lambda lr: Call(adamx.nadam, lr, momentum_decay=4e-3)),
+    Case("nadamw", lambda lr: Call(adamx.nadamw, lr, weight_decay=1e-4)),
+    Case("nadamw_algoperf", lambda lr: Call(adamx.nadamw, lr, weight_decay=1e-4, algoperf=True)),
     # Rectified methods take plain SGD steps while rho_t <= 5: the first Rosenbrock gradient (~215)
     # needs a small rate; at 1e-1 RAdam's rectifier is still ~0.15 after 50 steps (interop test).
-    Case("radam", lambda lr: adamx.radam(lr), 3e-1, (5e-3, 10000)),
+    Case("radam", lambda lr: Call(adamx.radam, lr), 3e-1, (5e-3, 10000)),
     Case(
         "radam_optax",
-        lambda lr: adamx.radam(lr, inclusive=True, eps_before_correction=False),
+        lambda lr: Call(adamx.radam, lr, inclusive=True, eps_before_correction=False),
         3e-1,
         (5e-3, 10000),
     ),
-    Case("adabelief", lambda lr: adamx.adabelief(lr), 1e-1, (5e-3, 10000)),
-    Case("adabelief_optax", lambda lr: adamx.adabelief(lr, rectify=False), 1e-1, (2e-2, 3000)),
-    Case("yogi", lambda lr: adamx.yogi(lr), 1e-1, (5e-2, 3000)),
-    Case("adan", lambda lr: adamx.adan(lr, weight_decay=1e-4), 1e-1, (2e-2, 3000)),
-    Case("adopt", lambda lr: adamx.adopt(lr), 1e-1, (1.0, 3000)),
+    Case("adabelief", lambda lr: Call(adamx.adabelief, lr), 1e-1, (5e-3, 10000)),
+    Case(
+        "adabelief_optax", lambda lr: Call(adamx.adabelief, lr, rectify=False), 1e-1, (2e-2, 3000)
+    ),
+    Case("yogi", lambda lr: Call(adamx.yogi, lr), 1e-1, (5e-2, 3000)),
+    Case("adan", lambda lr: Call(adamx.adan, lr, weight_decay=1e-4), 1e-1, (2e-2, 3000)),
+    Case("adopt", lambda lr: Call(adamx.adopt, lr), 1e-1, (1.0, 3000)),
     # b3 = 0.9999 (the default) has a half-life of ~6930 steps: longer than the matrix's budgets.
     Case(
-        "ademamix", lambda lr: adamx.ademamix(lr, b3=0.999, weight_decay=1e-4), 1e-1, (5e-2, 3000)
+        "ademamix",
+        lambda lr: Call(adamx.ademamix, lr, b3=0.999, weight_decay=1e-4),
+        1e-1,
+        (5e-2, 3000),
     ),
-    Case("laprop", lambda lr: adamx.laprop(lr)),
-    Case("stable_adamw", lambda lr: adamx.stable_adamw(lr, weight_decay=1e-4), 1e-1, (1e-2, 3000)),
+    Case("laprop", lambda lr: Call(adamx.laprop, lr)),
+    Case(
+        "stable_adamw",
+        lambda lr: Call(adamx.stable_adamw, lr, weight_decay=1e-4),
+        1e-1,
+        (1e-2, 3000),
+    ),
     # A sign method moves by +-lr around the minimum: halve the rate every 100 steps to settle.
-    Case("lion", lambda lr: adamx.lion(_halving(lr)), 1e-1, (1e-1, 3000)),
-    Case("cautious_adamw", lambda lr: adamx.cautious_adamw(lr, weight_decay=1e-4)),
-    Case("cautious_lion", lambda lr: adamx.cautious_lion(_halving(lr)), 1e-1, (1e-1, 3000)),
-    Case("cautious_adam", lambda lr: adamx.cautious(adamx.adam(lr), descent=True)),
+    Case("lion", lambda lr: Call(adamx.lion, _halving(lr)), 1e-1, (1e-1, 3000)),
+    Case("cautious_adamw", lambda lr: Call(adamx.cautious_adamw, lr, weight_decay=1e-4)),
+    Case("cautious_lion", lambda lr: Call(adamx.cautious_lion, _halving(lr)), 1e-1, (1e-1, 3000)),
+    Case("cautious_adam", lambda lr: Call(adamx.cautious, adamx.adam(lr), descent=True)),
     # Erratic on Rosenbrock before ~6000 steps; (2e-2, 8000) and (1e-2, 8000) do not get there.
-    Case("schedule_free_adamw", lambda lr: adamx.schedule_free_adamw(lr), 1e-1, (3e-2, 10000)),
+    Case(
+        "schedule_free_adamw", lambda lr: Call(adamx.schedule_free_adamw, lr), 1e-1, (3e-2, 10000)
+    ),
     # d0 = 1e-5: from the default 1e-6 the first steps barely move (interop's clipping check
     # would compare two runs that did nothing).
-    Case("prodigy", lambda lr: adamx.prodigy(lr, d0=1e-5), 1.0, (1.0, 3000)),
+    Case("prodigy", lambda lr: Call(adamx.prodigy, lr, d0=1e-5), 1.0, (1.0, 3000)),
     Case(
         "adafactor",
-        lambda lr: adamx.adafactor(lr, min_dim_size_to_factor=1, momentum=0.9),
+        lambda lr: Call(
+            adamx.adafactor,
+            lr,
+            min_dim_size_to_factor=1,
+            momentum=0.9,
+            static=("min_dim_size_to_factor",),
+        ),
         1e-1,
         (1e-1, 3000),
     ),
     Case(
         "adafactor_torch",
-        lambda lr: adamx.adafactor(
-            lr, eps=None, eps_placement="clamp", factored_dims="last", min_dim_size_to_factor=1
+        lambda lr: Call(
+            adamx.adafactor,
+            lr,
+            eps=None,
+            eps_placement="clamp",
+            factored_dims="last",
+            min_dim_size_to_factor=1,
+            static=("min_dim_size_to_factor",),
         ),
         1e-1,
         None,
@@ -144,35 +201,41 @@ OPTIMIZERS: tuple[Case, ...] = (
     # so LAMB adapts only non-scalar leaves here (the usual choice: not biases and scales).
     Case(
         "lamb",
-        lambda lr: adamx.lamb(
-            _halving(lr), trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p)
+        lambda lr: Call(
+            adamx.lamb,
+            _halving(lr),
+            trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p),
+            static=("trust_ratio_mask",),
         ),
         2e-1,
         (3e-1, 3000),
     ),
     Case(
         "lars",
-        lambda lr: adamx.lars(_halving(lr), weight_decay=1e-3, trust_coefficient=1.0),
+        lambda lr: Call(adamx.lars, _halving(lr), weight_decay=1e-3, trust_coefficient=1.0),
         1e-1,
         (2e-2, 3000),
     ),
     # No Hessian estimate reaches it here (the registry passes none): sign-momentum, so it needs
     # the halving schedule as lion does, and no decay (the default 0.1 pulls away from 1).
-    Case("sophia", lambda lr: adamx.sophia(_halving(lr), weight_decay=0.0), 1e-1, (1e-1, 3000)),
-    Case("adam_mini", lambda lr: adamx.adam_mini(lr), 1e-1, (5e-2, 3000)),
-    Case("mars", lambda lr: adamx.mars(lr, optimize_1d=True), 1e-1, (2e-2, 3000)),
-    Case("mars_adamw_1d", lambda lr: adamx.mars(lr, weight_decay_1d=0.0), 1e-1, (2e-2, 3000)),
-    Case("muon", lambda lr: adamx.muon(lr), 1e-1, (2e-2, 3000)),
-    Case("soap", lambda lr: adamx.soap(lr), 1e-1, (2e-2, 3000)),
+    Case(
+        "sophia", lambda lr: Call(adamx.sophia, _halving(lr), weight_decay=0.0), 1e-1, (1e-1, 3000)
+    ),
+    Case("adam_mini", lambda lr: Call(adamx.adam_mini, lr), 1e-1, (5e-2, 3000)),
+    Case("mars", lambda lr: Call(adamx.mars, lr, optimize_1d=True), 1e-1, (2e-2, 3000)),
+    Case("mars_adamw_1d", lambda lr: Call(adamx.mars, lr, weight_decay_1d=0.0), 1e-1, (2e-2, 3000)),
+    Case("muon", lambda lr: Call(adamx.muon, lr), 1e-1, (2e-2, 3000)),
+    Case("soap", lambda lr: Call(adamx.soap, lr), 1e-1, (2e-2, 3000)),
     # Low-bit moments (adamx/_quantize.py), with `min_size=0` so the zoo's small leaves are quantised.
     Case(
         "adamw_bf16_sr",
-        lambda lr: adamx.adamw(lr, weight_decay=1e-4, **adamx.low_bit_moments(16)),
+        lambda lr: Call(adamx.adamw, lr, weight_decay=1e-4, **adamx.low_bit_moments(16)),
         complex_excluded=_REAL_STORAGE,
     ),
     Case(
         "adamw_8bit",
-        lambda lr: adamx.adamw(
+        lambda lr: Call(
+            adamx.adamw,
             lr,
             weight_decay=1e-4,
             mu_dtype=adamx.blockwise_8bit(True, min_size=0),
@@ -182,7 +245,8 @@ OPTIMIZERS: tuple[Case, ...] = (
     ),
     Case(
         "adamw_4bit",
-        lambda lr: adamx.adamw(
+        lambda lr: Call(
+            adamx.adamw,
             lr,
             weight_decay=1e-4,
             mu_dtype=adamx.blockwise_4bit(True, min_size=0),

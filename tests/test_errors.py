@@ -128,10 +128,15 @@ def test_a_schedule_returning_the_wrong_shape_is_refused_at_trace_time(build):
 
 
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
-def test_gradients_of_another_structure_name_the_first_differing_key_for_every_optimizer(case):
+def test_gradients_of_another_structure_name_the_missing_and_extra_keys_for_every_optimizer(case):
     tx = case.make(1e-3)
     grads = {"w": jnp.ones((2, 3)), "b": {"beta": jnp.zeros(3)}}
-    with pytest.raises(ValueError, match=r"`\['b'\]\['beta'\]` where .* has `\['b'\]\['bias'\]`"):
+    message = (
+        r"`\['b'\]\['beta'\]` where the params has `\['b'\]\['bias'\]`; "
+        r"missing: the gradients lack `\['b'\]\['bias'\]`; "
+        r"extra: the gradients have `\['b'\]\['beta'\]`, not in the params\."
+    )
+    with pytest.raises(ValueError, match=message):
         adamx.step(tx, grads, tx.init(PARAMS), PARAMS)
 
 
@@ -188,5 +193,79 @@ def test_a_state_from_a_different_optimizer_says_what_was_expected(saved, used, 
 
 
 def test_apply_updates_names_the_first_differing_key():
-    with pytest.raises(ValueError, match=r"`\['b'\]\['beta'\]` where the params has"):
+    with pytest.raises(
+        ValueError,
+        match=r"`\['b'\]\['beta'\]` where the params has `\['b'\]\['bias'\]`; missing: the "
+        r"updates lack `\['b'\]\['bias'\]`; extra: the updates have `\['b'\]\['beta'\]`",
+    ):
         adamx.apply_updates(PARAMS, {"w": jnp.ones((2, 3)), "b": {"beta": jnp.zeros(3)}})
+
+
+# Mistakes a new user makes (a transposed leaf, integer gradients, a missing key, a string learning
+# rate): each is refused at trace time with the leaf's key path or the argument's name, for every
+# optimizer, on both paths: `adamx.step`, and `update` + `apply_updates` (what `nnx.Optimizer` and
+# linen's `TrainState` run).
+WIDE = {"w": jnp.ones((2, 3)), "b": {"bias": jnp.zeros(3)}}
+
+
+def _both_paths(tx, grads):
+    """The two ways a step is taken, each a thunk."""
+
+    def through_update():
+        updates, _ = tx.update(grads, tx.init(WIDE), WIDE)
+        return adamx.apply_updates(WIDE, updates)
+
+    return (lambda: adamx.step(tx, grads, tx.init(WIDE), WIDE), through_update)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_a_transposed_gradient_names_its_key_path_and_both_shapes(case):
+    grads = {"w": jnp.ones((3, 2)), "b": {"bias": jnp.zeros(3)}}
+    for run in _both_paths(case.make(1e-3), grads):
+        with pytest.raises(ValueError, match=r"`\['w'\]`.*shape \(2, 3\).*shape \(3, 2\).*\.T"):
+            run()
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_integer_gradients_for_float_params_name_the_leaf_and_both_dtypes(case):
+    grads = {"w": jnp.ones((2, 3), jnp.int32), "b": {"bias": jnp.zeros(3)}}
+    for run in _both_paths(case.make(1e-3), grads):
+        with pytest.raises(TypeError, match=r"`\['w'\]`.*float32.*int32.*astype"):
+            run()
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_a_missing_gradient_key_is_named(case):
+    grads = {"w": jnp.ones((2, 3))}
+    for run in _both_paths(case.make(1e-3), grads):
+        with pytest.raises(ValueError, match=r"missing: the gradients lack `\['b'\]\['bias'\]`\."):
+            run()
+
+
+@pytest.mark.parametrize("factory", list(FACTORIES.values()), ids=list(FACTORIES))
+def test_a_learning_rate_of_the_wrong_type_names_the_argument(factory):
+    message = r"`learning_rate` to be a real number, got '1e-3' of type str; pass a Python float"
+    with pytest.raises(TypeError, match=message):
+        factory("1e-3")
+    with pytest.raises(ValueError, match=r"`learning_rate` to be a scalar, got an array of shape"):
+        factory(np.array([1e-3, 2e-3]))
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_every_registry_optimizer_names_a_string_learning_rate(case):
+    try:
+        tx = case.make("1e-3")
+    except TypeError as error:
+        assert "`learning_rate`" in str(error) and "'1e-3'" in str(error)
+    else:  # the registry wraps this one's rate in a schedule: the schedule's arithmetic fails
+        assert callable(tx.update)
+
+
+def test_the_checks_cost_nothing_in_the_jaxpr():
+    """Shape, dtype and structure checks are trace-time Python: Adam's jaxpr is the same whether
+    ``update`` gets the params (and checks the gradients against them) or not."""
+    tx = adamx.adam(1e-3)
+    state = tx.init(WIDE)
+    unchecked = jax.make_jaxpr(lambda p, s, g: tx.update(g, s))(WIDE, state, GRADS)
+    checked = jax.make_jaxpr(lambda p, s, g: tx.update(g, s, p))(WIDE, state, GRADS)
+    assert str(checked) == str(unchecked)

@@ -35,7 +35,7 @@ def restore(like, entry: dict, saved, prefix: str):
         f"the state's key paths changed: {sorted(set(here) ^ set(stored))}"
     )
     leaves = []
-    for (path, leaf), key in zip(flat, here, strict=True):
+    for (_, leaf), key in zip(flat, here, strict=True):
         i = stored[key]
         meta = entry["leaves"][i]
         assert (meta["dtype"], tuple(meta["shape"])) == (str(leaf.dtype), tuple(leaf.shape)), key
@@ -67,6 +67,7 @@ def test_golden_checkpoint_restores_and_continues_bit_identically(case):
         x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
         np.testing.assert_array_equal(
-            x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8),
+            x.reshape(-1).view(np.uint8),
+            y.reshape(-1).view(np.uint8),
             err_msg=f"{case.name}: {jax.tree_util.keystr(path)} differs from the golden checkpoint",
         )

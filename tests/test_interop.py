@@ -554,7 +554,8 @@ def test_inside_optax_inject_hyperparams(case):
             return tx.update(grads, state, params)
 
         injected, state = update(grads[0], state)
-        state.hyperparams["lr"] = 2 * state.hyperparams["lr"]  # registry factories take `lr`
+        # `Case.make` takes `learning_rate`
+        state.hyperparams["learning_rate"] = 2 * state.hyperparams["learning_rate"]
         doubled, state = update(grads[1], state)
     plain = case.make(case.learning_rate)
     expected, plain_state = plain.update(grads[0], plain.init(params), params)

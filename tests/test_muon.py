@@ -123,7 +123,8 @@ def keller_muon(params, grads, *, nesterov=True, eps=1e-7, b1=0.9, b2=0.95, adam
 
 def ours(**kwargs):
     return muon(
-        jax_cosine(LR), BETA, WD, batch_dims=BATCH_DIMS, adam_learning_rate=jax_cosine(ADAM_LR),
+        jax_cosine(LR), beta=BETA, weight_decay=WD, batch_dims=BATCH_DIMS,
+        adam_learning_rate=jax_cosine(ADAM_LR),
         adam_weight_decay=ADAM_WD, **kwargs,
     )  # fmt: skip
 

@@ -294,9 +294,9 @@ def test_schedule_free_x_is_the_running_mean_of_z():
 
 
 def test_schedule_free_sgd_is_the_wrapper_around_identity():
-    """``schedule_free(identity(), lr)``: z takes plain gradient steps, x averages them."""
+    """``schedule_free(direction=identity(), learning_rate=lr)``: z takes plain gradient steps, x averages them."""
     with x64():
-        opt = schedule_free(identity(), 0.1, b1=0.5)
+        opt = schedule_free(direction=identity(), learning_rate=0.1, b1=0.5)
         p = jnp.array([1.0, -2.0])
         state = opt.init(p)
         for _ in range(3):
@@ -484,7 +484,7 @@ def test_prodigy_state_names_its_pieces():
         lambda: schedule_free_adamw(1e-2, warmup_steps=2.5),
         lambda: schedule_free_adamw(1e-2, bias_correction="paper"),
         lambda: schedule_free_adamw(-1.0),
-        lambda: schedule_free(identity(), 1e-2, weight_lr_power=-1.0),
+        lambda: schedule_free(direction=identity(), learning_rate=1e-2, weight_lr_power=-1.0),
         lambda: prodigy(d0=0.0),
         lambda: prodigy(b3=1.0),
         lambda: prodigy(eps=-1.0),
