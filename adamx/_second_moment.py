@@ -66,7 +66,8 @@ def divide_by_root(u: jax.Array, v: jax.Array, eps: Any, eps_root: Any, guard_ze
     """``u / (sqrt(v + eps_root) + eps)`` in the compute dtype, returned in ``u``'s dtype; with
     ``guard_zero``, a zero denominator gives 0 instead of NaN (a NaN denominator propagates)."""
     cdt = compute_dtype(u.dtype, v.dtype)
-    return _divide(u, _sqrt(_radicand(v, cdt, eps_root)), cdt, eps, guard_zero)
+    root = _sqrt(_radicand(v, cdt, eps_root))
+    return _divide(u, root, as_hyperparameter(eps, cdt), guard_zero)
 
 
 def _adds(value: Any) -> bool:
@@ -81,10 +82,11 @@ def _radicand(v: jax.Array, cdt: Any, eps_root: Any) -> jax.Array:
     return v + as_hyperparameter(eps_root, cdt) if _adds(eps_root) else v
 
 
-def _divide(u: jax.Array, root: jax.Array, cdt: Any, eps: Any, guard_zero: bool) -> jax.Array:
-    """``u / (root + eps)`` in ``cdt``, returned in ``u``'s dtype (see `divide_by_root`)."""
-    denominator = root + as_hyperparameter(eps, cdt)
-    x = cast(u, cdt)
+def _divide(u: jax.Array, root: jax.Array, eps: jax.Array, guard_zero: bool) -> jax.Array:
+    """``u / (root + eps)`` in ``root``'s dtype, returned in ``u``'s (see `divide_by_root`);
+    ``eps`` already an array of that dtype."""
+    denominator = root + eps
+    x = cast(u, root.dtype)
     if guard_zero:
         positive = denominator != 0
         x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
@@ -162,15 +164,7 @@ def scale_by_second_moment(
             return v + root_hp(cdt)[0] if add_root else v
 
         def divide(u, root):
-            cdt = root.dtype
-            denominator = root + eps_hp(cdt)[0]
-            x = cast(u, cdt)
-            if guard_zero:
-                positive = denominator != 0
-                x = jnp.where(positive, x / jnp.where(positive, denominator, 1), 0)
-            else:
-                x = x / denominator
-            return cast(x, u.dtype)
+            return _divide(u, root, eps_hp(root.dtype)[0], guard_zero)
 
         roots = _sqrt(jax.tree.map(radicand, updates, v_hat))
         scaled = jax.tree.map(divide, updates, roots)
