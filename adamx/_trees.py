@@ -71,6 +71,18 @@ def structure_mismatch(
     )
 
 
+def _rounds_to_integers(dtype: Any, expected: Any) -> bool:
+    """Whether a leaf of ``dtype`` meant for a floating-point ``expected`` leaf is integer or bool
+    (its update would be rounded to integers: zero, silently)."""
+    return (
+        dtype is not None
+        and expected is not None
+        and dtype != expected
+        and is_inexact(expected)
+        and not is_inexact(dtype)
+    )
+
+
 def _is_structure_error(error: Exception) -> bool:
     """A tree-structure error from `jax.tree.map` (jax 0.10's "structure", older jax's "Dict key
     mismatch" and "Custom node type mismatch")."""
@@ -117,13 +129,7 @@ def check_like(tree: Any, params: Any, name: str = "gradient") -> None:
         if shape is not None and expected is not None and tuple(shape) != tuple(expected):
             raise wrong_shape(path, shape, expected, name)
         dtype, expected_dtype = getattr(x, "dtype", None), getattr(r, "dtype", None)
-        if (
-            dtype is not None
-            and expected_dtype is not None
-            and dtype != expected_dtype
-            and is_inexact(expected_dtype)
-            and not is_inexact(dtype)
-        ):
+        if _rounds_to_integers(dtype, expected_dtype):
             raise non_float_gradient(path, dtype, expected_dtype, name)
         return None
 
@@ -157,13 +163,7 @@ def map_like(fn: Callable[..., Any], updates: Any, reference: Any, name: str, *r
 
     def one(path, u, r, *more):
         dtype, expected = getattr(u, "dtype", None), getattr(r, "dtype", None)
-        if (
-            dtype is not None
-            and expected is not None
-            and dtype != expected
-            and is_inexact(expected)
-            and not is_inexact(dtype)
-        ):
+        if _rounds_to_integers(dtype, expected):
             raise non_float_gradient(path, dtype, expected, "gradient", f"{name} leaf")
         try:
             return fn(u, r, *more)

@@ -15,6 +15,7 @@ from ._fused_quantized import rule_of as quantized_rule
 from ._fused_quantized import why_not as quantized_why_not
 from ._trees import (
     _is_structure_error,
+    _rounds_to_integers,
     check_like,
     non_float_gradient,
     non_float_parameter,
@@ -42,7 +43,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
             return p + u
         if not is_inexact(p.dtype) and is_inexact(u.dtype):
             raise non_float_parameter(path, p.dtype)  # the update would be truncated silently
-        if is_inexact(p.dtype) and not is_inexact(u.dtype):
+        if _rounds_to_integers(u.dtype, p.dtype):
             raise non_float_gradient(path, u.dtype, p.dtype, "update")
         wide = wider(p.dtype, u.dtype)
         return cast(cast(p, wide) + cast(u, wide), p.dtype)
