@@ -52,7 +52,7 @@ autodoc_type_aliases = {"ScalarOrSchedule": "ScalarOrSchedule"}
 
 # Fail on every cross-reference that does not resolve, so a misspelled `name` in a docstring breaks
 # the build. Without intersphinx, annotations naming jax/numpy types and adamx's private aliases and
-# protocols (adamx._base) cannot resolve; those alone are exempt.
+# protocols (adamx.core._base) cannot resolve; those alone are exempt.
 nitpicky = True
 nitpick_ignore_regex = [
     ("py:class", r"(jax|jaxlib|numpy|np)\..*"),

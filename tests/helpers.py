@@ -114,7 +114,7 @@ OPTIMIZERS: tuple[Case, ...] = (
         None,
         "from (-1.2, 1) it stalls or diverges for lr in {1, 3, 10, 30, 100}, eps in "
         "{1e-6, ..., 1e-2}, rho in {0.9, 0.95} within 10000 steps (float64 parity with torch "
-        "and optax holds, tests/test_classic_a.py)",
+        "and optax holds, tests/test_adadelta.py)",
     ),
     # AMSGrad's running max keeps the scale of the first Rosenbrock gradient (~215), so it needs
     # a large learning rate there; torch's form (max of the raw v) less so.
@@ -226,7 +226,7 @@ OPTIMIZERS: tuple[Case, ...] = (
     Case("mars_adamw_1d", lambda lr: Call(adamx.mars, lr, weight_decay_1d=0.0), 1e-1, (2e-2, 3000)),
     Case("muon", lambda lr: Call(adamx.muon, lr), 1e-1, (2e-2, 3000)),
     Case("soap", lambda lr: Call(adamx.soap, lr), 1e-1, (2e-2, 3000)),
-    # Low-bit moments (adamx/_quantize.py), with `min_size=0` so the zoo's small leaves are quantised.
+    # Low-bit moments (adamx/storage/_quantize.py), with `min_size=0` so the zoo's small leaves are quantised.
     Case(
         "adamw_bf16_sr",
         lambda lr: Call(adamx.adamw, lr, weight_decay=1e-4, **adamx.low_bit_moments(16)),
@@ -257,6 +257,15 @@ OPTIMIZERS: tuple[Case, ...] = (
 )
 
 OPTIMIZER_IDS = [case.name for case in OPTIMIZERS]
+
+
+def cases_of(cases, *families: str) -> list:
+    """The entries of a parametrize list (tuples named by their first item) that belong to one of
+    ``families``: named ``family`` or ``family_<variant>``. A family's test file takes its share of
+    a list shared by several families (tests/parity/)."""
+    chosen = [c for c in cases if any(c[0] == f or c[0].startswith(f + "_") for f in families)]
+    assert chosen, f"no case of {families} in {[c[0] for c in cases]}"
+    return chosen
 
 
 def relaxed():
@@ -294,15 +303,18 @@ def random_tree(seed: int = 0, dtype=np.float32) -> dict:
     }
 
 
-def minimise(tx, loss, params, steps: int, *, jit: bool = True):
-    """Run ``steps`` of ``tx`` on ``loss`` from ``params``; returns ``(params, state)``."""
+def minimise(tx, loss, params, steps: int, *, jit: bool = True, fused: bool | None = None):
+    """Run ``steps`` of ``tx`` on ``loss`` from ``params``; returns ``(params, state)``.
+
+    ``fused`` goes to `adamx.step`: ``None`` takes the fused kernel where it applies, ``False``
+    the jnp path always, ``True`` the kernel or an error saying why it cannot."""
     state = tx.init(params)
 
     def one(params, state):
         grads = jax.grad(loss)(params)
         # jax.grad returns conj(df/dz) for complex inputs: the descent direction optax tests use.
         grads = jax.tree.map(jnp.conj, grads)
-        return adamx.step(tx, grads, state, params)
+        return adamx.step(tx, grads, state, params, fused=fused)
 
     if jit:
         one = jax.jit(one)
@@ -419,3 +431,62 @@ def run_torch(make, dtype, params, grads, multiplier=cosine):
         return jax.tree.unflatten(treedef, [t.detach().double().numpy() for t in tensors])
     finally:
         torch.set_default_dtype(default)
+
+
+# ---- what a transformation holds ------------------------------------------------------------------
+
+
+def reachable_arrays(tx) -> list:
+    """Every `jax.Array` reachable from ``tx``'s functions, each once.
+
+    ``jax.tree.leaves(tx)`` sees only ``init`` and ``update`` (functions are leaves), never what they
+    close over. This walks from ``tx`` (and its ``init`` and ``update``) through closure cells,
+    default arguments, ``functools.partial`` (func, args, keywords), ``__wrapped__``, bound
+    methods (``__self__``, ``__func__``), tuples, lists, sets, dicts (keys and values; NamedTuples
+    are tuples), dataclass fields and the attributes of adamx's own objects (a `FusedRule`), so
+    nested functions are followed too. Modules and classes are not entered. A seen-set of ids keeps
+    it finite on cycles.
+    """
+    import dataclasses
+    import functools
+    import types
+
+    found, seen, stack = [], set(), [tx, getattr(tx, "init", None), getattr(tx, "update", None)]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, jax.Array):
+            found.append(obj)
+            continue
+        if isinstance(obj, (str, bytes, int, float, complex, bool, types.ModuleType, type)):
+            continue
+        if isinstance(obj, (types.FunctionType, types.LambdaType)):
+            stack.extend(c.cell_contents for c in obj.__closure__ or () if _filled(c))
+            stack.extend(obj.__defaults__ or ())
+            stack.extend((obj.__kwdefaults__ or {}).values())
+        elif isinstance(obj, functools.partial):
+            stack.extend([obj.func, *obj.args, *obj.keywords.values()])
+        elif isinstance(obj, types.MethodType):
+            stack.extend([obj.__self__, obj.__func__])
+        elif isinstance(obj, dict):
+            stack.extend([*obj.keys(), *obj.values()])
+        elif isinstance(obj, (tuple, list, set, frozenset)):
+            stack.extend(obj)
+        elif dataclasses.is_dataclass(obj):
+            stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+        if type(obj).__module__.startswith("adamx") and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())  # also a NamedTuple's extra attributes (fused_rule)
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is not None:
+            stack.append(wrapped)
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises ValueError
+    except ValueError:
+        return False
+    return True

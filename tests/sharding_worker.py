@@ -37,7 +37,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import adamx  # noqa: E402
-from adamx import _fused  # noqa: E402
+from adamx.kernels import _fused  # noqa: E402
 from tests.helpers import OPTIMIZERS, max_relative_difference  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -209,7 +209,7 @@ def fused(host, grads_host) -> dict:
     per shard inside ``shard_map``: jitted steps and one eager step against the jitted jnp path.
     On an ``Auto`` mesh (adamw) ``why_not`` refuses traced leaves and the jnp path takes the step.
     """
-    from adamx import _native
+    from adamx.kernels import _native
 
     out: dict = {"native": list(_native.status())}
     for kind, types in (("explicit", (AxisType.Explicit,) * 2), ("auto", (AxisType.Auto,) * 2)):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import adamx
-from adamx._accumulation import (
+from adamx import (
     ApplyIfFiniteState,
     EmaParamsState,
     LookaheadParams,

@@ -165,7 +165,7 @@ def test_state_moves_from_optax():
             assert max_relative_difference(u_ours, u_optax) <= 1e-10
 
 
-# ---- the paper's facts (Kingma & Ba 2014; algorithms.md section 32) --------------------------------
+# ---- the paper's facts (Kingma & Ba 2014; docs/optimizers/adam.md, section Step sizes) ----------
 
 
 def test_first_step_is_minus_lr_times_sign_with_eps_zero():
@@ -226,7 +226,8 @@ def test_updates_are_invariant_to_a_diagonal_rescaling_of_the_gradient(make):
 
 def rigorous_bound(t, b1, b2):
     """|step| / lr <= (1-b1)/(1-b1^t) sqrt((1-b2^t)/(1-b2)) sqrt((1-g^t)/(1-g)), g = b1^2/b2: the
-    Cauchy-Schwarz bound that holds for every gradient sequence (algorithms.md section 32)."""
+    Cauchy-Schwarz bound that holds for every gradient sequence (docs/optimizers/adam.md, section
+    Step sizes)."""
     g = b1**2 / b2
     return (1 - b1) / (1 - b1**t) * np.sqrt((1 - b2**t) / (1 - b2)) * np.sqrt((1 - g**t) / (1 - g))
 

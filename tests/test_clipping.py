@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import adamx
-from adamx._clipping import (
+from adamx import (
     AddNoiseState,
     adaptive_grad_clip,
     add_noise,

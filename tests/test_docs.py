@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import adamx
+from tests import generate
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 API_PAGE = DOCS / "api.md"
@@ -51,6 +52,13 @@ def test_api_reference_documents_exactly_the_public_names():
     assert not private, (
         f"docs/api.md documents {private}, which are not in `adamx.__all__`; export them or "
         "remove them from the page."
+    )
+
+
+def test_the_api_reference_is_generated_from_the_modules_all():
+    assert API_PAGE.read_text(encoding="utf-8") == generate.api_page(), (
+        "docs/api.md is not what the modules' `__all__` give; regenerate it with "
+        "`python -m tests.generate`."
     )
 
 

@@ -1,4 +1,4 @@
-"""`adamx.flatten`: a tree's leaves in a few 1-D buffers (adamx/_flat.py, docs/design.md 9).
+"""`adamx.flatten`: a tree's leaves in a few 1-D buffers (adamx/distributed/_flat.py, docs/design.md 9).
 
 The reference for every trajectory here is the same optimizer on the original tree. An elementwise
 optimizer computes the same operations on each element whether it sits in its own leaf or in a
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx import _flat, _native
+from adamx.distributed import _flat
+from adamx.kernels import _native
 
 NATIVE = _native.status()[0]
 
@@ -289,7 +290,7 @@ def _moments(state):
 def test_the_fused_kernel_takes_the_flat_step():
     tx = adamx.adamw(1e-2, mask=_is_matrix)
     flat = adamx.flatten(_tree(), group=_is_matrix)
-    assert adamx._fused.why_not(tx, flat, tx.init(flat), flat) is None
+    assert adamx.kernels._fused.why_not(tx, flat, tx.init(flat), flat) is None
     text = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p, fused=True)).lower(
         flat, tx.init(flat), flat
     )

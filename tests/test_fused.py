@@ -1,4 +1,4 @@
-"""The fused step (adamx/_native/fused_step.cc through adamx/_fused.py) against the jnp path.
+"""The fused step (adamx/kernels/_native/fused_step.cc through adamx/kernels/_fused.py) against the jnp path.
 
 The reference is the jnp path, ``update`` then ``apply_updates``, evaluated operation by operation
 (eagerly): IEEE float32 arithmetic in the order the blocks write it. The kernel is compiled without
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx import _fused, _native
 from adamx.benchmarks import leaf_sizes
 from adamx.benchmarks import main as benchmark_main
+from adamx.kernels import _fused, _native
 from tests.helpers import relaxed
 
 pytestmark = pytest.mark.skipif(
@@ -275,7 +275,7 @@ def test_the_kernel_can_be_switched_off_and_training_goes_on():
     """ADAMX_NATIVE=0 (as on a machine without a compiler): status says why, step still works."""
     code = (
         "import jax.numpy as jnp, adamx\n"
-        "from adamx import _native\n"
+        "from adamx.kernels import _native\n"
         "ok, why = _native.status(); assert not ok and 'ADAMX_NATIVE=0' in why, why\n"
         "tx = adamx.adamw(0.1); p = jnp.ones(3)\n"
         "p, s = adamx.step(tx, jnp.ones(3), tx.init(p), p)\n"
@@ -367,3 +367,24 @@ def test_benchmark_compares_optimizers_against_adamw(tmp_path):
     assert record["tree"] == "matrix_tree(size=64)" and record["params"] == 5 * 64 * 64 + 2 * 64
     with pytest.raises(SystemExit):
         benchmark_main(["--compare", "lion", "--size", "30", "--json", str(out)])
+
+
+def test_the_kernels_scalars_and_algorithms_are_named_in_the_headers_order():
+    """`_fused.HYPER` and `_fused.ALGORITHMS` against fused_common.h's enums, name by name."""
+    import re
+    from pathlib import Path
+
+    header = (Path(_fused.__file__).parent / "_native" / "fused_common.h").read_text()
+
+    def enum(name: str) -> list[str]:
+        body = re.search(r"enum " + name + r" : \w+ \{(.*?)\};", header, re.S).group(1)
+        words = re.findall(r"\bk([A-Z]\w*)", re.sub(r"//[^\n]*", "", body))
+        snake = [
+            re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", w).lower()
+            for w in words
+        ]
+        return [w for w in snake if w != "hyper_count"]
+
+    assert enum("Hyper") == list(_fused.HYPER)
+    assert enum("Algorithm") == list(_fused.ALGORITHMS)
+    assert list(_fused.ALGORITHMS.values()) == list(range(len(_fused.ALGORITHMS)))

@@ -4,7 +4,7 @@ Reference: the jnp path, ``update`` then ``apply_updates``, evaluated operation 
 (eagerly), as in tests/test_fused.py. Tolerance: 0, every bit of the params and of the state,
 including the stochastic-rounding write counters and the Kahan compensations. The kernel rounds a
 stochastic moment with the bits ``hash32(index * golden + hash32(counter))`` of
-`adamx/_quantize.py`'s ``stochastic_round_bfloat16`` (index: the element's in its leaf), and a
+`adamx/storage/_quantize.py`'s ``stochastic_round_bfloat16`` (index: the element's in its leaf), and a
 Kahan chain with `adamx.kahan_summation`'s own sequence of roundings.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx import _fused, _native
-from adamx._quantize import RoundedBuffer, StochasticBfloat16
+from adamx import RoundedBuffer, StochasticBfloat16
+from adamx.kernels import _fused, _native
 from tests.test_fused import _gradients  # the same zero step and spike, same shapes
 
 pytestmark = pytest.mark.skipif(
@@ -304,7 +304,7 @@ def test_on_a_mesh_kahan_is_fused_and_stochastic_rounding_is_not():
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import adamx
-from adamx import _fused
+from adamx.kernels import _fused
 mesh = jax.make_mesh((2,), ("d",))
 jax.set_mesh(mesh).__enter__()
 put = lambda t: jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("d"))), t)

@@ -17,8 +17,7 @@ import optax
 import pytest
 
 import adamx
-from adamx._clipping import clip
-from adamx._groups import MaskedNode, MaskedState, freeze, masked, partition, set_to_zero
+from adamx import MaskedNode, MaskedState, clip, freeze, masked, partition, set_to_zero
 from tests.helpers import random_tree, relaxed
 
 PARAMS = jax.tree.map(jnp.asarray, random_tree(0))

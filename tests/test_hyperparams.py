@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import adamx
-from adamx._hyperparams import (
+from adamx import (
     InjectHyperparamsState,
     get_hyperparam,
     get_state,

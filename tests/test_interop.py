@@ -174,7 +174,7 @@ def _regression_data(n_in=3, n_out=2, n=16, seed=0):
 
 # `nnx.Optimizer.update` keeps each pytree node of the state as an `nnx.State` of its children and
 # drops the node's static data: a `QuantizedBuffer`'s shape. `adamx.nnx_update` rebuilds the state
-# by key path (adamx/_train.py), so 8- and 4-bit moments train through it.
+# by key path (adamx/training/_train.py), so 8- and 4-bit moments train through it.
 NNX_STATIC_DATA = {"adamw_8bit", "adamw_4bit"}
 
 

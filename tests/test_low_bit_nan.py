@@ -1,6 +1,6 @@
 """One NaN rule for 8- and 4-bit moments, the same on the fused kernel and on the jnp path.
 
-The rule (``adamx/_quantize.py``, `adam`'s docstring, docs/low_bit.md): a NaN anywhere in a block
+The rule (``adamx/storage/_quantize.py``, `adam`'s docstring, docs/low_bit.md): a NaN anywhere in a block
 makes the block's scale NaN (for rank-1 second moments, its row's and its column's scales), and a
 NaN scale reads back as NaN for every element it scales, code 0 included. So after a step with one
 NaN gradient element only that element's parameter is NaN (the step uses the float32 moments), the
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import adamx
-from adamx import _native
+from adamx.kernels import _native
 
 KERNEL = _native.status()[0]
 EXAMPLES = settings(

@@ -20,8 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from adamx._muon import muon, muon_labels, newton_schulz, orthogonalize, scale_by_muon
-from adamx._update import apply_updates
+from adamx import apply_updates, muon, muon_labels, newton_schulz, orthogonalize, scale_by_muon
 from tests import helpers
 from tests.helpers import max_relative_difference, relaxed, x64
 
@@ -216,8 +215,8 @@ def singular_values(x):
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (3, 32, 64)])
 def test_newton_schulz_singular_values_lie_in_the_band(shape):
-    """Keller's coefficients, 5 steps: singular values in [0.68, 1.13] (algorithms.md section 28)
-    for 2:1 Gaussian matrices, whose singular values are not small against the norm (the band
+    """Keller's coefficients, 5 steps: singular values in [0.68, 1.13] (docs/optimizers/muon.md,
+    section Update) for 2:1 Gaussian matrices, whose singular values are not small against the norm (the band
     widens towards [0, 1.2023] as the matrix nears square, see the next test)."""
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     s = singular_values(newton_schulz(x, batch_dims=len(shape) - 2))
@@ -381,8 +380,10 @@ def test_errors_are_sentences():
         muon(-1.0)
     with pytest.raises(ValueError, match="at least 2 axes"):
         scale_by_muon().init({"b": jnp.zeros(3)})
-    with pytest.raises(TypeError, match="batch_dims"):
+    with pytest.raises(ValueError, match="batch_dims"):
         muon_labels({"w": jnp.zeros((2, 3))}, batch_dims=-1)
+    with pytest.raises(TypeError, match="batch_dims"):
+        muon_labels({"w": jnp.zeros((2, 3))}, batch_dims=True)
     with pytest.raises(ValueError, match="prefix"):
         muon_labels({"w": jnp.zeros((2, 3))}, batch_dims={"v": 0})
 

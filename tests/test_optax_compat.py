@@ -9,8 +9,7 @@ import optax
 import pytest
 
 import adamx
-from adamx._hyperparams import get_hyperparam, inject_hyperparams
-from adamx._optax_compat import from_optax_state, to_optax_state
+from adamx import from_optax_state, get_hyperparam, inject_hyperparams, to_optax_state
 from tests.helpers import max_relative_difference, random_tree, relaxed, x64
 
 LR = 1e-2

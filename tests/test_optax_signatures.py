@@ -154,8 +154,8 @@ def test_each_difference_is_as_the_table_says(row):
             with pytest.raises(TypeError):
                 _eval(adamx_equivalent)
             return
-        if "tests/test_soap_sophia.py" in why:  # optax estimates the Hessian itself
-            source = (Path(__file__).parent / "test_soap_sophia.py").read_text()
+        if "tests/test_sophia.py" in why:  # optax estimates the Hessian itself
+            source = (Path(__file__).parent / "test_sophia.py").read_text()
             assert "optax.contrib.sophia" in source
             return
         with relaxed():  # optax's code relies on standard dtype promotion

@@ -257,14 +257,16 @@ def test_bare_none_tree_with_nesterov_momentum(make):
 
 
 def adam_bound(t, b1, b2):
-    """|step| / lr of Adam with eps = 0, any gradient sequence (Cauchy-Schwarz; algorithms.md 32.1):
+    """|step| / lr of Adam with eps = 0, any gradient sequence (Cauchy-Schwarz; docs/optimizers/
+    adam.md, section Step sizes):
     (1-b1)/(1-b1^t) sqrt((1-b2^t)/(1-b2)) sqrt((1-g^t)/(1-g)), g = b1^2/b2 (< 1 required)."""
     g = b1**2 / b2
     return (1 - b1) / (1 - b1**t) * np.sqrt((1 - b2**t) / (1 - b2)) * np.sqrt((1 - g**t) / (1 - g))
 
 
 def adamax_bound(t, b1, b2):
-    """AdaMax, eps = 0 (algorithms.md 32.3): (1-b1)(1-(b1/b2)^t) / ((1-b1^t)(1-b1/b2))."""
+    """AdaMax, eps = 0 (docs/optimizers/amsgrad_adamax.md, the step-size bound):
+    (1-b1)(1-(b1/b2)^t) / ((1-b1^t)(1-b1/b2))."""
     r = b1 / b2
     geometric = t if r == 1 else (1 - r**t) / (1 - r)  # sum of r^k, k < t; t when b1 == b2
     return (1 - b1) * geometric / (1 - b1**t)

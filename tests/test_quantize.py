@@ -1,4 +1,4 @@
-"""Low-bit moment storage (adamx/_quantize.py): codes, round trips, layouts, bytes and training.
+"""Low-bit moment storage (adamx/storage/_quantize.py): codes, round trips, layouts, bytes and training.
 
 References: the dynamic-exponent code is checked against a brute-force nearest-point search of its
 own table; bitsandbytes' block and size rules and Li et al.'s rank-1 scales are checked from the
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx._quantize import dynamic_code, encode_magnitude, stochastic_round_bfloat16
+from adamx.storage._quantize import dynamic_code, encode_magnitude, stochastic_round_bfloat16
 
 RNG = np.random.default_rng(0)
 
@@ -298,7 +298,7 @@ def test_a_zero_gradient_gives_a_zero_update_not_nan():
 
 
 def test_4bit_state_is_not_fused_and_says_why_and_stochastic_bfloat16_is_fused():
-    from adamx import _fused, _native
+    from adamx.kernels import _fused, _native
 
     params = {"w": jnp.ones((64, 128))}
     opt = adamx.adamw(1e-2, **adamx.low_bit_moments(4))
@@ -367,7 +367,7 @@ def _quantized_tree():
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("decay", ["none", "masked"])
 def test_fused_8bit_step_equals_the_jnp_path_bit_for_bit(nesterov, decay):
-    from adamx import _fused_quantized
+    from adamx.kernels import _fused_quantized
 
     params = _quantized_tree()
     storage = adamx.low_bit_moments(8, batch_dims=lambda x: int(x.ndim == 3))

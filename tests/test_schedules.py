@@ -22,7 +22,6 @@ import optax
 import pytest
 
 import adamx
-from adamx import _schedules as schedules
 from tests.helpers import max_relative_difference, random_tree, relaxed, x64
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -288,7 +287,7 @@ def scale_of(reference: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name, build, closed_form, _", CASES, ids=IDS)
 def test_closed_form(name, build, closed_form, _):
-    values = evaluate(build(schedules))
+    values = evaluate(build(adamx))
     assert values.dtype == np.float32 and values.shape == COUNTS.shape
     reference = np.array([closed_form(int(t)) for t in COUNTS], np.float64)
     ulps = np.abs(values - reference) / (EPS32 * scale_of(reference))
@@ -308,7 +307,7 @@ def evaluate_jitted(schedule, counts=COUNTS) -> np.ndarray:
 
 @pytest.mark.parametrize("name, build, _, __", OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
 def test_same_numbers_as_optax(name, build, _, __):
-    ours, ours_jit = evaluate(build(schedules)), evaluate_jitted(build(schedules))
+    ours, ours_jit = evaluate(build(adamx)), evaluate_jitted(build(adamx))
     with relaxed():
         theirs = np.asarray(jax.vmap(build(optax))(jnp.asarray(COUNTS)), np.float32)
         theirs_jit = evaluate_jitted(build(optax))
@@ -332,7 +331,7 @@ def test_fractional_power_ends_at_end_value_under_jit():
 
     optax 0.2.8's jitted ``polynomial_schedule(0.5, 0.0, 0.5, 250)`` returns NaN from step 250 on.
     """
-    schedule = schedules.polynomial_schedule(0.5, 1e-3, 0.5, transition_steps=250)
+    schedule = adamx.polynomial_schedule(0.5, 1e-3, 0.5, transition_steps=250)
     values = evaluate_jitted(schedule, np.arange(245, 400))
     assert np.all(np.isfinite(values)) and np.all(values[5:] == np.float32(1e-3))
 
@@ -345,7 +344,7 @@ def test_jit_equals_eager_and_counts_of_any_form(name, build, _, __):
     jit, and divides by a constant through its reciprocal in some shapes and not in others, so
     one count evaluated alone and the same count in an array may differ in the last bit.
     """
-    schedule = build(schedules)
+    schedule = build(adamx)
     eager = evaluate(schedule)
     tolerance = 2 * EPS32 * scale_of(eager)
     assert np.max(np.abs(evaluate(jax.jit(schedule)) - eager)) <= tolerance
@@ -364,7 +363,7 @@ def test_jit_equals_eager_and_counts_of_any_form(name, build, _, __):
 @pytest.mark.parametrize("warmup, stable", [(25, 100), (0, 100), (25, 0)])
 def test_wsd_phases(shape, warmup, stable, jit):
     peak, init, end, decay = 0.1, 1e-3, 1e-5, 40
-    schedule = schedules.warmup_stable_decay_schedule(
+    schedule = adamx.warmup_stable_decay_schedule(
         peak, warmup, stable, decay, init_value=init, end_value=end, decay_shape=shape
     )
     values = evaluate(
@@ -389,9 +388,9 @@ def test_traced_values_work_under_jit():
 
     def at_50(peak, end):
         return (
-            schedules.warmup_cosine_decay_schedule(0.0, peak, 10, 100, end)(50),
-            schedules.warmup_stable_decay_schedule(peak, 10, 20, 40, end_value=end)(50),
-            schedules.cosine_onecycle_schedule(100, peak)(50),
+            adamx.warmup_cosine_decay_schedule(0.0, peak, 10, 100, end)(50),
+            adamx.warmup_stable_decay_schedule(peak, 10, 20, 40, end_value=end)(50),
+            adamx.cosine_onecycle_schedule(100, peak)(50),
         )
 
     traced = jax.jit(at_50)(jnp.float32(0.1), jnp.float32(1e-3))
@@ -402,80 +401,80 @@ def test_traced_values_work_under_jit():
 def test_float32_under_x64():
     with x64():
         for _, build, _, _ in CASES:
-            assert build(schedules)(jnp.asarray(7, jnp.int32)).dtype == jnp.float32
+            assert build(adamx)(jnp.asarray(7, jnp.int32)).dtype == jnp.float32
 
 
 BAD_ARGUMENTS = [
-    (lambda: schedules.constant_schedule(math.nan), ValueError, "`value` must be a finite number"),
-    (lambda: schedules.constant_schedule(True), TypeError, "got the bool True"),
-    (lambda: schedules.linear_schedule(1.0, 0.0, -1), ValueError, "`transition_steps` must be a n"),
-    (lambda: schedules.linear_schedule(1.0, 0.0, 10, -5), ValueError, "`transition_begin` must"),
-    (lambda: schedules.linear_schedule(1.0, 0.0, 10.5), ValueError, "whole number of steps"),
-    (lambda: schedules.polynomial_schedule(1.0, 0.0, 0, 10), ValueError, "`power` must be a fin"),
-    (lambda: schedules.exponential_decay(1.0, 0, 0.5), ValueError, "`transition_steps` must.*> 0"),
-    (lambda: schedules.exponential_decay(1.0, 10, 0.0), ValueError, "`decay_rate` must.*> 0"),
-    (lambda: schedules.cosine_decay_schedule(1.0, 0), ValueError, "`decay_steps` must.*> 0"),
+    (lambda: adamx.constant_schedule(math.nan), ValueError, "`value` must be a finite number"),
+    (lambda: adamx.constant_schedule(True), TypeError, "got the bool True"),
+    (lambda: adamx.linear_schedule(1.0, 0.0, -1), ValueError, "`transition_steps` must be a n"),
+    (lambda: adamx.linear_schedule(1.0, 0.0, 10, -5), ValueError, "`transition_begin` must"),
+    (lambda: adamx.linear_schedule(1.0, 0.0, 10.5), ValueError, "whole number of steps"),
+    (lambda: adamx.polynomial_schedule(1.0, 0.0, 0, 10), ValueError, "`power` must be a fin"),
+    (lambda: adamx.exponential_decay(1.0, 0, 0.5), ValueError, "`transition_steps` must.*> 0"),
+    (lambda: adamx.exponential_decay(1.0, 10, 0.0), ValueError, "`decay_rate` must.*> 0"),
+    (lambda: adamx.cosine_decay_schedule(1.0, 0), ValueError, "`decay_steps` must.*> 0"),
     (
-        lambda: schedules.warmup_cosine_decay_schedule(0.0, 1.0, 100, 100),
+        lambda: adamx.warmup_cosine_decay_schedule(0.0, 1.0, 100, 100),
         ValueError,
         "`decay_steps` must exceed `warmup_steps`.*warm-up included",
     ),
     (
-        lambda: schedules.warmup_constant_schedule(0.0, 1.0, 0),
+        lambda: adamx.warmup_constant_schedule(0.0, 1.0, 0),
         ValueError,
         "for no warm-up use `constant_schedule",
     ),
     (
-        lambda: schedules.piecewise_constant_schedule(1.0, {10: -0.1}),
+        lambda: adamx.piecewise_constant_schedule(1.0, {10: -0.1}),
         ValueError,
         "`scale` must be a finite number >= 0",
     ),
     (
-        lambda: schedules.piecewise_constant_schedule(1.0, {-10: 0.1}),
+        lambda: adamx.piecewise_constant_schedule(1.0, {-10: 0.1}),
         ValueError,
         "`boundary` must be a number of steps >= 0",
     ),
-    (lambda: schedules.cosine_onecycle_schedule(0, 1.0), ValueError, "`transition_steps` must"),
-    (lambda: schedules.cosine_onecycle_schedule(10, 1.0, 1.5), ValueError, "`pct_start`.*0, 1"),
+    (lambda: adamx.cosine_onecycle_schedule(0, 1.0), ValueError, "`transition_steps` must"),
+    (lambda: adamx.cosine_onecycle_schedule(10, 1.0, 1.5), ValueError, "`pct_start`.*0, 1"),
     (
-        lambda: schedules.cosine_onecycle_schedule(10, 1.0, div_factor=0.0),
+        lambda: adamx.cosine_onecycle_schedule(10, 1.0, div_factor=0.0),
         ValueError,
         "`div_factor` must be a finite number > 0",
     ),
-    (lambda: schedules.sgdr_schedule([]), ValueError, "at least one cycle"),
+    (lambda: adamx.sgdr_schedule([]), ValueError, "at least one cycle"),
     (
-        lambda: schedules.sgdr_schedule([SGDR_CYCLES[0], dict(SGDR_CYCLES[1], decay_steps=0)]),
+        lambda: adamx.sgdr_schedule([SGDR_CYCLES[0], dict(SGDR_CYCLES[1], decay_steps=0)]),
         ValueError,
         "Cycle 1 of `sgdr_schedule`: `decay_steps` must exceed",
     ),
     (
-        lambda: schedules.join_schedules([schedules.constant_schedule(1.0)], [10]),
+        lambda: adamx.join_schedules([adamx.constant_schedule(1.0)], [10]),
         ValueError,
         "one boundary fewer than schedules",
     ),
     (
-        lambda: schedules.join_schedules([schedules.constant_schedule(1.0)] * 3, [20, 10]),
+        lambda: adamx.join_schedules([adamx.constant_schedule(1.0)] * 3, [20, 10]),
         ValueError,
         "`boundaries` must be non-decreasing",
     ),
-    (lambda: schedules.join_schedules([1.0], []), TypeError, "non-empty sequence of schedules"),
+    (lambda: adamx.join_schedules([1.0], []), TypeError, "non-empty sequence of schedules"),
     (
-        lambda: schedules.warmup_stable_decay_schedule(1.0, 10, 10, 0),
+        lambda: adamx.warmup_stable_decay_schedule(1.0, 10, 10, 0),
         ValueError,
         "`decay_steps` must be > 0.*use `warmup_constant_schedule`",
     ),
     (
-        lambda: schedules.warmup_stable_decay_schedule(1.0, 10, -1, 10),
+        lambda: adamx.warmup_stable_decay_schedule(1.0, 10, -1, 10),
         ValueError,
         "`stable_steps` must be a number of steps >= 0, got -1",
     ),
     (
-        lambda: schedules.warmup_stable_decay_schedule(1.0, 10, 10, 10, decay_shape="exp"),
+        lambda: adamx.warmup_stable_decay_schedule(1.0, 10, 10, 10, decay_shape="exp"),
         ValueError,
         r"`decay_shape` must be one of \['cosine', 'linear', 'sqrt'\], got 'exp'",
     ),
     (
-        lambda: jax.jit(lambda n: schedules.linear_schedule(0.0, 1.0, n)(0))(5),
+        lambda: jax.jit(lambda n: adamx.linear_schedule(0.0, 1.0, n)(0))(5),
         TypeError,
         "`transition_steps` must be a concrete whole number",
     ),
@@ -512,7 +511,7 @@ def test_schedules_drive_adamw_like_optax():
         return params, state
 
     with x64():
-        ours, state = run(make(schedules, adamx._adam.adamw), adamx.apply_updates)
+        ours, state = run(make(adamx, adamx.adamw), adamx.apply_updates)
         with relaxed():
             theirs, _ = run(make(optax, optax.adamw), optax.apply_updates)
     assert int(state[-1].count) == 60 and int(state[-2].count) == 60  # both schedules stepped

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamx
-from adamx import _native
+from adamx.kernels import _native
 from tests.helpers import OPTIMIZER_IDS
 
 # One xdist worker runs the whole file, so the 8-device worker process starts once (pyproject.toml
@@ -242,7 +242,7 @@ def test_errors_say_what_to_do():
         adamx.zero1_shardings(adamx.adam(0.1), _placeholders({"w": (4,)}, {"w": P()}), "batch")
 
 
-# Where the codes and scales of each moment go (adamx/_quantize.py, `layout_specs`): a param split
+# Where the codes and scales of each moment go (adamx/storage/_quantize.py, `layout_specs`): a param split
 # on its rows keeps whole blocks per device, so they follow it; one split on its stacked-layer axis
 # too; one split on its last axis cannot, and they are replicated (rank-1's column scales follow).
 QUANTISED_LAYOUT = {

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adamx
-from adamx import _fused, _native
+from adamx.kernels import _fused, _native
 
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-4
