@@ -79,3 +79,21 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert ".. py:" not in page, "docs/api.md rendered raw autodoc output; use {eval-rst} blocks."
     missing = sorted(name for name in adamx.__all__ if f'id="adamx.{name}"' not in page)
     assert not missing, f"api.html has no entry for {missing}:\n{log}"
+
+
+def test_read_the_docs_builds_the_site_as_the_tests_do():
+    """.readthedocs.yaml: the docs extra installed, docs/conf.py, warnings as errors (as `-W`)."""
+    import tomllib
+    import yaml
+
+    root = DOCS.parent
+    config = yaml.safe_load((root / ".readthedocs.yaml").read_text())
+    assert config["version"] == 2
+    assert (root / config["sphinx"]["configuration"]).is_file()
+    assert config["sphinx"]["fail_on_warning"] is True
+    (install,) = config["python"]["install"]
+    assert install["method"] == "pip" and install["path"] == "."
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert install["extra_requirements"] == ["docs"] and "sphinx>=7" in extras["docs"]

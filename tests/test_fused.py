@@ -388,3 +388,16 @@ def test_the_kernels_scalars_and_algorithms_are_named_in_the_headers_order():
     assert enum("Hyper") == list(_fused.HYPER)
     assert enum("Algorithm") == list(_fused.ALGORITHMS)
     assert list(_fused.ALGORITHMS.values()) == list(range(len(_fused.ALGORITHMS)))
+
+
+def test_the_benchmark_names_the_extra_that_brings_the_peers(tmp_path, monkeypatch, capsys):
+    """Without optax and torch the benchmark still runs, and says how to get them (`.[bench]`)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optax", None)  # `import optax` raises ImportError
+    monkeypatch.setitem(sys.modules, "torch", None)
+    out = tmp_path / "bench.json"
+    benchmark_main(["--configs", "2000x1", "--rounds", "1", "--steps", "1", "--json", str(out)])
+    notes = json.loads(out.read_text())["configs"][0]["notes"]
+    assert '".[bench]"' in notes["optax"] and '".[bench]"' in notes["torch"]
+    assert 'pip install -e ".[bench]"' in capsys.readouterr().out
