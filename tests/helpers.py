@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import adamx
 
@@ -490,3 +491,12 @@ def _filled(cell) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_dtypes_are_kept_in_a_scan(name, make, dtype):
+    scan_keeps_dtypes(make(), dtype)
+
+
+def check_validation(build):
+    with pytest.raises(ValueError):
+        build()

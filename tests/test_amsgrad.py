@@ -13,11 +13,25 @@ import pytest
 import torch
 
 from adamx import amsgrad, apply_updates
-from tests import helpers
-from tests.helpers import cases_of, jax_cosine, max_relative_difference, relaxed, x64
+from tests.helpers import (
+    cases_of,
+    check_dtypes_are_kept_in_a_scan,
+    jax_cosine,
+    max_relative_difference,
+    relaxed,
+    x64,
+)
 from tests.parity.amsgrad_adamax_nadam import ALL as SHARED_ALL
 from tests.parity.amsgrad_adamax_nadam import CASES as SHARED_CASES
-from tests.parity.amsgrad_adamax_nadam import LR, T, run_jax, run_torch
+from tests.parity.amsgrad_adamax_nadam import (
+    LR,
+    T,
+    check_float32_against_optax,
+    check_float64_parity,
+    check_validation,
+    run_jax,
+    run_torch,
+)
 
 CASES = cases_of(SHARED_CASES, "amsgrad")
 ALL = cases_of(SHARED_ALL, "amsgrad")
@@ -30,43 +44,14 @@ F32_CASES = [case for case in CASES if case[2] is not None and "l2" not in case[
 
 @pytest.mark.parametrize("name, make_adamx, make_optax, make_torch", CASES, ids=IDS)
 def test_float64_parity(name, make_adamx, make_optax, make_torch):
-    with x64():
-        ours = run_jax(make_adamx(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
-        if make_optax is not None:
-            with relaxed():
-                ref = run_jax(
-                    make_optax(jax_cosine(LR, jnp.float64)), optax.apply_updates, jnp.float64
-                )
-            print(f"{name} float64 vs optax: {max_relative_difference(ours, ref):.2e}")
-            assert max_relative_difference(ours, ref) <= 1e-10
-    if make_torch is not None:
-        ref = run_torch(make_torch, torch.float64)
-        print(f"{name} float64 vs torch: {max_relative_difference(ours, ref):.2e}")
-        assert max_relative_difference(ours, ref) <= 1e-10
+    check_float64_parity(name, make_adamx, make_optax, make_torch)
 
 
 @pytest.mark.parametrize(
     "name, make_adamx, make_optax, make_torch", F32_CASES, ids=[c[0] for c in F32_CASES]
 )
 def test_float32_against_optax(name, make_adamx, make_optax, make_torch):
-    with x64():
-        truth = run_jax(make_adamx(jax_cosine(LR, jnp.float64)), apply_updates, jnp.float64)
-    ours = run_jax(make_adamx(jax_cosine(LR, jnp.float32)), apply_updates, jnp.float32)
-    with relaxed():
-        ref = run_jax(make_optax(jax_cosine(LR, jnp.float32)), optax.apply_updates, jnp.float32)
-    ours_error = max_relative_difference(ours, truth)
-    optax_error = max_relative_difference(ref, truth)
-    difference = max_relative_difference(ours, ref)
-    print(
-        f"{name} float32: adamx to optax {difference:.2e}; distance to float64: adamx "
-        f"{ours_error:.2e}, optax {optax_error:.2e}"
-    )
-    # Both are float32 roundings of the same float64 trajectory; optax's 1 - b**t cancels in
-    # float32 (about 1e-3 on this measure for b2 = 0.999, see tests/test_adam.py), adamx's does not.
-    # So adamx must be no further from float64 than optax (with 2x slack for rounding noise), and
-    # the two float32 runs differ by at most their two distances to float64.
-    assert ours_error <= 2 * optax_error + 1e-5
-    assert difference <= ours_error + optax_error + 1e-6
+    check_float32_against_optax(name, make_adamx, make_optax, make_torch)
 
 
 def test_optax_and_torch_amsgrad_differ_and_each_option_matches_its_reference():
@@ -112,7 +97,7 @@ def test_updates_are_invariant_to_diagonal_rescaling(make):
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    helpers.scan_keeps_dtypes(make(), dtype)
+    check_dtypes_are_kept_in_a_scan(name, make, dtype)
 
 
 def test_zero_gradient_with_eps_zero_gives_zero_not_nan():
@@ -130,5 +115,4 @@ def test_zero_gradient_with_eps_zero_gives_zero_not_nan():
     ],
 )
 def test_validation(build, error):
-    with pytest.raises(error):
-        build()
+    check_validation(build, error)

@@ -12,20 +12,19 @@ import numpy as np
 import optax
 import pytest
 
-from adamx import apply_updates, lars
-from tests import helpers
-from tests.helpers import cases_of, jax_cosine, max_relative_difference, x64
+from adamx import lars
+from tests.helpers import cases_of, check_validation, jax_cosine, max_relative_difference
 from tests.parity.adafactor_lamb_lars import ALL as SHARED_ALL
+from tests.parity.adafactor_lamb_lars import SCANNED as SHARED_SCANNED
 from tests.parity.adafactor_lamb_lars import (
-    GRADS,
-    PARAMS,
     WD,
-    layer_norms,
+    check_dtypes_are_kept_in_a_scan,
+    check_each_layer_moves_by_lr_times_its_norm,
+    check_zero_gradients_give_finite_params,
     optax_run,
     ours,
     stacked,
 )
-from tests.parity.adafactor_lamb_lars import SCANNED as SHARED_SCANNED
 
 ALL = cases_of(SHARED_ALL, "lars")
 SCANNED = cases_of(SHARED_SCANNED, "lars")
@@ -55,25 +54,13 @@ def test_lars_matches_optax(nesterov):
 
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 def test_zero_gradients_give_finite_params(name, make):
-    opt = make()
-    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
-    state = opt.init(params)
-    update = jax.jit(opt.update)
-    for _ in range(5):
-        grads = jax.tree.map(jnp.zeros_like, params)
-        updates, state = update(grads, state, params)
-        params = apply_updates(params, updates)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+    check_zero_gradients_give_finite_params(name, make)
 
 
 @pytest.mark.parametrize("name, make", SCANNED, ids=[a[0] for a in SCANNED])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    _, s = helpers.scan_keeps_dtypes(make(), dtype)
-    if dtype == jnp.complex64:  # statistics of complex parameters are real
-        real = {np.dtype(jnp.float32), np.dtype(jnp.int32)}
-        stats = jax.tree.leaves(s[0][0]) if name.startswith("adafactor") else []
-        assert {x.dtype for x in stats} <= real
+    check_dtypes_are_kept_in_a_scan(name, make, dtype)
 
 
 @pytest.mark.parametrize(
@@ -84,21 +71,7 @@ def test_dtypes_are_kept_in_a_scan(name, make, dtype):
     ids=["lars"],
 )
 def test_each_layer_moves_by_lr_times_its_norm(make, factor):
-    """||Delta_t|| = lr * kappa * ||theta_{t-1}|| per layer (no zero norms; LARS without momentum)."""
-    with x64():
-        lr = 0.05
-        opt = make(lr)
-        params = jax.tree.map(jnp.asarray, PARAMS)
-        state = opt.init(params)
-        update = jax.jit(opt.update)
-        for grads in GRADS[:10]:
-            updates, state = update(grads, state, params)
-            for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
-                batch = stacked(p)
-                np.testing.assert_allclose(
-                    layer_norms(u, batch), lr * factor * layer_norms(p, batch), rtol=1e-12
-                )
-            params = apply_updates(params, updates)
+    check_each_layer_moves_by_lr_times_its_norm(make, factor)
 
 
 @pytest.mark.parametrize(
@@ -109,5 +82,4 @@ def test_each_layer_moves_by_lr_times_its_norm(make, factor):
     ],
 )
 def test_validation(build):
-    with pytest.raises(ValueError):
-        build()
+    check_validation(build)

@@ -9,17 +9,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 
 import adamx
 from adamx import rmsprop, scale_by_rms, scale_by_stddev
-from tests.helpers import cases_of, jax_cosine, max_relative_difference, relaxed, x64
+from tests.helpers import cases_of, max_relative_difference, x64
 from tests.parity.sgd_rmsprop_adagrad_adadelta import CASES as SHARED_CASES
 from tests.parity.sgd_rmsprop_adagrad_adadelta import (
     LR,
-    PARAMS,
+    check_concrete_hyperparameters_are_validated,
+    check_float32_against_optax,
+    check_float64_parity_with_torch_and_optax,
     float64_trajectory,
     run_jax,
     run_torch,
@@ -34,49 +35,14 @@ IDS = [case[0] for case in CASES]
 
 @pytest.mark.parametrize("name, lr, make_adamx, make_optax, make_torch", CASES, ids=IDS)
 def test_float64_parity_with_torch_and_optax(name, lr, make_adamx, make_optax, make_torch):
-    with x64():
-        ours = run_jax(make_adamx(jax_cosine(lr, jnp.float64)), adamx.apply_updates, jnp.float64)
-        if make_optax is not None:
-            with relaxed():
-                ref = run_jax(
-                    make_optax(jax_cosine(lr, jnp.float64)), optax.apply_updates, jnp.float64
-                )
-            to_optax = max_relative_difference(ours, ref)
-            print(f"{name} float64: adamx to optax {to_optax:.2e}")
-            assert to_optax <= 1e-10
-    # the trajectory must actually move, or parity says nothing.
-    assert max_relative_difference(ours, PARAMS) > 1e-3
-    if make_torch is not None:
-        to_torch = max_relative_difference(ours, run_torch(make_torch, lr))
-        print(f"{name} float64: adamx to torch {to_torch:.2e}")
-        assert to_torch <= 1e-10
+    check_float64_parity_with_torch_and_optax(name, lr, make_adamx, make_optax, make_torch)
 
 
 @pytest.mark.parametrize(
     "name, lr, make_adamx, make_optax, make_torch", WITH_OPTAX, ids=[c[0] for c in WITH_OPTAX]
 )
 def test_float32_against_optax(name, lr, make_adamx, make_optax, make_torch):
-    """float32: the two sides round differently (x / sqrt(v) against x * rsqrt(v), 1 - b**t against
-    expm1, fused multiply-adds under jit), about one float32 ulp (6e-8 relative) per operation per
-    step. Over 100 steps that is a random walk of O(1e-6) on O(1) parameters (measured 0 to 1.3e-5;
-    the largest, RMSprop with momentum, is as far from the float64 trajectory in optax as in adamx,
-    5e-5 vs 4e-5: that trajectory is ill-conditioned, not either implementation). Asserted: adamx to
-    optax <= 1e-4, well below any algorithmic difference (the documented ones are >= 1e-3 here), and
-    adamx no further from the float64 trajectory than max(2 x optax's distance, 1e-5)."""
-    with x64():
-        truth = run_jax(make_adamx(jax_cosine(lr, jnp.float64)), adamx.apply_updates, jnp.float64)
-    ours = run_jax(make_adamx(jax_cosine(lr, jnp.float32)), adamx.apply_updates, jnp.float32)
-    with relaxed():
-        ref = run_jax(make_optax(jax_cosine(lr, jnp.float32)), optax.apply_updates, jnp.float32)
-    to_optax = max_relative_difference(ours, ref)
-    ours_error = max_relative_difference(ours, truth)
-    optax_error = max_relative_difference(ref, truth)
-    print(
-        f"{name} float32: adamx to optax {to_optax:.2e}; to the float64 trajectory: adamx "
-        f"{ours_error:.2e}, optax {optax_error:.2e}"
-    )
-    assert to_optax <= 1e-4
-    assert ours_error <= max(2 * optax_error, 1e-5)
+    check_float32_against_optax(name, lr, make_adamx, make_optax, make_torch)
 
 
 def test_rmsprop_eps_placement_is_what_separates_optax_from_torch():
@@ -161,8 +127,7 @@ def test_state_layout_and_initial_values():
     ],
 )
 def test_concrete_hyperparameters_are_validated(build, message):
-    with pytest.raises(ValueError, match=message):
-        build()
+    check_concrete_hyperparameters_are_validated(build, message)
 
 
 def test_bfloat16_updates_come_back_in_bfloat16():

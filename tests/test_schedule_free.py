@@ -26,8 +26,15 @@ from adamx import (
     schedule_free_adamw,
     schedule_free_eval_params,
 )
-from tests import helpers
-from tests.helpers import cases_of, cosine, jax_cosine, max_relative_difference, relaxed, x64
+from tests.helpers import (
+    cases_of,
+    check_validation,
+    cosine,
+    jax_cosine,
+    max_relative_difference,
+    relaxed,
+    x64,
+)
 from tests.parity.schedule_free_prodigy import ALL as SHARED_ALL
 from tests.parity.schedule_free_prodigy import (
     LEAVES,
@@ -35,6 +42,9 @@ from tests.parity.schedule_free_prodigy import (
     STEPS,
     WD,
     N,
+    check_dtypes_are_kept_in_a_scan,
+    check_params_are_required,
+    check_zero_gradients_give_finite_params,
     gradient,
     trajectory,
     tree,
@@ -221,31 +231,18 @@ def test_eval_params_are_found_inside_a_chain():
 
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 def test_zero_gradients_give_finite_params(name, make):
-    opt = make()
-    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
-    state = opt.init(params)
-    for _ in range(5):
-        updates, state = opt.update(jax.tree.map(jnp.zeros_like, params), state, params)
-        params = apply_updates(params, updates)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
+    check_zero_gradients_give_finite_params(name, make)
 
 
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.complex64])
 def test_dtypes_are_kept_in_a_scan(name, make, dtype):
-    _, s = helpers.scan_keeps_dtypes(make(), dtype)
-    real = jnp.float32
-    scalars = [x for x in jax.tree.leaves(s) if x.ndim == 0 and x.dtype != jnp.int32]
-    assert all(x.dtype == real for x in scalars)  # float32 bookkeeping, never float64
+    check_dtypes_are_kept_in_a_scan(name, make, dtype)
 
 
 @pytest.mark.parametrize("name, make", ALL, ids=[a[0] for a in ALL])
 def test_params_are_required(name, make):
-    opt = make()
-    g = {"w": jnp.ones(2)}
-    with pytest.raises(ValueError, match="needs the parameters"):
-        opt.update(g, opt.init(g))
+    check_params_are_required(name, make)
 
 
 @pytest.mark.parametrize(
@@ -261,5 +258,4 @@ def test_params_are_required(name, make):
     ],
 )
 def test_validation(build):
-    with pytest.raises(ValueError):
-        build()
+    check_validation(build)

@@ -18,7 +18,13 @@ import optax
 
 from adamx import adafactor, apply_updates, lamb, lars
 from tests import helpers
-from tests.helpers import PARITY_STEPS, cosine, random_tree, relaxed, x64
+from tests.helpers import (
+    PARITY_STEPS,
+    cosine,
+    random_tree,
+    relaxed,
+    x64,
+)
 
 STEPS = PARITY_STEPS
 WD = 0.1
@@ -90,3 +96,41 @@ ALL = [
 
 
 SCANNED = [a for a in ALL if "eps0" not in a[0]]
+
+
+def check_zero_gradients_give_finite_params(name, make):
+    opt = make()
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for _ in range(5):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        updates, state = update(grads, state, params)
+        params = apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+
+
+def check_dtypes_are_kept_in_a_scan(name, make, dtype):
+    _, s = helpers.scan_keeps_dtypes(make(), dtype)
+    if dtype == jnp.complex64:  # statistics of complex parameters are real
+        real = {np.dtype(jnp.float32), np.dtype(jnp.int32)}
+        stats = jax.tree.leaves(s[0][0]) if name.startswith("adafactor") else []
+        assert {x.dtype for x in stats} <= real
+
+
+def check_each_layer_moves_by_lr_times_its_norm(make, factor):
+    """||Delta_t|| = lr * kappa * ||theta_{t-1}|| per layer (no zero norms; LARS without momentum)."""
+    with x64():
+        lr = 0.05
+        opt = make(lr)
+        params = jax.tree.map(jnp.asarray, PARAMS)
+        state = opt.init(params)
+        update = jax.jit(opt.update)
+        for grads in GRADS[:10]:
+            updates, state = update(grads, state, params)
+            for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+                batch = stacked(p)
+                np.testing.assert_allclose(
+                    layer_norms(u, batch), lr * factor * layer_norms(p, batch), rtol=1e-12
+                )
+            params = apply_updates(params, updates)

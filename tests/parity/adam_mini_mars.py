@@ -87,3 +87,26 @@ BUILDERS = {
     "mars": lambda: mars(1e-2, weight_decay=0.1),
     "mars_1d": lambda: mars(1e-2, weight_decay=0.1, optimize_1d=True, batch_dims=stacked),
 }
+
+
+def check_zero_gradients_give_finite_params(name):
+    params = jax.tree.map(lambda x: jnp.zeros(np.shape(x), jnp.float32), transformer_tree(0))
+    tx = BUILDERS[name]()
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    for _ in range(5):
+        updates, state = step(jax.tree.map(jnp.zeros_like, params), state, params)
+        params = apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+
+
+def check_dtypes_are_kept(name, dtype):
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), transformer_tree(0, np.float32))
+    tx = BUILDERS[name]()
+    state = tx.init(params)
+    grads = jax.tree.map(lambda x: jnp.ones_like(x) * jnp.asarray(0.5, dtype), params)
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    new_params = apply_updates(params, updates)
+    assert jax.tree.map(lambda x: x.dtype, new_params) == jax.tree.map(lambda x: x.dtype, params)
+    assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new_params))

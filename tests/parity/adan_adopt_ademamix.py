@@ -18,7 +18,14 @@ import optax
 
 from adamx import adan, ademamix, adopt, apply_updates
 from tests import helpers
-from tests.helpers import PARITY_STEPS, cosine, jax_cosine, random_tree, relaxed, x64
+from tests.helpers import (
+    PARITY_STEPS,
+    cosine,
+    jax_cosine,
+    random_tree,
+    relaxed,
+    x64,
+)
 
 STEPS = PARITY_STEPS
 LR = 1e-2
@@ -64,3 +71,14 @@ ALL = [
     ("adopt_eps0", lambda: adopt(1e-2, eps=0.0)),
     ("ademamix", lambda: ademamix(1e-2, weight_decay=1e-2, alpha_warmup=10, b3_warmup=10)),
 ]
+
+
+def check_zero_gradients_give_finite_params(name, make):
+    opt = make()
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    for _ in range(5):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        updates, state = opt.update(grads, state, params)
+        params = apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))

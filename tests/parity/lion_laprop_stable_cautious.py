@@ -26,7 +26,13 @@ from adamx import (
     stable_adamw,
 )
 from tests import helpers
-from tests.helpers import PARITY_STEPS, cosine, jax_cosine, random_tree, x64
+from tests.helpers import (
+    PARITY_STEPS,
+    cosine,
+    jax_cosine,
+    random_tree,
+    x64,
+)
 
 STEPS = PARITY_STEPS
 LR = 1e-2
@@ -80,3 +86,14 @@ ALL = [
 
 
 SCANNED = [a for a in ALL if not a[0].endswith(("_eps0", "_1c"))]
+
+
+def check_zero_gradients_give_finite_params(name, make):
+    opt = make()
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    for _ in range(5):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        updates, state = opt.update(grads, state, params)
+        params = apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))

@@ -19,7 +19,14 @@ import torch
 
 from adamx import adabelief, add_decayed_weights, apply_updates, chain, radam, yogi
 from tests import helpers
-from tests.helpers import PARITY_STEPS, jax_cosine, random_tree, relaxed
+from tests.helpers import (
+    PARITY_STEPS,
+    jax_cosine,
+    max_relative_difference,
+    random_tree,
+    relaxed,
+    x64,
+)
 
 STEPS = PARITY_STEPS
 LR = 1e-2
@@ -129,3 +136,50 @@ ZERO_SAFE = ALL + [
     ("adabelief_plain_eps0", lambda: adabelief(1e-2, eps=0.0, eps_root=0.0, rectify=False)),
     ("yogi_eps0", lambda: yogi(1e-2, eps=0.0)),
 ]
+
+
+def check_float64_parity(name, make_adamx, make_optax, make_torch):
+    """Against optax 0.2.8 and/or torch.optim.RAdam 2.13, float64, tolerance 1e-10."""
+    with x64():
+        ours = ours64(make_adamx)
+        if make_optax is not None:
+            ref = optax64(make_optax)
+            print(f"{name} float64 vs optax: {max_relative_difference(ours, ref):.2e}")
+            assert max_relative_difference(ours, ref) <= 1e-10
+    if make_torch is not None:
+        ref = run_torch(make_torch, torch.float64)
+        print(f"{name} float64 vs torch: {max_relative_difference(ours, ref):.2e}")
+        assert max_relative_difference(ours, ref) <= 1e-10
+
+
+def check_float32_against_optax(name, make_adamx, make_optax, make_torch):
+    """Both float32 runs are roundings of the float64 trajectory; adamx's is no further from it."""
+    with x64():
+        truth = ours64(make_adamx)
+    ours = run_jax(make_adamx(jax_cosine(LR, jnp.float32)), apply_updates, jnp.float32)
+    with relaxed():
+        ref = run_jax(make_optax(jax_cosine(LR, jnp.float32)), optax.apply_updates, jnp.float32)
+    ours_error = max_relative_difference(ours, truth)
+    optax_error = max_relative_difference(ref, truth)
+    print(f"{name} float32 distance to float64: adamx {ours_error:.2e}, optax {optax_error:.2e}")
+    assert ours_error <= 2 * optax_error + 1e-5
+
+
+def check_dtypes_are_kept_in_a_scan(name, make, dtype):
+    # 8 steps: past RAdam's threshold, so the rectified branch is scanned too
+    helpers.scan_keeps_dtypes(make(), dtype, steps=8)
+
+
+def check_zero_gradients_give_finite_params(name, make):
+    opt = make()
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = opt.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        return apply_updates(params, updates), state
+
+    for _ in range(8):  # past the rectification threshold
+        params, state = step(params, state)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))

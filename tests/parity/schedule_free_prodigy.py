@@ -12,8 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from adamx import apply_updates, prodigy, schedule_free_adamw
+from tests import helpers
 from tests.helpers import PARITY_STEPS, random_tree
 
 STEPS = PARITY_STEPS
@@ -69,3 +71,28 @@ ALL = [
     ("prodigy", lambda: prodigy(weight_decay=1e-4)),
     ("prodigy_optax", lambda: prodigy(bias_correction=True)),
 ]
+
+
+def check_zero_gradients_give_finite_params(name, make):
+    opt = make()
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    for _ in range(5):
+        updates, state = opt.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        params = apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
+
+
+def check_dtypes_are_kept_in_a_scan(name, make, dtype):
+    _, s = helpers.scan_keeps_dtypes(make(), dtype)
+    real = jnp.float32
+    scalars = [x for x in jax.tree.leaves(s) if x.ndim == 0 and x.dtype != jnp.int32]
+    assert all(x.dtype == real for x in scalars)  # float32 bookkeeping, never float64
+
+
+def check_params_are_required(name, make):
+    opt = make()
+    g = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="needs the parameters"):
+        opt.update(g, opt.init(g))
