@@ -1,4 +1,4 @@
-"""What is generated from the modules' ``__all__``: each floor's ``__init__.py`` and docs/api.md.
+"""What is generated from the modules' ``__all__``: each floor's ``__init__.py`` and docs/api/.
 
 A module declares its public names once, in its ``__all__``; its floor's ``__init__`` re-exports
 them (written out, so type checkers and editors see every name) and the API reference lists them.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "adamx"
-API_PAGE = ROOT / "docs" / "api.md"
+API_DIR = ROOT / "docs" / "api"
 FLOORS = (
     "core",
     "storage",
@@ -27,16 +27,139 @@ FLOORS = (
     "training",
 )
 
-# The API page's order (the floors a reader looks for first) and each floor's heading.
-API_FLOORS = {
-    "optimizers": "Optimizers",
-    "blocks": "Building blocks",
-    "toolkit": "Toolkit: schedules, clipping, groups, accumulation, hyperparameters",
-    "storage": "Moment storage",
-    "distributed": "Sharding and flat parameters",
-    "training": "Applying updates",
-    "core": "The protocol",
+# The API reference's pages, in the order of its index (the floors a reader looks for first):
+# each page's file name, title, one sentence on what it holds, and its modules (a floor stands for
+# all of its modules that no other page names). Every module with public names is on one page.
+API_PAGES = {
+    "optimizers_adam": (
+        "Optimizers: Adam and its moment variants",
+        "Adam, AdamW, NAdam, AMSGrad, AdaMax, RAdam, AdaBelief and Yogi: the optimizers, their "
+        "`scale_by_*` directions and the blocks only they use.",
+        [
+            "optimizers/_adam",
+            "optimizers/_nadam",
+            "optimizers/_amsgrad",
+            "optimizers/_adamax",
+            "optimizers/_radam",
+            "optimizers/_adabelief",
+            "optimizers/_yogi",
+        ],
+    ),
+    "optimizers_sgd_rmsprop": (
+        "Optimizers: SGD, RMSprop, AdaGrad, AdaDelta",
+        "The classics before Adam, each a chain of the same blocks.",
+        ["optimizers/_sgd", "optimizers/_rmsprop", "optimizers/_adagrad"],
+    ),
+    "optimizers_recent": (
+        "Optimizers: Adan, ADOPT, AdEMAMix, Lion, LaProp, StableAdamW, Cautious",
+        "Recent variants of Adam's update and sign-based methods.",
+        [
+            "optimizers/_adan",
+            "optimizers/_adopt",
+            "optimizers/_ademamix",
+            "optimizers/_lion",
+            "optimizers/_laprop",
+            "optimizers/_stable_adamw",
+            "optimizers/_cautious",
+        ],
+    ),
+    "optimizers_large_scale": (
+        "Optimizers: Adafactor, LAMB, LARS, Adam-mini, MARS",
+        "Optimizers for large models and batches: factored and block-wise second moments, "
+        "layer-wise trust ratios, variance reduction.",
+        ["optimizers/_adafactor", "optimizers/_lamb", "optimizers/_adam_mini", "optimizers/_mars"],
+    ),
+    "optimizers_preconditioned": (
+        "Optimizers: Schedule-Free, Prodigy, SOAP, Sophia, Muon",
+        "Optimizers without a learning-rate schedule, or with a preconditioner beyond a diagonal.",
+        [
+            "optimizers/_schedule_free",
+            "optimizers/_prodigy",
+            "optimizers/_soap",
+            "optimizers/_sophia",
+            "optimizers/_muon",
+        ],
+    ),
+    "blocks": (
+        "Building blocks",
+        "The pieces the optimizers are chained from: moving averages, bias corrections, the "
+        "second moment, scaling, weight decay, rectification, orthogonalisation.",
+        ["blocks"],
+    ),
+    "schedules": (
+        "Schedules",
+        "Learning-rate schedules: functions of the step count, passed wherever a "
+        "{py:type}`ScalarOrSchedule` is taken.",
+        ["toolkit/_schedules"],
+    ),
+    "toolkit": (
+        "Toolkit: clipping, groups, wrappers, hyperparameters",
+        "Gradient preprocessing, parameter groups, wrappers around an optimizer (accumulation, "
+        "lookahead, averaging), hyperparameters in the state, Kahan summation and optax states.",
+        ["toolkit"],
+    ),
+    "storage": (
+        "Moment storage",
+        "How moment buffers are stored: a dtype, or low-bit (block-wise, rank-1, stochastic "
+        "bfloat16).",
+        ["storage"],
+    ),
+    "distributed": (
+        "Sharding and flat parameters",
+        "Optimizer state sharded over devices, and parameters flattened into one buffer.",
+        ["distributed"],
+    ),
+    "training": (
+        "Applying updates",
+        "Applying updates to parameters, and training steps built on `adamx.step`.",
+        ["training"],
+    ),
+    "core": (
+        "The protocol",
+        "The `(init, update)` pair every transformation is, and `chain`.",
+        ["core"],
+    ),
 }
+
+# The aliases of adamx/core/_base.py that signatures name: documented on the types page, where
+# `learning_rate: ScalarOrSchedule` links to: (name, what it stands for, what it means in reST).
+TYPES = (
+    (
+        "ScalarOrSchedule",
+        "float | jax.typing.ArrayLike | Schedule",
+        "A hyperparameter given as a number (a Python float or a scalar array) or as a "
+        "`Schedule`, a function of the step count. A learning rate is one.",
+    ),
+    (
+        "Schedule",
+        "collections.abc.Callable[[jax.Array], jax.typing.ArrayLike]",
+        "A function from the step count (an ``int32`` scalar, 0 at the first update) to a value, "
+        "such as those on :doc:`schedules`.",
+    ),
+    ("Params", "typing.Any", "A pytree of parameters: arrays in any nesting of containers."),
+    (
+        "Updates",
+        "typing.Any",
+        "A pytree of updates with the structure of the parameters: the gradients on entering a "
+        "chain, the step to add to the parameters on leaving it.",
+    ),
+    (
+        "OptState",
+        "typing.Any",
+        "A transformation's state: a pytree, usually a ``NamedTuple`` named after its transform.",
+    ),
+    (
+        "InitFn",
+        "collections.abc.Callable[[Params], OptState]",
+        "``init(params) -> state``: builds a transformation's state from the parameters.",
+    ),
+    (
+        "UpdateFn",
+        "collections.abc.Callable[..., tuple[Updates, OptState]]",
+        "``update(updates, state, params=None, **extra_args) -> (updates, state)``: transforms a "
+        "tree of updates; keyword arguments it does not use are accepted and ignored.",
+    ),
+)
 
 # Autodoc options of the classes whose methods are part of the API.
 OPTIONS = {
@@ -85,41 +208,117 @@ def _heading(module: Path) -> str:
     return first.rstrip(".")
 
 
-def api_page() -> str:
-    """docs/api.md: every public name, by floor and then by module, with its autodoc directive."""
+def page_modules() -> dict[str, list[Path]]:
+    """Each API page's modules (those with public names), in the order `API_PAGES` gives."""
+    named = {f"{m.parent.name}/{m.stem}": m for f in FLOORS for m in modules(f) if declared(m)}
+    claimed = [entry for *_, entries in API_PAGES.values() for entry in entries if "/" in entry]
+    pages: dict[str, list[Path]] = {}
+    for page, (*_, entries) in API_PAGES.items():
+        pages[page] = []
+        for entry in entries:
+            keys = [entry] if "/" in entry else [k for k in named if k.startswith(f"{entry}/")]
+            pages[page] += [named[k] for k in keys if "/" in entry or k not in claimed]
+    placed = [f"{m.parent.name}/{m.stem}" for ms in pages.values() for m in ms]
+    twice = sorted({k for k in placed if placed.count(k) > 1})
+    unknown = sorted(set(placed) - set(named))
+    nowhere = sorted(set(named) - set(placed))
+    if twice or unknown or nowhere:
+        raise ValueError(
+            f"API_PAGES in tests/generate.py places {twice} on two pages, names {unknown}, which "
+            f"have no public names, and leaves out {nowhere}: put each module with an `__all__` "
+            "on exactly one page."
+        )
+    return pages
+
+
+def _rst_block(lines: list[str]) -> list[str]:
+    return ["```{eval-rst}", *lines, "```", ""]
+
+
+def _reference_page(page: str) -> str:
+    """One page of the reference: its title, a summary table of its names, then each module's."""
     import adamx
 
+    title, about, _ = API_PAGES[page]
+    names = [name for module in page_modules()[page] for name in declared(module)]
+    lines = [f"# {title}", "", about, ""]
+    lines += _rst_block(
+        [".. currentmodule:: adamx", "", ".. autosummary::", "   :nosignatures:", ""]
+        + [f"   {name}" for name in names]
+    )
+    for module in page_modules()[page]:
+        lines += [f"## {_heading(module)}", ""]
+        entries: list[str] = []
+        for name in declared(module):
+            kind = "autoclass" if inspect.isclass(getattr(adamx, name)) else "autofunction"
+            target = f"adamx.{name}()" if name == "MomentStorage" else f"adamx.{name}"
+            entries += ["", f".. {kind}:: {target}", *OPTIONS.get(name, [])]
+        lines += _rst_block(entries[1:])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _types_page() -> str:
+    lines = [
+        "# Types",
+        "",
+        "The aliases adamx's signatures use (`learning_rate: ScalarOrSchedule`). They are",
+        "annotations, defined in `adamx/core/_base.py`, and not names `adamx` exports: any value",
+        "of the type they stand for is accepted.",
+        "",
+        "| type | stands for |",
+        "|---|---|",
+        *(
+            f"| {{py:type}}`{name}` | `{value.replace('|', chr(92) + '|')}` |"
+            for name, value, _ in TYPES
+        ),
+        "",
+    ]
+    entries = [".. py:currentmodule:: None"]
+    for name, value, meaning in TYPES:
+        entries += ["", f".. py:type:: {name}", f"   :canonical: {value}", "", f"   {meaning}"]
+    lines += _rst_block(entries)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _index_page() -> str:
+    pages = page_modules()
     lines = [
         "# API reference",
         "",
-        "Every name below is importable from the top-level `adamx` package and from its floor",
-        "(`adamx.optimizers.adam` is `adamx.adam`; the floors are drawn in {doc}`design`, section",
-        "10). This page is generated from the modules' `__all__` by `python -m tests.generate`.",
+        "Every name on these pages is importable from the top-level `adamx` package and from its",
+        "floor (`adamx.optimizers.adam` is `adamx.adam`; the floors are drawn in {doc}`../design`,",
+        "section 10). Each page opens with a table of its names. The pages are generated from the",
+        "modules' `__all__` by `python -m tests.generate`.",
+        "",
+        "| page | what it holds | names |",
+        "|---|---|---|",
     ]
-    for floor, title in API_FLOORS.items():
-        lines += ["", f"## {title}", ""]
-        for module in modules(floor):
-            names = declared(module)
-            if not names:
-                continue
-            lines += [f"### {_heading(module)}", ""]
-            for name in names:
-                kind = "autoclass" if inspect.isclass(getattr(adamx, name)) else "autofunction"
-                target = f"adamx.{name}()" if name == "MomentStorage" else f"adamx.{name}"
-                lines += [
-                    "```{eval-rst}",
-                    f".. {kind}:: {target}",
-                    *OPTIONS.get(name, []),
-                    "```",
-                    "",
-                ]
-    return "\n".join(lines).rstrip("\n") + "\n"
+    for page, (_, about, _) in API_PAGES.items():
+        count = sum(len(declared(m)) for m in pages[page])
+        lines.append(f"| {{doc}}`{page}` | {about} | {count} |")
+    lines.append(f"| {{doc}}`types` | The aliases the signatures use. | {len(TYPES)} |")
+    lines += ["", "```{toctree}", ":maxdepth: 1", ":hidden:", "", *API_PAGES, "types", "```"]
+    return "\n".join(lines) + "\n"
+
+
+def api_pages() -> dict[str, str]:
+    """docs/api/: every public name, on the pages of `API_PAGES`, with an index and the types."""
+    pages = {"index.md": _index_page()}
+    pages.update({f"{page}.md": _reference_page(page) for page in API_PAGES})
+    pages["types.md"] = _types_page()
+    return pages
 
 
 def main() -> None:
     for floor in FLOORS:
         (PACKAGE / floor / "__init__.py").write_text(floor_init(floor))
-    API_PAGE.write_text(api_page())
+    API_DIR.mkdir(exist_ok=True)
+    pages = api_pages()
+    for stale in API_DIR.glob("*.md"):
+        if stale.name not in pages:
+            stale.unlink()
+    for name, text in pages.items():
+        (API_DIR / name).write_text(text)
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_each_floors_init_is_generated_from_its_modules_all():
     ]
     assert stale == [], (
         f"adamx/{stale[0]}/__init__.py is not what its modules' `__all__` give; regenerate the "
-        "floors' __init__ files and docs/api.md with `python -m tests.generate`."
+        "floors' __init__ files and docs/api/ with `python -m tests.generate`."
     )
 
 

@@ -5,7 +5,7 @@ the same registry with optax.chain, MultiSteps, nnx.Optimizer, linen, optimistix
 
 The tests that step run on both paths of `adamx.step`, named in their ids: ``jnp`` (``fused=False``:
 ``update`` then ``apply_updates``, every case) and ``kernel`` (``fused=True``: the compiled fused
-kernel, adamx/kernels/_native, for the cases that have a fused rule; `adamx.step` raises rather
+kernel, adamx/kernels/_native, for the cases the kernel takes; `adamx.step` raises rather
 than fall back, and where this machine has no kernel the test fails saying why). So every machine
 tests both, whether or not it has a C++ compiler.
 """
@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx.kernels import _fused, _fused_quantized, _native
+from adamx.kernels import _derived, _fused_quantized, _native
 from tests.helpers import (
+    ELEMENTWISE,
     OPTIMIZER_IDS,
     OPTIMIZERS,
+    REDUCING,
     minimise,
     parabola,
     random_tree,
@@ -32,13 +34,21 @@ from tests.helpers import (
 matrix = pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 
 
-def has_a_fused_rule(case) -> bool:
-    """The kernel takes this optimizer (`_fused.rule_of`, or the 8-bit kernel's `rule_of`)."""
+def is_fused(case) -> bool:
+    """The kernel takes this optimizer on the matrix's tree: its step lowers to programs
+    (adamx/kernels/_derived.py), or the 8-bit kernel has its rule."""
     tx = case.make(case.learning_rate)
-    return _fused.rule_of(tx) is not None or _fused_quantized.rule_of(tx) is not None
+    params = jax.tree.map(jnp.asarray, random_tree(0))
+    if _fused_quantized.rule_of(tx) is not None:
+        return True
+    try:
+        state = tx.init(params)
+    except (TypeError, ValueError):
+        return False
+    return _derived.unsupported(tx, adamx.apply_updates, params, state, params) is None
 
 
-KERNEL_CASES = [case for case in OPTIMIZERS if has_a_fused_rule(case)]
+KERNEL_CASES = [case for case in OPTIMIZERS if is_fused(case)]
 
 
 def with_paths(cases):
@@ -68,12 +78,14 @@ def fused(path: str) -> bool:
 
 
 def test_the_kernel_cases_are_the_fused_optimizers():
-    """The kernel path covers what the kernel takes (adamx/kernels/_fused.py's docstring): Adam(W),
-    NAdam(W) in optax's form, AdaMax(W), Lion, stochastic-bfloat16 and 8-bit moments."""
+    """The kernel path covers every elementwise optimizer (adamx/kernels/_derived.py's docstring)
+    and those with a per-tensor scalar reduction, with stochastic-bfloat16 and 8-bit moments, and
+    a chain a user assembles; not those that reduce a leaf to an array (a matrix product, a row
+    mean)."""
     names = {case.name for case in KERNEL_CASES}
-    assert {"adam", "adamw", "adamax", "adamaxw", "nadam", "nadamw", "lion"} <= names
-    assert {"adamw_bf16_sr", "adamw_8bit"} <= names
-    assert not {"sgd", "adam_blocks", "nadam_torch", "nadamw_algoperf"} & names
+    assert set(ELEMENTWISE) | set(REDUCING) <= names
+    assert {"adamw_bf16_sr", "adamw_8bit", "adam_blocks"} <= names
+    assert not {"adafactor", "muon", "soap", "adam_mini", "adamw_4bit"} & names
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[case.name for case in KERNEL_CASES])
@@ -85,7 +97,8 @@ def test_each_path_compiles_to_its_own_code(case, path):
     params = jax.tree.map(jnp.asarray, random_tree(0))
     step = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p, fused=fused(path)))
     text = step.lower(params, opt.init(params), params).compile().as_text()
-    called = [t for t in (_native.TARGET, _native.QUANTIZED_TARGET) if f'"{t}"' in text]
+    targets = (_native.TARGET, _native.QUANTIZED_TARGET, _native.DERIVED_TARGET)
+    called = [t for t in targets if f'"{t}"' in text]
     assert called if path == "kernel" else not called, called
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+import adamx
 from adamx import apply_updates, hutchinson_diagonal, sophia
 from tests.helpers import cosine, jax_cosine, max_relative_difference, relaxed, x64
 from tests.parity.soap_sophia import GRADS, LR, PARAMS, STEPS, WD, draw
@@ -161,3 +162,27 @@ def test_sophia_zero_gradients_and_hutchinson():
     np.testing.assert_allclose(np.asarray(h["x"]), np.asarray(d), rtol=1e-6)
     with pytest.raises(ValueError, match="eps_placement"):
         sophia(0.1, eps_placement="outside")
+
+
+@pytest.mark.parametrize("storage", ["bf16_sr", "8bit"])
+def test_sophia_reads_its_hessian_through_a_low_bit_storage(storage):
+    """With ``nu_dtype`` a storage (stochastic bfloat16, 8-bit blocks), h is read through it (it
+    used to be taken for an array and fail). Reference: the float32 run; tolerance: the storage's
+    rounding of h (bfloat16: 2^-8 relative; 8-bit: a code step, 5e-2 relative here)."""
+    nu_dtype = (
+        adamx.stochastic_bfloat16()
+        if storage == "bf16_sr"
+        else adamx.low_bit_moments(8)["nu_dtype"]
+    )
+    params = {"w": jnp.linspace(0.5, 2.0, 8192, dtype=jnp.float32)}
+    grads = {"w": jnp.full((8192,), 0.1, jnp.float32)}
+    hessian = {"w": jnp.linspace(1.0, 3.0, 8192, dtype=jnp.float32)}
+    results = []
+    for tx in (adamx.sophia(1e-2, nu_dtype=nu_dtype), adamx.sophia(1e-2)):
+        state = tx.init(params)
+        _, state = tx.update(grads, state, params, hessian=hessian)
+        updates, _ = tx.update(grads, state, params)
+        results.append(np.asarray(updates["w"]))
+    low, full = results
+    assert np.all(np.isfinite(low))
+    np.testing.assert_allclose(low, full, rtol=1e-2 if storage == "bf16_sr" else 5e-2)

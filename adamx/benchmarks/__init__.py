@@ -400,7 +400,37 @@ BUILDERS: dict[str, Callable[[float], Any]] = {
         adamx.adamw(lr, weight_decay=WEIGHT_DECAY), adamx.kahan_summation()
     ),
     "adamw_4bit": lambda lr: adamx.adamw(lr, weight_decay=WEIGHT_DECAY, **adamx.low_bit_moments(4)),
+    # AdamW assembled from its blocks, as a user would: the same kernel (adamx/kernels/_derived.py).
+    "adamw_built": lambda lr: adamx.chain(
+        adamx.ema(0.9),
+        adamx.bias_correction(0.9),
+        adamx.scale_by_second_moment(0.999, eps=1e-8),
+        adamx.add_decayed_weights(WEIGHT_DECAY),
+        adamx.scale_by_learning_rate(lr),
+    ),
+    "sgd_momentum": lambda lr: adamx.sgd(lr, 0.9),
+    "sgd_nesterov": lambda lr: adamx.sgd(lr, 0.9, nesterov=True),
 }
+
+# The optimizers whose step is elementwise, all fused on CPU (`--compare elementwise`).
+ELEMENTWISE = (
+    "adam,adamw,adamw_built,nadam,nadamw,adamax,adamaxw,amsgrad,radam,adabelief,yogi,adopt,"
+    "ademamix,laprop,rmsprop,adagrad,sgd_momentum,sgd_nesterov,lion,adamw_bf16_moments,adamw_16bit"
+)
+
+
+def _path(tx: Any, params: Any, state: Any, grads: Any) -> str:
+    """Which path `adamx.step` takes: ``"kernel"`` (one compiled pass) or ``"jnp"``."""
+    try:
+        jax.eval_shape(lambda p, s, g: adamx.step(tx, g, s, p, fused=True), params, state, grads)
+    except ValueError:
+        return "jnp"
+    return "kernel"
+
+
+def _moved_bytes(params: Any, state: Any) -> int:
+    """What one pass must move: params read and written, gradients read, state read and written."""
+    return 3 * _tree_bytes(params) + 2 * _tree_bytes(state)
 
 
 def matrix_tree(seed: int = 0, size: int = 1024, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -431,6 +461,8 @@ def compare_optimizers(
         params,
     )
     impls = []
+    paths, moved = {}, {}
+    names = [m for n in names for m in (ELEMENTWISE.split(",") if n == "elementwise" else [n])]
     for name in ["adamw", *[n for n in names if n != "adamw"]]:
         if name in BUILDERS:
             tx = BUILDERS[name](LEARNING_RATE)
@@ -441,6 +473,8 @@ def compare_optimizers(
                 f"`--compare` takes adamx optimizer names; got {name!r}, which adamx does not have."
             )
         state = tx.init(params)
+        paths[name] = _path(tx, params, state, grads)
+        moved[name] = _moved_bytes(params, state)
 
         def opt_step(p, s, g, tx=tx):
             return adamx.step(tx, g, s, p)
@@ -456,6 +490,11 @@ def compare_optimizers(
             "ratio_to_adamw": paired_ratio(times, impl.name, "adamw"),
             "compile_s": impl.compile_s,
             "state_bytes_per_param": (impl.state_bytes or 0) / n_params,
+            "path": paths[impl.name],
+            # time over AdamW's, divided by the bytes one pass must move over AdamW's: 1 is as
+            # close to the memory-bandwidth limit as AdamW's own step
+            "per_byte_to_adamw": paired_ratio(times, impl.name, "adamw")
+            / (moved[impl.name] / moved["adamw"]),
         }
         for impl in impls
     ]
@@ -464,12 +503,16 @@ def compare_optimizers(
 
 def _format_comparison(record: dict[str, Any]) -> str:
     lines = [f"\n## optimizers on {record['tree']} ({record['params'] / 1e6:.2f}M params)"]
-    header = f"{'optimizer':<24}{'ms':>9}{'x adamw':>9}{'compile s':>11}{'state B/p':>11}"
+    header = (
+        f"{'optimizer':<24}{'path':>7}{'ms':>9}{'x adamw':>9}{'per byte':>10}{'compile s':>11}"
+        f"{'state B/p':>11}"
+    )
     lines += [header, "-" * len(header)]
     for row in record["results"]:
         lines.append(
-            f"{row['name']:<26}{row['median_ms']:>9.2f}{row['ratio_to_adamw']:>9.2f}"
-            f"{row['compile_s']:>11.2f}{row['state_bytes_per_param']:>11.2f}"
+            f"{row['name']:<24}{row['path']:>7}{row['median_ms']:>9.2f}{row['ratio_to_adamw']:>9.2f}"
+            f"{row['per_byte_to_adamw']:>10.2f}{row['compile_s']:>11.2f}"
+            f"{row['state_bytes_per_param']:>11.2f}"
         )
     return "\n".join(lines)
 
@@ -513,8 +556,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--compare",
         default=None,
         help="comma-separated adamx optimizers to time against AdamW on a transformer-like tree "
-        "of matrices (e.g. lion,adafactor,muon); skips the AdamW configurations unless "
-        "--configs is also given",
+        "of matrices (e.g. lion,adafactor,muon), or `elementwise` for every optimizer the kernel "
+        "fuses, each with its time per byte moved over AdamW's; skips the AdamW configurations "
+        "unless --configs is also given",
     )
     parser.add_argument(
         "--size",

@@ -1212,6 +1212,29 @@ def ablation_table(ablation: Ablation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _relative_luminance(color: Any) -> float:
+    """WCAG 2's relative luminance of a matplotlib colour: 0 for black, 1 for white."""
+    from matplotlib.colors import to_rgb
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in to_rgb(color))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _label_color(background: Any) -> str:
+    """``"k"`` or ``"w"``, whichever has the higher WCAG contrast ratio on ``background``.
+
+    The two ratios are equal at a luminance of about 0.18, where each is 4.58, so a label drawn
+    this way is readable (WCAG AA asks for 4.5) on any colour of any colour map.
+    """
+    luminance = _relative_luminance(background)
+    on_black = (luminance + 0.05) / 0.05
+    on_white = 1.05 / (luminance + 0.05)
+    return "k" if on_black >= on_white else "w"
+
+
 def plot_ablation(ablation: Ablation, path: str | Path) -> Path:
     """Heat maps of the final cost: rows with / without bias correction, columns b1; each map has
     b2 down and log10(lr) across, colour = log10 of the cost (white where it diverged)."""
@@ -1227,8 +1250,16 @@ def plot_ablation(ablation: Ablation, path: str | Path) -> Path:
             cell = np.where(np.isfinite(fc[v, i]), fc[v, i], np.nan)
             image = ax.imshow(np.log10(cell), cmap="viridis_r", vmin=vmin, vmax=vmax, aspect="auto")
             for (j, k), value in np.ndenumerate(fc[v, i]):
-                text = "div." if not math.isfinite(value) else f"{value:.2f}"
-                ax.text(k, j, text, ha="center", va="center", fontsize=7, color="k")
+                if not math.isfinite(value):
+                    text = "div."
+                else:  # two decimals, one from 100 up: a four-digit cost still fits its cell
+                    text = f"{value:.1f}" if value >= 100 else f"{value:.2f}"
+                # A diverged cell is drawn white (NaN); any other takes its colour from the map.
+                background = (
+                    image.cmap(image.norm(np.log10(value))) if math.isfinite(value) else "w"
+                )
+                color = _label_color(background)
+                ax.text(k, j, text, ha="center", va="center", fontsize=9, color=color)
             ax.set_xticks(range(len(ablation.log10_lrs)), [str(e) for e in ablation.log10_lrs])
             ax.set_yticks(range(len(ablation.b2s)), [f"{b:g}" for b in ablation.b2s])
             ax.set_xlabel("log10(learning rate)")

@@ -1,12 +1,15 @@
-"""The fused step: one kernel call updates every parameter and moment in place (docs/design.md, 8).
+"""The rule-keyed fused step: the hand-written kernel, now for sharded leaves (docs/design.md, 8).
 
-An optimizer built by `adam`, `adamw`, `nadam`, `nadamw` (optax's form), `adamax`, `adamaxw` or
-`lion` carries a `FusedRule`: the numbers that define it and where its moments sit in its state.
-`adamx.step` hands such an optimizer to the compiled kernel (``adamx/kernels/_native/fused_step.cc``) when
-the kernel is available and the leaves qualify (CPU, float32 or bfloat16 params, gradients and
-moments, the moments possibly `stochastic_bfloat16`); otherwise it runs the jnp path, ``update``
-then ``apply_updates``. Both compute the same operations in the same order, so their results are
-bit-identical (``tests/test_fused.py``, ``tests/test_fused_low_bit.py``).
+`adamx.step` first tries the kernel derived from the optimizer's own jaxpr (`_derived`), which
+takes every elementwise step on one device. This module is what takes a step it declines on a
+mesh, per shard inside ``jax.shard_map``: an optimizer built by `adam`, `adamw`, `nadam`,
+`nadamw` (optax's form), `adamax`, `adamaxw` or `lion` carries a `FusedRule`, the numbers that
+define it and where its moments sit in its state, and the compiled kernel
+(``adamx/kernels/_native/fused_step.cc``) runs it when the leaves qualify (CPU, float32 or
+bfloat16 params, gradients and moments, the moments possibly `stochastic_bfloat16`). Both compute
+the jnp path's operations in its order, so their results are bit-identical
+(``tests/test_fused.py``, ``tests/test_fused_low_bit.py``). The rules restate what the chains
+say; moving the mesh case to the derived kernel retires them (issue 23's remainder).
 
 ``adamx.chain(optimizer, kahan_summation())`` keeps the optimizer's rule with ``kahan=True``
 (`with_kahan`): the kernel then also updates the compensation, in the same pass.

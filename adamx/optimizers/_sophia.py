@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..blocks._moments import EmaState, bias_correction, ema
+from ..blocks._moments import EmaState, _resolve_storage, bias_correction, ema
 from ..blocks._scale import scale_by_learning_rate
 from ..blocks._second_moment import _real_like
 from ..blocks._weight_decay import add_decayed_weights
@@ -18,6 +18,7 @@ from ..core._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ..core._structural import either
 from ..core._trees import map_like
 from ..core._validate import check_decay, check_non_negative
+from ..storage._storage import stored_dtypes
 
 __all__ = [
     "ClippedHessianState",
@@ -79,6 +80,7 @@ def scale_by_clipped_hessian(
             f"max(gamma*h, eps)), got {eps_placement!r}."
         )
     average = ema(b2, dtype=nu_dtype)
+    storage = _resolve_storage(None, nu_dtype, "nu_dtype")  # how h is stored: read through it
 
     def init_fn(params):
         return ClippedHessianState(average.init(jax.tree.map(_real_like, params)))
@@ -90,10 +92,11 @@ def scale_by_clipped_hessian(
             estimate = map_like(lambda _, e: jnp.real(e), updates, hessian, "hessian")
             _, h_state = average.update(estimate, h_state)
 
-        def one(u, h):
-            cdt = compute_dtype(u.dtype, h.dtype)
+        def one(u, stored):
+            cdt = compute_dtype(u.dtype, *stored_dtypes(stored))
             rdt = real_dtype(cdt)
-            scaled = as_hyperparameter(gamma, rdt) * h.astype(rdt)
+            h = storage.read(stored, rdt)
+            scaled = as_hyperparameter(gamma, rdt) * h
             floor = as_hyperparameter(eps, rdt)
             denominator = scaled + floor if eps_placement == "add" else jnp.maximum(scaled, floor)
             c = as_hyperparameter(clip_threshold, rdt)

@@ -1,4 +1,4 @@
-"""Applying updates: `apply_updates`, and `step`, the one call a fused kernel will take over."""
+"""Applying updates: `apply_updates`, and `step`, the one call the fused kernels take over."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..core._trees import (
     structure_mismatch,
     wrong_shape,
 )
+from ..kernels import _derived
 from ..kernels._fused import fused_step, why_not
 from ..kernels._fused_quantized import fused_step as quantized_step
 from ..kernels._fused_quantized import rule_of as quantized_rule
@@ -58,6 +59,14 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         raise structure_mismatch(updates, params, "params", "updates") from None
 
 
+def _reasons(tx: Any, grads: Any, state: Any, params: Any) -> str:
+    derived = _derived.why_not(tx, apply_updates, grads, state, params)
+    ruled = why_not(tx, grads, state, params)
+    if derived is None or ruled is None:
+        return derived or ruled or ""
+    return f"{derived}; and {ruled}"
+
+
 def step(
     tx: GradientTransformation,
     grads: Updates,
@@ -69,13 +78,16 @@ def step(
 ) -> tuple[Params, OptState]:
     """One optimizer step: ``(new_params, new_state)`` from gradients, state and params.
 
-    Equal to ``tx.update`` followed by `apply_updates`, which is the reference implementation. For
-    the optimizers with a fused rule (`adam`, `adamw`, `nadam`, `nadamw` in optax's form, `adamax`,
-    `adamaxw`, `lion`) on CPU, with float32 or bfloat16 leaves (moments also `stochastic_bfloat16`,
-    and the optimizer also followed by `kahan_summation` in `chain`), one compiled kernel call
-    updates every parameter and moment in place instead, moving each byte once; the numbers are
-    the same bit for bit (docs/design.md, section 8). Call it inside ``jax.jit`` with ``donate_argnums`` for
-    the params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
+    Equal to ``tx.update`` followed by `apply_updates`, which is the reference implementation. On
+    CPU, one compiled pass updates every parameter and moment in place instead, for any
+    optimizer or chain whose per-element step lowers to C++ (adamx/kernels/_derived.py: Adam and
+    its variants, SGD, RMSprop, AdaGrad, Lion, ..., with float32, bfloat16 and stochastically
+    rounded bfloat16 moments, masks, schedules, injected hyperparameters, Kahan summation; a
+    per-tensor scalar such as LAMB's trust ratio is reduced by JAX first). The kernel is derived
+    from the optimizer's own jaxpr, so the numbers are the same bit for bit (docs/design.md,
+    section 8). 8-bit Adam(W) moments run their own kernel; on a mesh, Adam(W), NAdam(W),
+    AdaMax(W) and Lion run per shard. Call it inside ``jax.jit`` with ``donate_argnums`` for the
+    params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
 
     Args:
       tx: the optimizer.
@@ -99,8 +111,12 @@ def step(
             result = quantized_step(tx, grads, state, params)
             reason = lambda: quantized_why_not(tx, grads, state, params)  # noqa: E731
         else:
-            result = fused_step(tx, grads, state, params)
-            reason = lambda: why_not(tx, grads, state, params)  # noqa: E731
+            # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py); on a
+            # mesh, the rule-keyed kernel, which runs per shard (adamx/kernels/_fused.py).
+            result = _derived.step(tx, apply_updates, grads, state, params)
+            if result is None:
+                result = fused_step(tx, grads, state, params)
+            reason = lambda: _reasons(tx, grads, state, params)  # noqa: E731
         if result is not None:
             return result
         if fused is True:

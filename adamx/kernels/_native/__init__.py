@@ -21,11 +21,18 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "fused_step.cc", HERE / "fused_quantized.cc", HERE / "split.cc")  # one library
-HEADERS = (HERE / "fused_common.h",)
+# One library; derived.cc hosts the programs adamx/kernels/_derived.py generates (`program`).
+SOURCES = (
+    HERE / "fused_step.cc",
+    HERE / "fused_quantized.cc",
+    HERE / "split.cc",
+    HERE / "derived.cc",
+)
+HEADERS = (HERE / "fused_common.h", HERE / "elements.h")
 TARGET = "adamx_fused_step"
 QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call
+DERIVED_TARGET = "adamx_derived_step"  # a generated program over a group of leaves
 FLAGS = (
     "-O3",
     "-march=native",
@@ -52,33 +59,48 @@ def _cache_dir() -> Path:
     return (base if os.environ.get("ADAMX_CACHE_DIR") else base / "adamx") / "native"
 
 
-def _build(compiler: str, include: str) -> Path:
-    import jaxlib
-
-    version = subprocess.run(
+@functools.cache
+def _compiler_version(compiler: str) -> list[str]:
+    return subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
+
+
+def _build(compiler: str, include: str, name: str = "fused_step", text: str | None = None) -> Path:
+    """The library built from the sources here (or from the generated source ``text``, which
+    includes elements.h alone), cached under a hash of everything that goes into it."""
+    import jaxlib
+
+    sources = [f.read_text() for f in SOURCES] if text is None else [text]
     key = hashlib.sha256(
         "\0".join(
             [
-                *(f.read_text() for f in SOURCES + HEADERS),
+                *sources,
+                *(f.read_text() for f in HEADERS),
                 *FLAGS,
-                *version,
+                *_compiler_version(compiler),
                 jaxlib.__version__,
                 sys.platform,
             ]
         ).encode()
     ).hexdigest()[:16]
     folder = _cache_dir()
-    library = folder / f"fused_step-{key}.so"
+    library = folder / f"{name}-{key}.so"
     if library.exists():
         return library
     folder.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: concurrent processes (pytest-xdist) never see half a file.
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         partial = Path(scratch) / library.name
+        flags: tuple[str, ...] = FLAGS
+        if text is None:
+            files = list(map(str, SOURCES))
+        else:
+            generated = Path(scratch) / f"{name}.cc"
+            generated.write_text(text)
+            files, flags = [str(generated)], tuple(f for f in FLAGS if f != "-fopenmp")
         result = subprocess.run(
-            [compiler, *FLAGS, "-I", include, *map(str, SOURCES), "-o", str(partial)],
+            [compiler, *flags, "-I", include, "-I", str(HERE), *files, "-o", str(partial)],
             capture_output=True,
             text=True,
             check=False,
@@ -113,6 +135,10 @@ def _load() -> tuple[bool, str]:
         jax.ffi.register_ffi_target(
             SPLIT_TARGET, jax.ffi.pycapsule(handle.AdamxSplit), platform="cpu"
         )
+        jax.ffi.register_ffi_target(
+            DERIVED_TARGET, jax.ffi.pycapsule(handle.AdamxDerivedStep), platform="cpu"
+        )
+        _HANDLES.append(handle)
     except Exception as error:  # a failed build must never break training: fall back
         return False, f"the kernel could not be built or loaded: {error}"
     return True, f"built with {compiler} into {library}"
@@ -121,3 +147,28 @@ def _load() -> tuple[bool, str]:
 def status() -> tuple[bool, str]:
     """``(available, explanation)`` for the native CPU kernel; builds it on the first call."""
     return _load()
+
+
+_HANDLES: list = []  # loaded libraries stay loaded: XLA holds pointers into them
+_PROGRAMS: set[str] = set()
+
+
+def program(key: str, source: str) -> str:
+    """Register a generated program (adamx/kernels/_derived.py) with the kernel under ``key``:
+    ``source`` (a function ``adamx_leaf``, including elements.h alone) is compiled on first use,
+    cached on disk by its hash like the kernel, and its address handed to derived.cc. Returns
+    ``key``, the ``program`` attribute of a `DERIVED_TARGET` call. Call only after `status` said
+    the kernel is available."""
+    if key in _PROGRAMS:
+        return key
+    import jax.ffi
+
+    compiler = _compiler()
+    assert compiler is not None and _HANDLES
+    library = _build(compiler, jax.ffi.include_dir(), f"derived-{key}", source)
+    handle = ctypes.cdll.LoadLibrary(str(library))
+    address = ctypes.cast(handle.adamx_leaf, ctypes.c_void_p)
+    _HANDLES[0].AdamxRegisterProgram(key.encode(), address)
+    _HANDLES.append(handle)
+    _PROGRAMS.add(key)
+    return key

@@ -7,40 +7,12 @@
 #include <cstring>
 #include <vector>
 
+#include "elements.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
-
-// ---- element types ----------------------------------------------------------------------------
-
-inline float load(const float* x, size_t i) { return x[i]; }
-inline float load(const uint16_t* x, size_t i) {
-  uint32_t bits = static_cast<uint32_t>(x[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline void store(float* x, size_t i, float f) { x[i] = f; }
-// float32 -> bfloat16, round to nearest even; NaN stays a (quiet) NaN. XLA's conversion.
-inline void store(uint16_t* x, size_t i, float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  uint32_t nan = (bits >> 16) | 0x40u;
-  x[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
-// The value a bfloat16 store followed by a load gives (float32: the value itself).
-inline float round_as(const float*, float f) { return f; }
-inline float round_as(const uint16_t*, float f) {
-  uint16_t b;
-  store(&b, 0, f);
-  return load(&b, 0);
-}
-
-// XLA's maximum: NaN if either operand is NaN.
-inline float nan_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 
 // ---- the scalars of one step: adamx/kernels/_fused.py fills them in this order, by the names in its
 // `HYPER` (and `ALGORITHMS` for the enum below); tests/test_fused.py checks that the two agree.

@@ -1,0 +1,836 @@
+"""The fused step derived from the optimizer itself: its elementwise part, lowered to one C++ loop.
+
+No optimizer says anything about kernels. `adamx.step(tx, grads, state, params)` traces
+``tx.update`` followed by `apply_updates` to a jaxpr (once per optimizer and tree of shapes) and
+splits the equations in two (docs/design.md, section 8):
+
+- **the scalar part**, every equation whose results are scalars (step counts, bias corrections,
+  schedules, a stochastic moment's seed): JAX runs these as they are, equation by equation, as
+  the jnp path runs them; so does it a reduction of a leaf to a scalar (a norm, a per-tensor mean)
+  with the equations it needs, in a pass of its own;
+- **the elementwise part**, the equations over a leaf's elements, which fall apart into one
+  *program* per leaf (the equations connected through the leaf's arrays). Each must be a
+  primitive whose C++ form rounds exactly as XLA does (`_expression`): IEEE ``+ - * /`` and
+  ``sqrt``, comparisons, selects, bit operations, conversions; bfloat16 results are rounded after
+  every operation, as XLA:CPU rounds them.
+
+A program becomes a C++ loop over the leaf's elements that reads each input once and writes each
+output once, in place (the outputs are aliased to the params and state they replace). Its text
+names no hyperparameter: every float scalar it reads (``b1``, ``-lr``, a bias correction) arrives
+in a small buffer, so one compiled program serves every learning rate, every leaf of the same
+update rule and every optimizer that shares it, whatever chain built it. The source is compiled
+with the machine's compiler on first use and cached by its hash (`_native.program`), with
+``-ffp-contract=off``, so that the results are the jnp path's bit for bit (eager), by
+construction and by test (tests/test_derived.py).
+
+A step with anything else on a leaf (a reduction to an array such as a row mean or a matrix
+product, a transcendental such as ``exp`` whose C++ and XLA results may differ in the last bit,
+a gather) is not fused: `why_not` names the equation, and the jnp path takes the step.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import math
+from typing import Any, cast
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+
+from . import _native
+from ._fused import layout
+
+__all__: list[str] = []  # internal: used by the floors above, not public
+
+_GROUP = 32  # leaves per custom call (XLA's aliasing analysis grows super-linearly with more)
+_CALLS = {"pjit", "jit", "closed_call", "core_call"}  # inlined where they compute arrays
+_CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+
+# ---- the element types ------------------------------------------------------------------------
+
+# numpy dtype -> (C type of a value, C type of a buffer element).
+_TYPES = {
+    np.dtype(np.float32): ("float", "float"),
+    np.dtype(jnp.bfloat16): ("float", "uint16_t"),  # carried as float, rounded after each operation
+    np.dtype(np.int32): ("int32_t", "int32_t"),
+    np.dtype(np.uint32): ("uint32_t", "uint32_t"),
+    np.dtype(np.bool_): ("bool", "uint8_t"),
+}
+_BF16 = np.dtype(jnp.bfloat16)
+_FLOATS = (np.dtype(np.float32), _BF16)
+
+
+def _kind(dtype: Any) -> str:
+    return {
+        np.dtype(np.float32): "f32",
+        _BF16: "bf16",
+        np.dtype(np.int32): "i32",
+        np.dtype(np.uint32): "u32",
+        np.dtype(np.bool_): "bool",
+    }[np.dtype(dtype)]
+
+
+# ---- the flattened trace ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Lit:
+    """A literal scalar of the jaxpr (a Python hyperparameter, a constant)."""
+
+    value: Any  # a numpy scalar of its dtype
+
+
+class _Unsupported(Exception):
+    """The step has an equation the kernel cannot take; the message says which."""
+
+
+@dataclasses.dataclass
+class _Eqn:
+    primitive: Any
+    params: dict
+    ins: list  # node ids (int) or Lit
+    outs: list  # node ids
+    index: int = 0  # its place in the jaxpr, inlined: JAX runs its equations in this order
+
+
+@dataclasses.dataclass
+class _Flat:
+    """A jaxpr with its calls inlined where they compute arrays: scalar equations (`binds`, run by
+    JAX as they are) and array equations (`ops`, lowered to C++), over numbered nodes."""
+
+    shapes: list = dataclasses.field(default_factory=list)
+    dtypes: list = dataclasses.field(default_factory=list)
+    consts: dict = dataclasses.field(default_factory=dict)  # node -> value
+    binds: list = dataclasses.field(default_factory=list)
+    ops: list = dataclasses.field(default_factory=list)
+    leafwise: set = dataclasses.field(default_factory=set)
+    jax_ops: list = dataclasses.field(default_factory=list)  # array equations JAX runs (below)
+
+    def new(self, aval: Any) -> int:
+        self.shapes.append(tuple(aval.shape))
+        self.dtypes.append(np.dtype(aval.dtype))
+        return len(self.shapes) - 1
+
+    def const(self, value: Any) -> Any:
+        if np.ndim(value) == 0 and not isinstance(value, jax.core.Tracer):
+            return Lit(np.asarray(value)[()])
+        node = self.new(_aval(value))
+        self.consts[node] = value
+        return node
+
+    def is_array(self, ref: Any) -> bool:
+        """More than one element (a size-1 array not computed from a leaf is a scalar here)."""
+        return isinstance(ref, int) and math.prod(self.shapes[ref]) > 1
+
+    def is_leafwise(self, ref: Any) -> bool:
+        """Whether ``ref`` is part of a leaf's elementwise computation: a parameter or gradient
+        (of any shape: a scalar parameter is a leaf too), a moment, an array of more than one
+        element, or computed from one (a reduction's result excepted: a scalar to the kernel)."""
+        return isinstance(ref, int) and (ref in self.leafwise or self.is_array(ref))
+
+    def inline(self, jaxpr: Any, consts: list, ins: list) -> list:
+        env: dict = {}
+        for var, ref in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = ref
+        for var, ref in zip(jaxpr.invars, ins, strict=True):
+            env[var] = ref
+
+        def read(var):
+            if isinstance(var, jex.Literal):
+                return Lit(np.asarray(var.val, dtype=var.aval.dtype)[()])
+            return env[var]
+
+        for eqn in jaxpr.eqns:
+            args = [read(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            computes_arrays = any(
+                int(np.prod(getattr(v.aval, "shape", ()))) > 1 for v in eqn.outvars
+            )
+            computes_arrays = computes_arrays or any(self.is_leafwise(a) for a in args)
+            sub = None
+            if computes_arrays and name in _CALLS:
+                sub = eqn.params["jaxpr"]
+            elif computes_arrays and name in _CUSTOM:
+                sub = eqn.params[_CUSTOM[name]]
+            if sub is not None:
+                closed = sub if hasattr(sub, "consts") else jex.ClosedJaxpr(sub, ())
+                outs = self.inline(closed.jaxpr, [self.const(c) for c in closed.consts], args)
+            else:
+                outs = [self.new(v.aval) for v in eqn.outvars]
+                # A leaf reduced to a scalar (a norm, a count) is a scalar to the kernel.
+                if computes_arrays and not (_is_reduction(name) and not self.is_array(outs[0])):
+                    self.leafwise.update(outs)
+                index = len(self.binds) + len(self.ops)
+                (self.ops if computes_arrays else self.binds).append(
+                    _Eqn(eqn.primitive, eqn.params, args, outs, index)
+                )
+            for var, ref in zip(eqn.outvars, outs, strict=True):
+                env[var] = ref
+        return [read(v) for v in jaxpr.outvars]
+
+
+def _is_reduction(name: str) -> bool:
+    return name.startswith(("reduce_", "arg", "cum")) or name in ("dot_general", "reduce")
+
+
+# ---- one leaf's program: C++ from its equations -------------------------------------------------
+
+
+def _name(prefix: str, k: int) -> str:
+    return f"{prefix}{k}"
+
+
+def _round(dtype: Any, expression: str) -> str:
+    """``expression`` (a float) rounded to ``dtype`` as XLA rounds it (bfloat16: to nearest even)."""
+    return f"rb({expression})" if np.dtype(dtype) == _BF16 else expression
+
+
+def _integer_pow(x: str, y: int, dtype: Any) -> str:
+    """jax's ``integer_pow`` as XLA computes it: square-and-multiply, each product rounded."""
+    if y == 0:
+        return "1.0f"
+    acc = None
+    base = x
+    n = abs(y)
+    while n > 0:
+        if n & 1:
+            acc = base if acc is None else _round(dtype, f"({acc} * {base})")
+        n >>= 1
+        if n > 0:
+            base = _round(dtype, f"({base} * {base})")
+    assert acc is not None
+    return _round(dtype, f"(1.0f / {acc})") if y < 0 else acc
+
+
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_COMPARE = {"gt": ">", "lt": "<", "ge": ">=", "le": "<=", "eq": "==", "ne": "!="}
+_BITWISE = {"and": "&", "or": "|", "xor": "^"}
+_IDENTITY = {"reshape", "squeeze", "expand_dims", "copy", "copy_p", "broadcast_in_dim"}
+
+
+def _expression(
+    eqn: _Eqn,
+    args: list[str],
+    in_dtypes: list,
+    out_dtype: Any,
+    by_scalar: bool = False,
+    exact: bool = False,
+) -> str:
+    """The C++ expression of one elementwise equation, or `_Unsupported`.
+
+    ``by_scalar``: a division of an array by a scalar operand, which XLA computes as a
+    multiplication by the scalar's reciprocal (its algebraic simplifier rewrites
+    ``a / broadcast(b)`` to ``a * broadcast(1 / b)``, measured: not the IEEE quotient).
+    ``exact``: the first operand is known to be a bfloat16 value already (rounding it again would
+    change nothing, so it is not rounded).
+    """
+    name = eqn.primitive.name
+    kind = _kind(out_dtype)
+    floating = out_dtype in _FLOATS
+    if name == "div" and by_scalar and floating and _divides_by_reciprocal():
+        if out_dtype == _BF16:
+            raise _Unsupported("a bfloat16 division by a scalar (XLA's rounding not verified)")
+        return f"({args[0]} * (1.0f / {args[1]}))"
+    if name in _BINARY:
+        a, b = args
+        if floating:
+            return _round(out_dtype, f"({a} {_BINARY[name]} {b})")
+        if name == "div":
+            raise _Unsupported("an integer division")
+        if kind == "i32":  # wrapping, as XLA's int32 arithmetic
+            return f"(int32_t)((uint32_t){a} {_BINARY[name]} (uint32_t){b})"
+        return f"({a} {_BINARY[name]} {b})"
+    if name in ("max", "min"):
+        if floating:
+            return f"nan_{name}({args[0]}, {args[1]})"
+        return f"std::{name}({args[0]}, {args[1]})"
+    if name in _COMPARE:
+        return f"({args[0]} {_COMPARE[name]} {args[1]})"
+    if name in _BITWISE:
+        return f"({args[0]} {_BITWISE[name]} {args[1]})"
+    if name == "not":
+        return f"(!{args[0]})" if kind == "bool" else f"(~{args[0]})"
+    if name in ("shift_left", "shift_right_logical"):
+        if kind != "u32":
+            raise _Unsupported(f"`{name}` on {out_dtype}")
+        return f"{'shl' if name == 'shift_left' else 'shr'}({args[0]}, {args[1]})"
+    if name == "neg":
+        return f"(-{args[0]})" if floating else f"(int32_t)(0u - (uint32_t){args[0]})"
+    if floating and name == "abs":
+        return f"std::fabs({args[0]})"
+    if floating and name == "sign":
+        return f"sign_of({args[0]})"
+    if floating and name == "sqrt":
+        return _round(out_dtype, f"std::sqrt({args[0]})")
+    if floating and name == "square":
+        return _round(out_dtype, f"({args[0]} * {args[0]})")
+    if floating and name == "integer_pow":
+        return _integer_pow(args[0], int(eqn.params["y"]), out_dtype)
+    if name == "is_finite":
+        return f"std::isfinite({args[0]})"
+    if name == "select_n":
+        if len(args) != 3 or np.dtype(in_dtypes[0]) != np.bool_:
+            raise _Unsupported("a `select_n` of more than two cases")
+        return f"({args[0]} ? {args[2]} : {args[1]})"
+    if name in _IDENTITY:
+        return args[0]
+    if name == "convert_element_type":
+        if exact and np.dtype(out_dtype) == _BF16:
+            return args[0]
+        return _convert(args[0], np.dtype(in_dtypes[0]), np.dtype(out_dtype))
+    if name == "bitcast_convert_type":
+        source, target = _kind(in_dtypes[0]), kind
+        if {source, target} <= {"i32", "u32"}:
+            return f"({_TYPES[np.dtype(out_dtype)][0]}){args[0]}"
+        if source == "f32" and target in ("u32", "i32"):
+            return f"({_TYPES[np.dtype(out_dtype)][0]})bits_of({args[0]})"
+        if target == "f32" and source in ("u32", "i32"):
+            return f"f32_of((uint32_t){args[0]})"
+        raise _Unsupported(f"a bitcast from {in_dtypes[0]} to {out_dtype}")
+    if name == "iota":
+        if len(eqn.params["shape"]) != 1 or kind not in ("i32", "u32"):
+            raise _Unsupported("an `iota` other than a leaf's flat integer index")
+        return f"({_TYPES[np.dtype(out_dtype)][0]})i"
+    if name.startswith(("reduce_", "arg", "cum")) or name in ("dot_general", "reduce"):
+        raise _Unsupported(f"`{name}` reduces a leaf (a norm, a mean, a count): not elementwise")
+    raise _Unsupported(
+        f"`{name}` (on {out_dtype}) has no C++ form here that rounds exactly as XLA does"
+    )
+
+
+@functools.cache
+def _divides_by_reciprocal() -> bool:
+    """Whether this XLA computes an array divided by a scalar as the array times the scalar's
+    reciprocal (jaxlib 0.10's does; 0.6's divides), measured on values where the two differ."""
+    x = np.linspace(-3.0, 3.0, 97, dtype=np.float32)
+    d = np.float32(0.09999999)
+    with jax.ensure_compile_time_eval():  # run now, also while a step is being traced
+        got = np.asarray(jax.lax.div(jnp.asarray(x), jnp.asarray(d)))
+    return bool(np.array_equal(got, x * (np.float32(1) / d)) and not np.array_equal(got, x / d))
+
+
+def _literal(value: Any) -> str:
+    """An integer or boolean literal as C++."""
+    kind = _kind(value.dtype)
+    if kind == "bool":
+        return "true" if bool(value) else "false"
+    if kind == "u32":
+        return f"{int(value)}u"
+    return f"(int32_t){int(value)}"
+
+
+def _convert(x: str, source: np.dtype, target: np.dtype) -> str:
+    s, t = _kind(source), _kind(target)
+    if s == t:
+        return x
+    if t == "bf16" and s in ("f32", "bool"):
+        return f"rb({x} ? 1.0f : 0.0f)" if s == "bool" else f"rb({x})"
+    if t == "f32" and s == "bf16":
+        return x
+    if t == "f32" and s in ("bool", "i32", "u32"):
+        return f"(float){x}"
+    if t == "bool":
+        return f"({x} != 0)"
+    if {s, t} <= {"i32", "u32", "bool"}:
+        return f"({_TYPES[target][0]}){x}"
+    raise _Unsupported(f"a conversion from {source} to {target}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """A buffer of a program: read (an input), written (an output), or both (in place)."""
+
+    dtype: np.dtype
+    read: bool
+    written: bool
+    operand: bool  # passed as an operand (read, or written in place into the donated input)
+
+
+@dataclasses.dataclass
+class Program:
+    """One leaf's elementwise equations, as C++: ``source`` is a function of ``key`` alone."""
+
+    slots: tuple[Slot, ...]
+    scalars: tuple[np.dtype, ...]
+    body: str
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
+
+    @property
+    def source(self) -> str:
+        return _SOURCE.format(body=self.body)
+
+    @property
+    def flags(self) -> np.ndarray:
+        """Each slot's flags for derived.cc: 1 read, 2 written, 4 an operand."""
+        return np.asarray(
+            [1 * s.read + 2 * s.written + 4 * s.operand for s in self.slots], np.int64
+        )
+
+
+def _scalar_load(k: int, dtype: np.dtype) -> str:
+    ctype = _TYPES[dtype][0]
+    value = f"f32_of(s[{k}])" if dtype in _FLOATS else f"({ctype})s[{k}]"
+    return f"  const {ctype} {_name('s', k)} = {value};"
+
+
+def lower(
+    flat: _Flat, ops: list[_Eqn], reads: list[int], writes: list[tuple[int, int | None]]
+) -> tuple[Program, list, list]:
+    """The program of one leaf: ``ops`` in order, reading the array nodes ``reads`` and writing
+    ``writes``, ``[(node, the input node it overwrites in place, or None)]``.
+
+    Returns the program, its scalar operands (nodes or `Lit`) in the order it reads them, and per
+    slot ``(operand node or None, result node or None)``.
+    """
+    slots: list[Slot] = []
+    nodes: list[tuple[int | None, int | None]] = []
+    slot_of: dict[int, int] = {}  # a read node -> its slot
+    overwritten = {source: node for node, source in writes if source is not None}
+    for node in reads:
+        slot_of[node] = len(slots)
+        slots.append(Slot(flat.dtypes[node], True, node in overwritten, True))
+        nodes.append((node, overwritten.get(node)))
+    out_slots = []
+    for node, source in writes:
+        if source is not None and source in slot_of:
+            out_slots.append((node, slot_of[source]))
+            continue
+        out_slots.append((node, len(slots)))
+        slots.append(Slot(flat.dtypes[node], False, True, source is not None))
+        nodes.append((source, node))
+    scalars: list = []
+    scalar_index: dict = {}
+    names: dict[int, str] = {}
+    lines = []
+    for k, node in enumerate(reads):
+        dtype = flat.dtypes[node]
+        ctype, btype = _TYPES[dtype]
+        load = f"load(b{slot_of[node]}, i)" if dtype == _BF16 else f"b{slot_of[node]}[i]"
+        if dtype == np.bool_:
+            load = f"(b{slot_of[node]}[i] != 0)"
+        names[node] = _name("x", k)
+        lines.append(f"    const {ctype} {names[node]} = {load};")
+
+    def arg(ref):
+        if isinstance(ref, int) and ref in names:
+            return names[ref]
+        if isinstance(ref, Lit) and ref.value.dtype not in _FLOATS:
+            return _literal(ref.value)  # a constant of the code (a hash's, a mask): written in
+        key = ("lit", ref.value.dtype.str, ref.value.tobytes()) if isinstance(ref, Lit) else ref
+        if flat.is_leafwise(ref):
+            raise _Unsupported("an array the program does not read")  # not expected
+        if key not in scalar_index:
+            scalar_index[key] = len(scalars)
+            scalars.append(ref)
+        return _name("s", scalar_index[key])
+
+    def dtype_of(ref):
+        return ref.value.dtype if isinstance(ref, Lit) else flat.dtypes[ref]
+
+    exact = {node for node in reads if flat.dtypes[node] == _BF16}
+    cleared: set[int] = set()
+    temps = 0
+    for eqn in ops:
+        if eqn.primitive.name == "broadcast_in_dim" and not flat.is_leafwise(eqn.ins[0]):
+            pass  # a scalar spread over the leaf: the scalar itself
+        elif eqn.primitive.name in _IDENTITY and flat.is_leafwise(eqn.ins[0]):
+            if int(np.prod(flat.shapes[eqn.ins[0]])) != int(np.prod(flat.shapes[eqn.outs[0]])):
+                raise _Unsupported(f"a `{eqn.primitive.name}` that changes the number of elements")
+        for dtype in [*map(dtype_of, eqn.ins), *(flat.dtypes[o] for o in eqn.outs)]:
+            if np.dtype(dtype) not in _TYPES:
+                raise _Unsupported(f"`{eqn.primitive.name}` on {np.dtype(dtype)}")
+        if len(eqn.outs) != 1:
+            raise _Unsupported(f"`{eqn.primitive.name}`, which has several results")
+        out = eqn.outs[0]
+        by_scalar = eqn.primitive.name == "div" and len(flat.shapes[out]) > 0
+        by_scalar = by_scalar and not flat.is_leafwise(eqn.ins[1])
+        name = eqn.primitive.name
+        first_exact = bool(eqn.ins) and eqn.ins[0] in exact
+        expression = _expression(
+            eqn,
+            [arg(r) for r in eqn.ins],
+            [dtype_of(r) for r in eqn.ins],
+            flat.dtypes[out],
+            by_scalar,
+            first_exact,
+        )
+        # Values known to be bfloat16 already: every bfloat16 result (each is rounded), and what a
+        # conversion or a reshape makes of one.
+        source = dtype_of(eqn.ins[0]) if eqn.ins else None
+        if flat.dtypes[out] == _BF16 or (first_exact and name in _IDENTITY):
+            exact.add(out)
+        elif first_exact and name == "convert_element_type" and source in _FLOATS:
+            exact.add(out)
+        elif name == "bitcast_convert_type" and eqn.ins[0] in cleared:
+            exact.add(out)  # a float whose low 16 bits are zero is a bfloat16 value
+        # uint32 bits whose low 16 are cleared (stochastic rounding's truncation)
+        if name == "and" and any(
+            isinstance(r, Lit) and r.value.dtype == np.uint32 and int(r.value) & 0xFFFF == 0
+            for r in eqn.ins
+        ):
+            cleared.add(out)
+        names[out] = _name("t", temps)
+        temps += 1
+        lines.append(f"    const {_TYPES[flat.dtypes[out]][0]} {names[out]} = {expression};")
+    for node, slot in out_slots:
+        dtype = flat.dtypes[node]
+        value = names.get(node)
+        if value is None:
+            value = arg(node)
+        if dtype == _BF16:  # a bfloat16 value already (see `exact`): its top 16 bits
+            lines.append(f"    store_exact(b{slot}, i, {value});")
+        else:
+            lines.append(f"    b{slot}[i] = ({_TYPES[dtype][1]}){value};")
+    scalar_dtypes = tuple(np.dtype(dtype_of(r)) for r in scalars)
+    head = [_scalar_load(k, d) for k, d in enumerate(scalar_dtypes)]
+    for k, buffer in enumerate(slots):
+        btype = _TYPES[buffer.dtype][1]
+        const = "" if buffer.written else "const "
+        head.append(f"  {const}{btype}* __restrict b{k} = static_cast<{const}{btype}*>(buf[{k}]);")
+    body = "\n".join([*head, "  for (size_t i = begin; i < end; ++i) {", *lines, "  }"])
+    return Program(tuple(slots), scalar_dtypes, body), scalars, nodes
+
+
+_SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr: one leaf's elementwise step,
+// run by adamx/kernels/_native/derived.cc over the elements [begin, end) of one leaf.
+#include "elements.h"
+
+namespace {{
+inline float rb(float f) {{ uint16_t b; store(&b, 0, f); return load(&b, 0); }}
+inline float f32_of(uint32_t u) {{ float f; std::memcpy(&f, &u, 4); return f; }}
+inline void store_exact(uint16_t* x, size_t i, float f) {{
+  uint32_t bits; std::memcpy(&bits, &f, 4); x[i] = static_cast<uint16_t>(bits >> 16);
+}}
+inline uint32_t bits_of(float f) {{ uint32_t u; std::memcpy(&u, &f, 4); return u; }}
+inline float sign_of(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : a); }}
+// XLA's shifts: 0 for a shift of 32 or more. Branch-free, so that the loop vectorises.
+inline uint32_t shl(uint32_t a, uint32_t b) {{ return (a << (b & 31u)) & (b < 32u ? ~0u : 0u); }}
+inline uint32_t shr(uint32_t a, uint32_t b) {{ return (a >> (b & 31u)) & (b < 32u ? ~0u : 0u); }}
+}}  // namespace
+
+extern "C" void adamx_leaf(const uint32_t* __restrict s, void* const* buf, size_t begin, size_t end) {{
+{body}
+}}
+"""
+
+
+# ---- the plan of a step -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Leaf:
+    """One program's instance: its operands, results and scalars, as nodes of the trace."""
+
+    ops: list
+    slots: list[tuple[int | None, int | None]]  # per slot: (operand node, result node)
+    scalars: list
+    size: int
+
+
+@dataclasses.dataclass
+class Plan:
+    flat: _Flat
+    inputs: list[int]
+    outputs: list
+    programs: dict[str, Program]
+    leaves: dict[str, list[_Leaf]]  # program key -> its instances
+    treedefs: tuple
+
+
+def _components(flat: _Flat) -> list[list[_Eqn]]:
+    """The array equations, grouped by the arrays that connect them (one group per leaf)."""
+    parent: dict[int, int] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for eqn in flat.ops:
+        nodes = [r for r in [*eqn.ins, *eqn.outs] if flat.is_leafwise(r)]
+        for other in nodes[1:]:
+            parent[find(other)] = find(nodes[0])
+    groups: dict[int, list[_Eqn]] = collections.defaultdict(list)
+    for eqn in flat.ops:
+        groups[find(eqn.outs[0])].append(eqn)
+    return list(groups.values())
+
+
+def _needed(ops: list[_Eqn], nodes: list) -> list[_Eqn]:
+    """The equations of ``ops`` that ``nodes`` depend on, in their order."""
+    producer = {out: eqn for eqn in ops for out in eqn.outs}
+    chosen: dict[int, _Eqn] = {}
+    stack = [n for n in nodes if isinstance(n, int)]
+    while stack:
+        eqn = producer.get(stack.pop())
+        if eqn is None or id(eqn) in chosen:
+            continue
+        chosen[id(eqn)] = eqn
+        stack.extend(r for r in eqn.ins if isinstance(r, int))
+    return sorted(chosen.values(), key=lambda e: e.index)
+
+
+def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
+    """Trace ``fn`` (flat leaves in, ``(new params leaves, new state leaves)`` out) and lower it,
+    or raise `_Unsupported` saying what cannot be lowered."""
+    closed = jax.make_jaxpr(fn)(*flat_args)
+    flat = _Flat()
+    inputs = [flat.new(v.aval) for v in closed.jaxpr.invars]
+    n_params = treedefs[0].num_leaves
+    flat.leafwise.update(inputs[: 2 * n_params])  # params and gradients
+    flat.leafwise.update(i for i in inputs[2 * n_params :] if flat.shapes[i])  # moments
+    outputs = flat.inline(closed.jaxpr, [flat.const(c) for c in closed.consts], inputs)
+    for eqn in flat.binds:
+        assert not any(flat.is_leafwise(r) for r in eqn.ins)
+    # A leaf reduced to a scalar (cautious's mean, LAMB's norms): JAX computes the scalar, in a
+    # pass of its own, with the equations it depends on; the kernel reads it as a scalar.
+    reductions = [e for e in flat.ops if _is_reduction(e.primitive.name)]
+    for eqn in reductions:
+        if eqn.primitive.name == "dot_general" or any(flat.is_array(o) for o in eqn.outs):
+            raise _Unsupported(
+                f"`{eqn.primitive.name}` reduces a leaf to an array (a matrix product, a row "
+                "mean): not elementwise"
+            )
+    flat.jax_ops = _needed(flat.ops, [r for e in reductions for r in e.ins]) + reductions
+    flat.ops = _needed(
+        [e for e in flat.ops if not _is_reduction(e.primitive.name)],
+        [r for r in outputs if isinstance(r, int)],
+    )
+    # The input each output overwrites: new params <- params, new state <- state (grads are not).
+    source_of = {o: (o if o < n_params else o + n_params) for o in range(len(outputs))}
+    programs: dict[str, Program] = {}
+    leaves: dict[str, list[_Leaf]] = collections.defaultdict(list)
+    produced: dict[int, int] = {}
+    components = _components(flat)
+    for c, ops in enumerate(components):
+        for eqn in ops:
+            for out in eqn.outs:
+                produced[out] = c
+    users: dict[int, set[int]] = collections.defaultdict(set)
+    for c, ops in enumerate(components):
+        for eqn in ops:
+            for r in eqn.ins:
+                if flat.is_leafwise(r):
+                    users[r].add(c)
+    outputs_of: dict[int, list] = collections.defaultdict(list)  # component -> its outputs
+    for o, ref in enumerate(outputs):
+        if isinstance(ref, int) and ref in produced:
+            outputs_of[produced[ref]].append((o, ref))
+    for c, ops in enumerate(components):
+        nodes = {r for eqn in ops for r in [*eqn.ins, *eqn.outs] if flat.is_leafwise(r)}
+        sizes = {math.prod(flat.shapes[r]) for r in nodes}
+        if len(sizes) != 1:
+            raise _Unsupported("an equation mixes arrays of different sizes (not elementwise)")
+        made = {o for eqn in ops for o in eqn.outs}
+        reads = sorted(r for r in nodes if r not in made)
+        writes = []
+        for o, ref in outputs_of.get(c, []):
+            source = inputs[source_of[o]] if source_of[o] < len(inputs) else None
+            ok = source is not None and (
+                flat.shapes[source] == flat.shapes[ref] and flat.dtypes[source] == flat.dtypes[ref]
+            )
+            ok = ok and source is not None and users.get(source, {c}) <= {c}
+            writes.append((ref, source if ok else None))
+        taken = [s for _, s in writes if s is not None]
+        if len(taken) != len(set(taken)):
+            writes = [(n, None) for n, _ in writes]
+        if not writes:
+            continue  # computes nothing the step returns
+        program, scalars, slot_nodes = lower(flat, ops, reads, writes)
+        programs[program.key] = program
+        leaves[program.key].append(_Leaf(ops, slot_nodes, scalars, sizes.pop()))
+    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs)
+
+
+# ---- running a plan ---------------------------------------------------------------------------
+
+
+def _bind(eqn: _Eqn, args: list) -> list:
+    params = eqn.primitive.get_bind_params(eqn.params)
+    subfuns: Any = ()
+    if isinstance(params, tuple):  # jax < 0.7: (subfunctions, params)
+        subfuns, params = params
+    result = eqn.primitive.bind(*subfuns, *args, **params)
+    return list(result) if eqn.primitive.multiple_results else [result]
+
+
+def _bits(value: Any) -> jax.Array:
+    """A scalar as the kernel reads it: its 32 bits (a float widened to float32 first)."""
+    value = jnp.reshape(jnp.asarray(value), ())  # a size-1 array is a scalar here
+    if value.dtype in _FLOATS:
+        return jax.lax.bitcast_convert_type(value.astype(jnp.float32), jnp.uint32)
+    return value.astype(jnp.uint32)
+
+
+def run(p: Plan, flat_args: list) -> list:
+    """The outputs of the traced function, its elementwise part run by the compiled programs."""
+    env: dict[int, Any] = dict(zip(p.inputs, flat_args, strict=True))
+    env.update(p.flat.consts)
+
+    def read(ref):
+        return ref.value if isinstance(ref, Lit) else env[ref]
+
+    for eqn in sorted(p.flat.binds + p.flat.jax_ops, key=lambda e: e.index):
+        for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
+            env[node] = value
+    for key, instances in p.leaves.items():
+        program = p.programs[key]
+        compiled = [x for x in instances if x.size > 0]
+        for x in instances:
+            if x.size == 0:  # nothing to update (and jaxlib <= 0.9 hands a kernel no pointer)
+                for eqn in x.ops:
+                    outs = _bind(eqn, [read(r) for r in eqn.ins])
+                    for node, value in zip(eqn.outs, outs, strict=True):
+                        env[node] = value
+        _native.program(key, program.source)
+        for start in range(0, len(compiled), _GROUP):
+            _call(p.flat, key, program, compiled[start : start + _GROUP], env, read)
+    return [read(ref) for ref in p.outputs]
+
+
+def _call(flat: _Flat, key: str, program: Program, group: list[_Leaf], env: dict, read) -> None:
+    """One custom call: ``program`` over the leaves of ``group``, results into ``env``."""
+    count = len(program.scalars)
+    bits: dict = {}  # each distinct scalar converted once (leaves mostly share theirs)
+    for r in (r for x in group for r in x.scalars):
+        key_of = ("lit", r.value.dtype.str, r.value.tobytes()) if isinstance(r, Lit) else r
+        if key_of not in bits:
+            bits[key_of] = _bits(read(r))
+    keys = [
+        ("lit", r.value.dtype.str, r.value.tobytes()) if isinstance(r, Lit) else r
+        for x in group
+        for r in x.scalars
+    ]
+    scalars = jnp.stack([bits[k] for k in keys]) if count else jnp.zeros((0,), jnp.uint32)
+    operands: list = []
+    results: list = []
+    aliases: dict[int, int] = {}
+    targets: list[int] = []
+    for x in group:
+        for operand, result in x.slots:
+            if operand is not None:
+                operands.append(env[operand])
+            if result is not None:
+                if operand is not None:
+                    aliases[len(operands)] = len(results)  # operand 0 is the scalars
+                results.append(jax.ShapeDtypeStruct(flat.shapes[result], flat.dtypes[result]))
+                targets.append(result)
+    call = jax.ffi.ffi_call(
+        _native.DERIVED_TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
+    )
+    outs = call(scalars, *operands, program=key, slots=program.flags, scalars=np.int64(count))
+    for node, value in zip(targets, outs, strict=True):
+        env[node] = value
+
+
+# ---- the entry points -------------------------------------------------------------------------
+
+_PLANS: collections.OrderedDict = collections.OrderedDict()
+_PLAN_CACHE = 64
+
+
+def _aval(x: Any) -> Any:
+    typeof = getattr(jax, "typeof", None)  # jax.core.get_aval before jax 0.6.1
+    return typeof(x) if typeof is not None else getattr(jax.core, "get_aval")(x)  # noqa: B009
+
+
+def _signature(x: Any) -> tuple:
+    aval = _aval(x)
+    return (tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False)))
+
+
+def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:
+    """``tx.update`` then ``apply``, over flat leaves: ``(params, grads, state)`` leaves in,
+    ``(new params, new state)`` leaves out."""
+    p_def, s_def = treedefs
+    n = p_def.num_leaves
+
+    def fn(*leaves):
+        params = p_def.unflatten(leaves[:n])
+        grads = p_def.unflatten(leaves[n : 2 * n])
+        state = s_def.unflatten(leaves[2 * n :])
+        updates, new_state = tx.update(grads, state, params)
+        new_leaves, new_def = jax.tree.flatten(new_state)
+        if new_def != s_def:
+            raise _Unsupported("the new state has another structure than the state")
+        return [*p_def.flatten_up_to(apply(params, updates)), *new_leaves]
+
+    return fn
+
+
+def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list]:
+    """``(plan or the reason there is none, flat leaves)``; plans are cached per optimizer and
+    tree of shapes and dtypes (a plan closing over traced values is not kept)."""
+    p_leaves, p_def = jax.tree.flatten(params)
+    s_leaves, s_def = jax.tree.flatten(state)
+    p_def = cast(Any, p_def)  # (typeshed's PyTreeDef lacks flatten_up_to)
+    try:
+        g_leaves = p_def.flatten_up_to(grads)
+    except (ValueError, TypeError):
+        return "the gradients do not match the params' structure", []
+    flat_args = [*p_leaves, *g_leaves, *s_leaves]
+    if not all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in flat_args):
+        return "a leaf of the params, gradients or state is not an array", flat_args
+    where = layout(flat_args)
+    if isinstance(where, str) or where.mesh is not None:
+        return "the leaves are sharded over a mesh", flat_args
+    key = (tx.init, tx.update, apply, p_def, s_def, tuple(map(_signature, flat_args)))
+    cached = _PLANS.get(key)
+    if cached is not None:
+        _PLANS.move_to_end(key)
+        return cached, flat_args
+    try:
+        result: Any = plan(_flat_step(tx, apply, (p_def, s_def)), flat_args, (p_def, s_def))
+    except _Unsupported as error:
+        result = str(error)
+    except Exception as error:  # the update could not be traced abstractly: the jnp path runs it
+        result = f"the update could not be traced ({type(error).__name__}: {error})"
+    if isinstance(result, str) or not any(
+        isinstance(v, jax.core.Tracer) for v in result.flat.consts.values()
+    ):
+        _PLANS[key] = result
+        if len(_PLANS) > _PLAN_CACHE:
+            _PLANS.popitem(last=False)
+    return result, flat_args
+
+
+def unsupported(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
+    """``None`` if the step lowers to programs (whether or not this machine can compile them),
+    else what in it does not."""
+    result, _ = _prepare(tx, apply, grads, state, params)
+    if isinstance(result, str):
+        return result
+    if not result.programs:
+        return "the step updates no array"
+    return None
+
+
+def why_not(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
+    """``None`` if the derived kernel can take this step, else the reason it cannot."""
+    available, explanation = _native.status()
+    if not available:
+        return explanation
+    if jax.default_backend() != "cpu":
+        return f"the kernel is for CPU; the default backend is {jax.default_backend()}"
+    return unsupported(tx, apply, grads, state, params)
+
+
+def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
+    """``(new params, new state)`` through the derived kernel, or ``None`` (see `why_not`)."""
+    if why_not(tx, apply, grads, state, params) is not None:
+        return None
+    result, flat_args = _prepare(tx, apply, grads, state, params)
+    p_def, s_def = result.treedefs
+    outputs = run(result, flat_args)
+    n = p_def.num_leaves
+    outputs = [jnp.asarray(x) if not isinstance(x, jax.Array) else x for x in outputs]
+    return p_def.unflatten(outputs[:n]), s_def.unflatten(outputs[n:])

@@ -1,0 +1,123 @@
+// The host of the programs adamx/kernels/_derived.py generates from an optimizer's jaxpr.
+//
+// A program is one leaf's elementwise step, `adamx_leaf(scalars, buffers, begin, end)`, compiled
+// from generated C++ into a small library of its own and registered here by its key
+// (AdamxRegisterProgram, called from Python right after loading it). This handler, built once with
+// the kernel, runs a program over a group of leaves: it finds each leaf's buffers among the
+// operands and results, splits the leaves into tasks of kChunk elements and runs them with OpenMP.
+//
+// Operands: the scalars (uint32 bit patterns, `scalars` per leaf), then per leaf the buffers of
+// the slots marked kOperand; results: per leaf the buffers of the slots marked kWritten. A slot
+// both an operand and written is updated in place: its result is aliased to its operand (donated),
+// or, if XLA had to copy, holds a copy of the operand made here first. `slots` holds each slot's
+// flags (kRead, kWritten, kOperand); the program reads all of a slot's element before it writes it.
+
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "fused_common.h"
+
+namespace {
+
+using Leaf = void (*)(const uint32_t*, void* const*, size_t, size_t);
+
+enum SlotFlag : int64_t { kRead = 1, kWritten = 2, kOperand = 4 };
+
+std::mutex registry_lock;
+std::unordered_map<std::string, Leaf>& registry() {
+  static auto* programs = new std::unordered_map<std::string, Leaf>();
+  return *programs;
+}
+
+Leaf find(std::string_view key) {
+  std::lock_guard<std::mutex> hold(registry_lock);
+  auto found = registry().find(std::string(key));
+  return found == registry().end() ? nullptr : found->second;
+}
+
+struct Task {
+  size_t leaf, begin, end;
+};
+
+ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
+                           ffi::RemainingRets rets, std::string_view program,
+                           ffi::Span<const int64_t> slots, int64_t scalar_count) {
+  const Leaf leaf_step = find(program);
+  if (leaf_step == nullptr)
+    return ffi::Error::InvalidArgument("adamx derived step: the program is not registered");
+  const size_t width = slots.size();
+  size_t operands = 0, results = 0;
+  for (int64_t flags : slots) {
+    operands += (flags & kOperand) ? 1 : 0;
+    results += (flags & kWritten) ? 1 : 0;
+  }
+  if (results == 0) return ffi::Error::InvalidArgument("adamx derived step: nothing to write");
+  const size_t leaves = rets.size() / results;
+  const size_t per_leaf = static_cast<size_t>(scalar_count);
+  if (args.size() != leaves * operands || rets.size() != leaves * results ||
+      scalars.element_count() != leaves * per_leaf)
+    return ffi::Error::InvalidArgument("adamx derived step: wrong number of buffers");
+  std::vector<void*> buffers(leaves * width);
+  std::vector<Task> tasks;
+  for (size_t leaf = 0; leaf < leaves; ++leaf) {
+    size_t count = 0, arg = leaf * operands, ret = leaf * results;
+    for (size_t k = 0; k < width; ++k) {
+      void* data = nullptr;
+      size_t n = 0;
+      if (slots[k] & kOperand) {
+        auto in = args.get<ffi::AnyBuffer>(arg++);
+        if (!in.has_value())
+          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+        data = in->untyped_data();
+        n = in->element_count();
+        if (slots[k] & kWritten) {  // in place: the donated buffer, or a copy of the operand
+          auto out = rets.get<ffi::AnyBuffer>(ret++);
+          if (!out.has_value())
+            return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+          void* into = (*out)->untyped_data();
+          if (into != data) std::memcpy(into, data, in->size_bytes());
+          data = into;
+        }
+      } else {
+        auto out = rets.get<ffi::AnyBuffer>(ret++);
+        if (!out.has_value())
+          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+        data = (*out)->untyped_data();
+        n = (*out)->element_count();
+      }
+      if (k > 0 && n != count)
+        return ffi::Error::InvalidArgument("adamx derived step: a leaf's buffers differ in size");
+      count = n;
+      buffers[leaf * width + k] = data;
+    }
+    for (size_t begin = 0; begin < count; begin += kChunk)
+      tasks.push_back({leaf, begin, std::min(begin + kChunk, count)});
+  }
+  const uint32_t* s = scalars.typed_data();
+  const long total = static_cast<long>(tasks.size());
+  // As in fused_step.cc: threads only past a few chunks; dynamic, so a slow core takes fewer.
+#pragma omp parallel for schedule(dynamic) if (total > 4)
+  for (long t = 0; t < total; ++t) {
+    const Task& task = tasks[t];
+    leaf_step(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" void AdamxRegisterProgram(const char* key, void* program) {
+  std::lock_guard<std::mutex> hold(registry_lock);
+  registry()[key] = reinterpret_cast<Leaf>(program);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedStep, DerivedStepImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U32>>()  // the scalars, per leaf
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<ffi::Span<const int64_t>>("slots")
+                                  .Attr<int64_t>("scalars"));

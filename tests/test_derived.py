@@ -1,0 +1,236 @@
+"""The fused step derived from each optimizer's own jaxpr (adamx/kernels/_derived.py).
+
+Reference everywhere: the eager jnp path, ``update`` then `apply_updates` under
+``jax.disable_jit()``; tolerance 0: every bit of params and state, except that a NaN equals any
+NaN (the same elements are NaN; C++ and XLA may give a NaN another sign or payload, as a norm that
+is NaN spreads through a leaf).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+from adamx.kernels import _derived, _native
+from tests.helpers import ELEMENTWISE, OPTIMIZERS, REDUCING, chained_adam
+
+CASES = {case.name: case for case in OPTIMIZERS}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel():
+    available, why = _native.status()
+    if not available:
+        pytest.fail(f"these tests need adamx's native kernel, unavailable here: {why}")
+
+
+def _tree(dtype) -> dict:
+    """A matrix, a vector, a scalar and a leaf longer than one task of the kernel (kChunk)."""
+    rng = np.random.default_rng(0)
+    return {
+        "w": jnp.asarray(rng.standard_normal((7, 5)), dtype),
+        "b": jnp.asarray(rng.standard_normal(6), dtype),
+        "s": jnp.asarray(0.5, dtype),
+        "long": jnp.asarray(rng.standard_normal(40_000), dtype),
+    }
+
+
+def _gradients(params, steps: int) -> list:
+    """Random gradients; the second step holds a zero, a NaN and an infinity in "b"."""
+    rng = np.random.default_rng(1)
+    out = []
+    for t in range(steps):
+        g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+        if t == 1:
+            g["b"] = g["b"].at[:3].set(jnp.asarray([0.0, np.nan, np.inf], g["b"].dtype))
+        out.append(g)
+    return out
+
+
+def _bits(x) -> np.ndarray:
+    """The bytes of ``x``, every NaN made the same NaN."""
+    x = np.asarray(x).reshape(-1)
+    if np.issubdtype(x.dtype, np.floating) or x.dtype == jnp.bfloat16:
+        x = np.where(np.isnan(x.astype(np.float32)), np.asarray(np.nan, x.dtype), x)
+    return x.view(np.uint8)
+
+
+def _same(a, b) -> bool:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    if jax.tree.structure(a) != jax.tree.structure(b) or len(leaves_a) != len(leaves_b):
+        return False
+    return all(
+        x.dtype == y.dtype and x.shape == y.shape and np.array_equal(_bits(x), _bits(y))
+        for x, y in zip(leaves_a, leaves_b, strict=True)
+    )
+
+
+def _check_bit_for_bit(tx, params, steps: int = 3) -> None:
+    grads = _gradients(params, steps)
+    state = tx.init(params)
+    assert _derived.why_not(tx, adamx.apply_updates, grads[0], state, params) is None
+    p_k, s_k = params, state
+    p_r, s_r = params, state
+    for g in grads:
+        p_k, s_k = adamx.step(tx, g, s_k, p_k, fused=True)
+        with jax.disable_jit():
+            p_r, s_r = adamx.step(tx, g, s_r, p_r, fused=False)
+        assert _same((p_k, s_k), (p_r, s_r))
+
+
+def _with_storage(case, storage):
+    """The case's optimizer with ``mu_dtype`` and ``nu_dtype`` (those it takes) set to
+    ``storage``, or ``None`` if it takes neither."""
+    call = case.call(case.learning_rate)
+    accepted = inspect.signature(call.factory).parameters
+    kwargs = {k: storage for k in ("mu_dtype", "nu_dtype") if k in accepted}
+    if not kwargs:
+        return None
+    return call.factory(*call.args, **{**call.kwargs, **kwargs})
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE + REDUCING)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_every_elementwise_optimizer_is_fused_bit_for_bit(name, dtype):
+    """Each elementwise optimizer of the registry, and each whose step reduces a leaf to a scalar
+    first (JAX's pass, then the kernel's), runs through the derived kernel (`why_not` is None,
+    ``fused=True`` does not raise), float32 and bfloat16 params, and equals the jnp path."""
+    case = CASES[name]
+    _check_bit_for_bit(case.make(case.learning_rate), _tree(dtype))
+
+
+STORAGES = {
+    "bf16": jnp.bfloat16,
+    "sr": adamx.stochastic_bfloat16(),
+}
+
+
+@pytest.mark.parametrize("storage", list(STORAGES), ids=list(STORAGES))
+@pytest.mark.parametrize(
+    "name",
+    [n for n in ELEMENTWISE if _with_storage(CASES[n], jnp.bfloat16) is not None],
+)
+def test_every_moment_storage_is_fused_bit_for_bit(name, storage):
+    """bfloat16 moments rounded to nearest, and stochastically rounded ones (their write counter
+    and the hash of each element's index computed inside the program), for every elementwise
+    optimizer that takes ``mu_dtype``/``nu_dtype``."""
+    tx = _with_storage(CASES[name], STORAGES[storage])
+    _check_bit_for_bit(tx, _tree(jnp.float32))
+
+
+def test_a_chain_a_user_builds_is_the_same_program_as_the_optimizer():
+    """AdamW assembled from its blocks lowers to the very program `adamx.adamw` lowers to (one
+    compiled loop serves both), whatever the hyperparameters: they arrive as scalars."""
+    params = _tree(jnp.float32)
+
+    def keys(tx):
+        state = tx.init(params)
+        plan, _ = _derived._prepare(tx, adamx.apply_updates, params, state, params)
+        assert not isinstance(plan, str), plan
+        return set(plan.programs)
+
+    built = adamx.chain(
+        adamx.ema(0.9),
+        adamx.bias_correction(0.9),
+        adamx.scale_by_second_moment(0.999, eps=1e-8),
+        adamx.add_decayed_weights(1e-2),
+        adamx.scale_by_learning_rate(1e-3),
+    )
+    assert keys(built) == keys(adamx.adamw(1e-3, weight_decay=1e-2))
+    assert keys(adamx.adamw(3e-4, b1=0.8, weight_decay=0.1)) == keys(adamx.adamw(1e-3))
+    assert keys(chained_adam(1e-3)) == keys(adamx.adam(1e-3))
+    _check_bit_for_bit(built, params)
+
+
+def test_masks_schedules_and_injected_hyperparameters_are_fused():
+    """A weight-decay mask gives the decayed and the other leaves each their own program; a
+    schedule and `inject_hyperparams` put the learning rate in the scalar part."""
+    params = _tree(jnp.float32)
+    mask = {"w": True, "b": False, "s": False, "long": True}
+    masked = adamx.adamw(1e-2, weight_decay=0.1, mask=mask)
+    plan, _ = _derived._prepare(masked, adamx.apply_updates, params, masked.init(params), params)
+    sizes = {key: {leaf.size for leaf in leaves} for key, leaves in plan.leaves.items()}
+    # decayed (w, long), not decayed (b), and the scalar leaf (s: its moments' products by the
+    # betas are scalars, which JAX computes), each a program of its own
+    assert sorted(sizes.values(), key=min) == [{1}, {6}, {35, 40_000}]
+    _check_bit_for_bit(masked, params)
+    schedule = adamx.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
+    _check_bit_for_bit(adamx.lion(schedule, weight_decay=0.1), params)
+    _check_bit_for_bit(adamx.inject_hyperparams(adamx.adamw)(learning_rate=1e-2), params)
+    _check_bit_for_bit(adamx.chain(adamx.adamw(1e-2), adamx.kahan_summation()), _tree(jnp.bfloat16))
+
+
+def test_jitted_and_donated_the_state_is_written_in_place():
+    """Under ``jit`` with params and state donated, every optimizer writes its params and moments
+    into their own buffers (aliased) and allocates no param-sized temporary."""
+    n = 1 << 16
+    params = {"w": jnp.zeros((n,), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
+    for name in ("radam", "yogi", "adopt", "ademamix", "sgd_nesterov", "lion", "rmsprop"):
+        tx = CASES[name].make(1e-3)
+        step = jax.jit(lambda p, s, g, tx=tx: adamx.step(tx, g, s, p), donate_argnums=(0, 1))
+        compiled = step.lower(params, tx.init(params), params).compile()
+        assert f'custom_call_target="{_native.DERIVED_TARGET}"' in compiled.as_text(), name
+        memory = compiled.memory_analysis()
+        state_arrays = [x for x in jax.tree.leaves(tx.init(params)) if jnp.size(x) >= n]
+        assert memory.alias_size_in_bytes >= 4 * n * (1 + len(state_arrays)), name
+        assert memory.temp_size_in_bytes <= 4096, (name, memory.temp_size_in_bytes)
+
+
+def test_an_empty_leaf_and_many_leaves():
+    """A zero-size leaf is updated by JAX (nothing to do), the others by the kernel; leaves of one
+    program go 32 to a call."""
+    params = {"e": jnp.zeros((0, 3), jnp.float32), **_tree(jnp.float32)}
+    _check_bit_for_bit(adamx.yogi(1e-2), params)
+    many = {f"l{i:03d}": jnp.full((i % 5 + 1,), 0.5, jnp.float32) for i in range(70)}
+    tx = adamx.adopt(1e-3)
+    step = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p, fused=True))
+    text = step.lower(many, tx.init(many), many).compile().as_text()
+    assert text.count(f'custom_call_target="{_native.DERIVED_TARGET}"') == 3
+
+
+def test_what_is_not_elementwise_is_named():
+    """A reduction of a leaf to an array (Adafactor's row and column means, Muon's matrix
+    products), or a transcendental on an array (whose C++ and XLA results may differ in the last
+    bit), keeps the step on the jnp path; ``fused=True`` says which equation."""
+    matrix = {"w": jnp.ones((256, 128), jnp.float32)}  # large enough for both to act per matrix
+    for tx, primitive in ((adamx.adafactor(1e-3), "reduce_sum"), (adamx.muon(1e-3), "dot_general")):
+        with pytest.raises(ValueError, match=f"`{primitive}` reduces a leaf to an array"):
+            adamx.step(tx, matrix, tx.init(matrix), matrix, fused=True)
+    params = _tree(jnp.float32)
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda g: -1e-3 * jnp.exp(g), updates), state
+
+    exp = adamx.GradientTransformation(lambda params: adamx.EmptyState(), update)
+    with pytest.raises(ValueError, match="`exp`"):
+        adamx.step(exp, params, exp.init(params), params, fused=True)
+    got, _ = adamx.step(exp, params, exp.init(params), params)  # falls back: the jnp path
+    want = jax.tree.map(lambda p, g: p - 1e-3 * jnp.exp(g), params, params)
+    assert _same(got, want)
+
+
+def test_a_generated_program_is_cached_by_its_source(tmp_path, monkeypatch):
+    """The generated C++ names no hyperparameter, is compiled once into the cache folder under a
+    hash of its source, and reads each input and writes each output once per element."""
+    params = _tree(jnp.float32)
+    tx = adamx.adamw(1e-3, weight_decay=0.1)
+    plan, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
+    (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
+    program = plan.programs[key]
+    body = program.body
+    assert "0.1" not in body and "0.9" not in body and "1e-08" not in body
+    loop = body.split("for (size_t i")[1]
+    for k, slot in enumerate(program.slots):
+        assert loop.count(f"b{k}[i]") == int(slot.read) + int(slot.written), (k, slot)
+    monkeypatch.setenv("ADAMX_CACHE_DIR", str(tmp_path))
+    key = f"test-{program.key}"
+    assert _native.program(key, program.source) == key
+    built = list(tmp_path.rglob("derived-*.so"))
+    assert len(built) == 1
+    assert _native.program(key, program.source) == key  # registered: nothing rebuilt
+    assert list(tmp_path.rglob("derived-*.so")) == built
