@@ -359,13 +359,13 @@ class Program:
     scalars: tuple[np.dtype, ...]
     body: str
 
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
-
-    @property
+    @functools.cached_property
     def source(self) -> str:
         return _SOURCE.format(body=self.body)
+
+    @functools.cached_property
+    def key(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
 
     @property
     def flags(self) -> np.ndarray:
@@ -373,6 +373,11 @@ class Program:
         return np.asarray(
             [1 * s.read + 2 * s.written + 4 * s.operand for s in self.slots], np.int64
         )
+
+
+def _scalar_key(ref: Any) -> Any:
+    """What makes two scalar operands one: the node, or a literal's dtype and bits."""
+    return ("lit", ref.value.dtype.str, ref.value.tobytes()) if isinstance(ref, Lit) else ref
 
 
 def _scalar_load(k: int, dtype: np.dtype) -> str:
@@ -424,7 +429,7 @@ def lower(
             return names[ref]
         if isinstance(ref, Lit) and ref.value.dtype not in _FLOATS:
             return _literal(ref.value)  # a constant of the code (a hash's, a mask): written in
-        key = ("lit", ref.value.dtype.str, ref.value.tobytes()) if isinstance(ref, Lit) else ref
+        key = _scalar_key(ref)
         if flat.is_leafwise(ref):
             raise _Unsupported("an array the program does not read")  # not expected
         if key not in scalar_index:
@@ -699,18 +704,15 @@ def run(p: Plan, flat_args: list) -> list:
 
 def _call(flat: _Flat, key: str, program: Program, group: list[_Leaf], env: dict, read) -> None:
     """One custom call: ``program`` over the leaves of ``group``, results into ``env``."""
-    count = len(program.scalars)
+    refs = [r for x in group for r in x.scalars]
     bits: dict = {}  # each distinct scalar converted once (leaves mostly share theirs)
-    for r in (r for x in group for r in x.scalars):
-        key_of = ("lit", r.value.dtype.str, r.value.tobytes()) if isinstance(r, Lit) else r
-        if key_of not in bits:
-            bits[key_of] = _bits(read(r))
-    keys = [
-        ("lit", r.value.dtype.str, r.value.tobytes()) if isinstance(r, Lit) else r
-        for x in group
-        for r in x.scalars
-    ]
-    scalars = jnp.stack([bits[k] for k in keys]) if count else jnp.zeros((0,), jnp.uint32)
+    for r in refs:
+        if _scalar_key(r) not in bits:
+            bits[_scalar_key(r)] = _bits(read(r))
+    scalars = (
+        jnp.stack([bits[_scalar_key(r)] for r in refs]) if refs else jnp.zeros((0,), jnp.uint32)
+    )
+    count = len(program.scalars)
     operands: list = []
     results: list = []
     aliases: dict[int, int] = {}
@@ -803,32 +805,42 @@ def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[
     return result, flat_args
 
 
-def unsupported(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
-    """``None`` if the step lowers to programs (whether or not this machine can compile them),
-    else what in it does not."""
-    result, _ = _prepare(tx, apply, grads, state, params)
-    if isinstance(result, str):
-        return result
-    if not result.programs:
-        return "the step updates no array"
-    return None
+def _lowered(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list]:
+    """``(plan, flat leaves)``, or ``(the reason there is none, ...)`` (see `unsupported`)."""
+    result, flat_args = _prepare(tx, apply, grads, state, params)
+    if not isinstance(result, str) and not result.programs:
+        result = "the step updates no array"
+    return result, flat_args
 
 
-def why_not(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
-    """``None`` if the derived kernel can take this step, else the reason it cannot."""
+def _unavailable() -> str | None:
     available, explanation = _native.status()
     if not available:
         return explanation
     if jax.default_backend() != "cpu":
         return f"the kernel is for CPU; the default backend is {jax.default_backend()}"
-    return unsupported(tx, apply, grads, state, params)
+    return None
+
+
+def unsupported(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
+    """``None`` if the step lowers to programs (whether or not this machine can compile them),
+    else what in it does not."""
+    result, _ = _lowered(tx, apply, grads, state, params)
+    return result if isinstance(result, str) else None
+
+
+def why_not(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
+    """``None`` if the derived kernel can take this step, else the reason it cannot."""
+    return _unavailable() or unsupported(tx, apply, grads, state, params)
 
 
 def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
     """``(new params, new state)`` through the derived kernel, or ``None`` (see `why_not`)."""
-    if why_not(tx, apply, grads, state, params) is not None:
+    if _unavailable() is not None:
         return None
-    result, flat_args = _prepare(tx, apply, grads, state, params)
+    result, flat_args = _lowered(tx, apply, grads, state, params)
+    if isinstance(result, str):
+        return None
     p_def, s_def = result.treedefs
     outputs = run(result, flat_args)
     n = p_def.num_leaves
