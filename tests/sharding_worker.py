@@ -37,7 +37,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import adamx  # noqa: E402
-from adamx.kernels import _fused  # noqa: E402
+from adamx.kernels import _derived  # noqa: E402
 from tests.helpers import OPTIMIZERS, max_relative_difference  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -194,19 +194,28 @@ def registry(mesh, explicit_mesh, host, grads_host) -> dict:
     return results
 
 
-FUSED = {  # one per kernel algorithm: adam, adam_nesterov, adamax, lion
+FUSED = {  # the derived kernel per shard: a spread of update rules, a reduction, a storage
     "adamw": lambda: adamx.adamw(1e-2, weight_decay=0.1),
     "nadam": lambda: adamx.nadam(1e-2),
     "adamaxw": lambda: adamx.adamaxw(1e-2, weight_decay=0.1),
     "lion": lambda: adamx.lion(1e-3, weight_decay=0.1),
+    "adabelief": lambda: adamx.adabelief(1e-2),
+    "sgd_nesterov": lambda: adamx.sgd(1e-2, 0.9, nesterov=True),
+    "lamb": lambda: adamx.lamb(1e-2, weight_decay=1e-2),  # its norms reduced by JAX, over the mesh
+    "adamw_bf16_moments": lambda: adamx.adamw(
+        1e-2, weight_decay=0.1, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
+    ),
+    # Stochastic rounding hashes each element's index in its whole leaf: the jnp path.
+    "adamw_sr": lambda: adamx.adamw(1e-2, weight_decay=0.1, **adamx.low_bit_moments(16)),
 }
+_WHY_NOT = lambda tx, g, s, p: _derived.why_not(tx, adamx.apply_updates, g, s, p)  # noqa: E731
 
 
 def fused(host, grads_host) -> dict:
     """The fused kernel on 8 devices.
 
-    On an ``Explicit`` mesh (every optimizer with a rule, model-sharded and ZeRO-1 state) it runs
-    per shard inside ``shard_map``: jitted steps and one eager step against the jitted jnp path.
+    On an ``Explicit`` mesh (model-sharded and ZeRO-1 state) it runs per shard inside
+    ``shard_map``: jitted steps and one eager step against the jitted jnp path.
     On an ``Auto`` mesh (adamw) ``why_not`` refuses traced leaves and the jnp path takes the step.
     """
     from adamx.kernels import _native
@@ -219,7 +228,9 @@ def fused(host, grads_host) -> dict:
         for name, make in FUSED.items():
             if kind == "auto" and name != "adamw":
                 continue
-            for layout in ("model", "zero1"):
+            # (The jnp path's ZeRO-1 step leaves the params split like the state.)
+            layouts = ("model",) if name == "adamw_sr" else ("model", "zero1")
+            for layout in layouts:
                 entry: dict = {}
                 try:
                     tx = make()
@@ -232,7 +243,7 @@ def fused(host, grads_host) -> dict:
                     reasons: list = []
 
                     def step(g, s, p, tx=tx, reasons=reasons):
-                        reasons.append(_fused.why_not(tx, g, s, p))
+                        reasons.append(_WHY_NOT(tx, g, s, p))
                         return adamx.step(tx, g, s, p)
 
                     # On an Auto mesh the params' shardings are the jit's to keep (ZeRO-1 would
@@ -256,8 +267,9 @@ def fused(host, grads_host) -> dict:
                     ]
                     entry["max_rel"] = scaled_difference((fused_p, fused_s), (jnp_p, jnp_s))
                     if kind == "explicit":
-                        entry["why_not_eager"] = _fused.why_not(tx, grads[0], state, params)
-                        eager_p, eager_s = adamx.step(tx, grads[0], state, params, fused=True)
+                        entry["why_not_eager"] = _WHY_NOT(tx, grads[0], state, params)
+                        fused = entry["why_not_eager"] is None
+                        eager_p, eager_s = adamx.step(tx, grads[0], state, params, fused=fused)
                         entry["eager_state"] = mismatches(eager_s, shardings)
                         ref = jnp_one(grads[0], state, params)
                         entry["eager_max_rel"] = scaled_difference((eager_p, eager_s), ref)

@@ -130,7 +130,7 @@ def test_a_chain_a_user_builds_is_the_same_program_as_the_optimizer():
 
     def keys(tx):
         state = tx.init(params)
-        plan, _ = _derived._prepare(tx, adamx.apply_updates, params, state, params)
+        plan, _, _ = _derived._prepare(tx, adamx.apply_updates, params, state, params)
         assert not isinstance(plan, str), plan
         return set(plan.programs)
 
@@ -153,7 +153,7 @@ def test_masks_schedules_and_injected_hyperparameters_are_fused():
     params = _tree(jnp.float32)
     mask = {"w": True, "b": False, "s": False, "long": True}
     masked = adamx.adamw(1e-2, weight_decay=0.1, mask=mask)
-    plan, _ = _derived._prepare(masked, adamx.apply_updates, params, masked.init(params), params)
+    plan, _, _ = _derived._prepare(masked, adamx.apply_updates, params, masked.init(params), params)
     sizes = {key: {leaf.size for leaf in leaves} for key, leaves in plan.leaves.items()}
     # decayed (w, long), not decayed (b), and the scalar leaf (s: its moments' products by the
     # betas are scalars, which JAX computes), each a program of its own
@@ -219,7 +219,7 @@ def test_a_generated_program_is_cached_by_its_source(tmp_path, monkeypatch):
     hash of its source, and reads each input and writes each output once per element."""
     params = _tree(jnp.float32)
     tx = adamx.adamw(1e-3, weight_decay=0.1)
-    plan, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
+    plan, _, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
     (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
     program = plan.programs[key]
     body = program.body

@@ -290,13 +290,15 @@ def _moments(state):
 def test_the_fused_kernel_takes_the_flat_step():
     tx = adamx.adamw(1e-2, mask=_is_matrix)
     flat = adamx.flatten(_tree(), group=_is_matrix)
-    assert adamx.kernels._fused.why_not(tx, flat, tx.init(flat), flat) is None
+    assert (
+        adamx.kernels._derived.why_not(tx, adamx.apply_updates, flat, tx.init(flat), flat) is None
+    )
     text = jax.jit(lambda p, s, g: adamx.step(tx, g, s, p, fused=True)).lower(
         flat, tx.init(flat), flat
     )
     # One call per program of the derived kernel: the decayed float32 buffer, the undecayed one and
     # the bfloat16 one each have their own (adamx/kernels/_derived.py).
-    plan, _ = adamx.kernels._derived._prepare(tx, adamx.apply_updates, flat, tx.init(flat), flat)
+    plan, _, _ = adamx.kernels._derived._prepare(tx, adamx.apply_updates, flat, tx.init(flat), flat)
     assert len(plan.programs) == 3
     assert text.as_text().count("custom_call") == len(plan.programs)
 

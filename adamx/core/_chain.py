@@ -141,7 +141,4 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return updates, tuple(new_state)
 
     kind = MomentTransformation if members and all(is_moment) else GradientTransformation
-    chained = kind(init_fn, update_fn)
-    # A last member that can join the fused step of the one before it (`kahan_summation`) says so.
-    join = getattr(members[-1], "fuse_after", None) if len(members) == 2 else None
-    return join(members[0], chained) if callable(join) else chained
+    return kind(init_fn, update_fn)

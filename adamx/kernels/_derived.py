@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _native
-from ._fused import layout
+from ._mesh import Layout, layout, reshard, spec
 
 __all__: list[str] = []  # internal: used by the floors above, not public
 
@@ -417,6 +417,11 @@ def lower(
     lines = []
     for k, node in enumerate(reads):
         dtype = flat.dtypes[node]
+        if dtype not in _TYPES:
+            raise _Unsupported(
+                f"a leaf of {dtype}: the kernel takes float32 and bfloat16 leaves (and int32, "
+                "uint32 and bool state)"
+            )
         ctype, btype = _TYPES[dtype]
         load = f"load(b{slot_of[node]}, i)" if dtype == _BF16 else f"b{slot_of[node]}[i]"
         if dtype == np.bool_:
@@ -602,8 +607,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
     for eqn in reductions:
         if eqn.primitive.name == "dot_general" or any(flat.is_array(o) for o in eqn.outs):
             raise _Unsupported(
-                f"`{eqn.primitive.name}` reduces a leaf to an array (a matrix product, a row "
-                "mean): not elementwise"
+                f"`{eqn.primitive.name}` reduces a leaf to an array (per row, per block, a "
+                "matrix product): not elementwise"
             )
     flat.jax_ops = _needed(flat.ops, [r for e in reductions for r in e.ins]) + reductions
     flat.ops = _needed(
@@ -676,8 +681,9 @@ def _bits(value: Any) -> jax.Array:
     return value.astype(jnp.uint32)
 
 
-def run(p: Plan, flat_args: list) -> list:
-    """The outputs of the traced function, its elementwise part run by the compiled programs."""
+def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
+    """The outputs of the traced function, its elementwise part run by the compiled programs
+    (on a mesh, ``where``, each program once per shard)."""
     env: dict[int, Any] = dict(zip(p.inputs, flat_args, strict=True))
     env.update(p.flat.consts)
 
@@ -698,12 +704,31 @@ def run(p: Plan, flat_args: list) -> list:
                         env[node] = value
         _native.program(key, program.source)
         for start in range(0, len(compiled), _GROUP):
-            _call(p.flat, key, program, compiled[start : start + _GROUP], env, read)
+            _call(p.flat, key, program, compiled[start : start + _GROUP], env, read, where)
     return [read(ref) for ref in p.outputs]
 
 
-def _call(flat: _Flat, key: str, program: Program, group: list[_Leaf], env: dict, read) -> None:
-    """One custom call: ``program`` over the leaves of ``group``, results into ``env``."""
+def _shards(where: Layout, partition: Any) -> int:
+    """How many pieces ``partition`` cuts an array into on the layout's mesh."""
+    sizes = dict(zip(where.mesh.axis_names, where.mesh.axis_sizes, strict=True))
+    axes = [a for entry in partition if entry is not None for a in np.atleast_1d(entry)]
+    return math.prod(sizes[a] for a in axes)
+
+
+def _call(
+    flat: _Flat,
+    key: str,
+    program: Program,
+    group: list[_Leaf],
+    env: dict,
+    read,
+    where: Layout | None = None,
+) -> None:
+    """One custom call: ``program`` over the leaves of ``group``, results into ``env``.
+
+    On a mesh the call runs once per shard, inside ``jax.shard_map``: each leaf's operands and
+    results in the partition of its most finely split operand (under ZeRO-1, the state's: each
+    device updates its slice of the replicated params, which are then put back as they were)."""
     refs = [r for x in group for r in x.scalars]
     bits: dict = {}  # each distinct scalar converted once (leaves mostly share theirs)
     for r in refs:
@@ -726,12 +751,56 @@ def _call(flat: _Flat, key: str, program: Program, group: list[_Leaf], env: dict
                     aliases[len(operands)] = len(results)  # operand 0 is the scalars
                 results.append(jax.ShapeDtypeStruct(flat.shapes[result], flat.dtypes[result]))
                 targets.append(result)
-    call = jax.ffi.ffi_call(
-        _native.DERIVED_TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
-    )
-    outs = call(scalars, *operands, program=key, slots=program.flags, scalars=np.int64(count))
+
+    def call(scalars, *operands, results=results):
+        run = jax.ffi.ffi_call(
+            _native.DERIVED_TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
+        )
+        return run(scalars, *operands, program=key, slots=program.flags, scalars=np.int64(count))
+
+    if where is None or where.mesh is None:
+        outs = call(scalars, *operands)
+    else:
+        outs = _per_shard(where, group, call, results, scalars, operands, env)
     for node, value in zip(targets, outs, strict=True):
         env[node] = value
+
+
+def _local(where: Layout, shape: tuple, partition: Any) -> tuple:
+    """The shape of one shard of an array of ``shape`` split by ``partition``."""
+    entries = list(partition) + [None] * (len(shape) - len(partition))
+    return tuple(n // _shards(where, [entry]) for n, entry in zip(shape, entries, strict=True))
+
+
+def _per_shard(where: Layout, group: list[_Leaf], call, results, scalars, operands, env) -> list:
+    """``call`` inside ``jax.shard_map`` over the layout's mesh: see `_call`."""
+    in_specs, out_specs, back = [], [], []
+    for x in group:
+        present = [env[o] for o, _ in x.slots if o is not None]
+        replicated = jax.sharding.PartitionSpec()
+        partition = max(map(spec, present), key=lambda s: _shards(where, s), default=replicated)
+        for operand, result in x.slots:
+            if operand is not None:
+                in_specs.append(partition)
+            if result is not None:
+                out_specs.append(partition)
+                back.append(spec(env[operand]) if operand is not None else partition)
+    operands = [reshard(x, where, s) for x, s in zip(operands, in_specs, strict=True)]
+    replicated = jax.sharding.PartitionSpec()
+    if where.concrete:
+        scalars = jax.device_put(scalars, jax.sharding.NamedSharding(where.mesh, replicated))
+    shards = [
+        jax.ShapeDtypeStruct(_local(where, r.shape, s), r.dtype)
+        for r, s in zip(results, out_specs, strict=True)
+    ]
+    outs = jax.shard_map(
+        lambda s, *xs: call(s, *xs, results=shards),
+        mesh=where.mesh,
+        in_specs=(replicated, *in_specs),
+        out_specs=out_specs,
+        check_vma=False,  # an FFI call carries no varying-axes rule; the specs say it all
+    )(scalars, *operands)
+    return [reshard(x, where, s) for x, s in zip(outs, back, strict=True)]
 
 
 # ---- the entry points -------------------------------------------------------------------------
@@ -769,27 +838,27 @@ def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:
     return fn
 
 
-def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list]:
-    """``(plan or the reason there is none, flat leaves)``; plans are cached per optimizer and
-    tree of shapes and dtypes (a plan closing over traced values is not kept)."""
+def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list, Any]:
+    """``(plan or the reason there is none, flat leaves, their Layout)``; plans are cached per
+    optimizer and tree of shapes and dtypes (a plan closing over traced values is not kept)."""
     p_leaves, p_def = jax.tree.flatten(params)
     s_leaves, s_def = jax.tree.flatten(state)
     p_def = cast(Any, p_def)  # (typeshed's PyTreeDef lacks flatten_up_to)
     try:
         g_leaves = p_def.flatten_up_to(grads)
     except (ValueError, TypeError):
-        return "the gradients do not match the params' structure", []
+        return "the gradients do not match the params' structure", [], None
     flat_args = [*p_leaves, *g_leaves, *s_leaves]
     if not all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in flat_args):
-        return "a leaf of the params, gradients or state is not an array", flat_args
+        return "a leaf of the params, gradients or state is not an array", flat_args, None
     where = layout(flat_args)
-    if isinstance(where, str) or where.mesh is not None:
-        return "the leaves are sharded over a mesh", flat_args
+    if isinstance(where, str):
+        return where, flat_args, None
     key = (tx.init, tx.update, apply, p_def, s_def, tuple(map(_signature, flat_args)))
     cached = _PLANS.get(key)
     if cached is not None:
         _PLANS.move_to_end(key)
-        return cached, flat_args
+        return cached, flat_args, where
     try:
         result: Any = plan(_flat_step(tx, apply, (p_def, s_def)), flat_args, (p_def, s_def))
     except _Unsupported as error:
@@ -802,15 +871,34 @@ def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[
         _PLANS[key] = result
         if len(_PLANS) > _PLAN_CACHE:
             _PLANS.popitem(last=False)
-    return result, flat_args
+    return result, flat_args, where
 
 
-def _lowered(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list]:
-    """``(plan, flat leaves)``, or ``(the reason there is none, ...)`` (see `unsupported`)."""
-    result, flat_args = _prepare(tx, apply, grads, state, params)
+def _per_shard_reason(p: Plan) -> str | None:
+    """Why ``p`` cannot run per shard of a mesh (``None`` if it can)."""
+    for instances in p.leaves.values():
+        for x in instances:
+            if any(e.primitive.name == "iota" for e in x.ops):
+                return (
+                    "the step uses each element's index in its whole leaf (stochastic rounding "
+                    "hashes it), which a shard's kernel does not see; on a mesh the jnp path "
+                    "takes this step"
+                )
+            shapes = {p.flat.shapes[n] for slot in x.slots for n in slot if n is not None}
+            if len(shapes) > 1:
+                return "a leaf's operands have different shapes, which shard differently"
+    return None
+
+
+def _lowered(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list, Any]:
+    """``(plan, flat leaves, Layout)``, or ``(the reason there is none, ...)`` (see
+    `unsupported`)."""
+    result, flat_args, where = _prepare(tx, apply, grads, state, params)
     if not isinstance(result, str) and not result.programs:
         result = "the step updates no array"
-    return result, flat_args
+    if not isinstance(result, str) and where.mesh is not None:
+        result = _per_shard_reason(result) or result
+    return result, flat_args, where
 
 
 def _unavailable() -> str | None:
@@ -825,7 +913,7 @@ def _unavailable() -> str | None:
 def unsupported(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
     """``None`` if the step lowers to programs (whether or not this machine can compile them),
     else what in it does not."""
-    result, _ = _lowered(tx, apply, grads, state, params)
+    result, _, _ = _lowered(tx, apply, grads, state, params)
     return result if isinstance(result, str) else None
 
 
@@ -838,11 +926,11 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     """``(new params, new state)`` through the derived kernel, or ``None`` (see `why_not`)."""
     if _unavailable() is not None:
         return None
-    result, flat_args = _lowered(tx, apply, grads, state, params)
+    result, flat_args, where = _lowered(tx, apply, grads, state, params)
     if isinstance(result, str):
         return None
     p_def, s_def = result.treedefs
-    outputs = run(result, flat_args)
+    outputs = run(result, flat_args, where)
     n = p_def.num_leaves
     outputs = [jnp.asarray(x) if not isinstance(x, jax.Array) else x for x in outputs]
     return p_def.unflatten(outputs[:n]), s_def.unflatten(outputs[n:])

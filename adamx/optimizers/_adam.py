@@ -12,7 +12,6 @@ from ..core._base import GradientTransformation, MomentTransformation, ScalarOrS
 from ..core._chain import chain
 from ..core._docs import descent_example
 from ..core._validate import check_decay
-from ..kernels._fused import adam_rule, fusable
 from ..kernels._fused_quantized import attach as attach_quantized
 
 __all__ = ["adam", "adamw", "scale_by_adam"]
@@ -177,8 +176,8 @@ def adamw(
 def _adam(
     learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype, decay=None
 ) -> GradientTransformation:
-    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw`, with the fused kernel attached
-    (8-bit moments have a kernel of their own)."""
+    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw` (8-bit moments carry a kernel of
+    their own)."""
     weight_decay, mask = (None, None) if decay is None else decay
     decoupled = () if decay is None else (add_decayed_weights(*decay),)
     tx = chain(
@@ -186,13 +185,7 @@ def _adam(
         *decoupled,
         scale_by_learning_rate(learning_rate),
     )
-    rule = adam_rule(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
-        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+    return attach_quantized(
+        tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
+        learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
     )  # fmt: skip
-    if rule is None:
-        return attach_quantized(
-            tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
-            learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
-        )  # fmt: skip
-    return fusable(tx, rule)

@@ -16,7 +16,6 @@ from ..core._base import GradientTransformation, MomentTransformation, ScalarOrS
 from ..core._chain import chain
 from ..core._dtypes import upcast
 from ..core._validate import check_decay, check_non_negative
-from ..kernels._fused import adam_rule, fusable
 from ..storage._storage import MomentStorage, init_buffers
 
 __all__ = ["InfinityNormState", "adamax", "adamaxw", "scale_by_adamax", "scale_by_infinity_norm"]
@@ -148,15 +147,10 @@ def adamax(
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, section 7.1,
       https://arxiv.org/abs/1412.6980
     """
-    tx = chain(
+    return chain(
         scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    rule = adam_rule(
-        b1=b1, b2=b2, eps=eps, eps_root=0.0, nesterov=False, learning_rate=learning_rate,
-        weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype, algorithm="adamax",
-    )  # fmt: skip
-    return fusable(tx, rule)
 
 
 def adamaxw(
@@ -189,14 +183,8 @@ def adamaxw(
       ``chain(scale_by_adamax(...), add_decayed_weights(weight_decay, mask),
       scale_by_learning_rate(learning_rate))``.
     """
-    tx = chain(
+    return chain(
         scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    rule = adam_rule(
-        b1=b1, b2=b2, eps=eps, eps_root=0.0, nesterov=False, learning_rate=learning_rate,
-        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-        algorithm="adamax",
-    )  # fmt: skip
-    return fusable(tx, rule)

@@ -15,7 +15,6 @@ from ..core._base import GradientTransformation, ScalarOrSchedule, safe_incremen
 from ..core._chain import chain
 from ..core._docs import descent_example
 from ..core._validate import check_decay
-from ..kernels._fused import fusable, lion_rule
 from ..storage._storage import MomentStorage, init_buffers
 
 __all__ = ["ScaleByLionState", "lion", "scale_by_lion"]
@@ -129,13 +128,8 @@ def lion(
       Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023,
       https://arxiv.org/abs/2302.06675
     """
-    tx = chain(
+    return chain(
         scale_by_lion(b1, b2, mu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    rule = lion_rule(
-        b1=b1, b2=b2, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
-        mu_dtype=mu_dtype,
-    )  # fmt: skip
-    return fusable(tx, rule)

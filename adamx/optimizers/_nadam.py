@@ -30,7 +30,6 @@ from ..core._base import (
 from ..core._chain import chain
 from ..core._dtypes import as_hyperparameter, compute_dtype, per_dtype, real_dtype
 from ..core._validate import check_decay, check_non_negative
-from ..kernels._fused import adam_rule, fusable
 from ._adam import scale_by_adam
 
 __all__ = [
@@ -234,19 +233,12 @@ def nadam(
       Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop,
       https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
     """
-    tx = chain(
+    return chain(
         scale_by_nadam(
             b1, b2, eps, eps_root, mu_dtype, momentum_decay=momentum_decay, nu_dtype=nu_dtype
         ),
         scale_by_learning_rate(learning_rate),
     )
-    if momentum_decay is not None:  # torch's schedule: not in the kernel
-        return tx
-    rule = adam_rule(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True, learning_rate=learning_rate,
-        weight_decay=None, mask=None, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-    )  # fmt: skip
-    return fusable(tx, rule)
 
 
 def nadamw(
@@ -303,7 +295,7 @@ def nadamw(
       Dahl et al., "Benchmarking Neural Network Training Algorithms", 2023,
       https://arxiv.org/abs/2306.07179
     """
-    tx = chain(
+    return chain(
         scale_by_nadam(
             b1,
             b2,
@@ -317,10 +309,3 @@ def nadamw(
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    if momentum_decay is not None or algoperf:  # torch's and AlgoPerf's: not in the kernel
-        return tx
-    rule = adam_rule(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True, learning_rate=learning_rate,
-        weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-    )  # fmt: skip
-    return fusable(tx, rule)

@@ -11,7 +11,6 @@ from ..blocks._map import unzip
 from ..core._base import GradientTransformation
 from ..core._dtypes import wider
 from ..core._trees import map_like
-from ..kernels._fused import fusable, rule_of, with_kahan
 
 __all__ = ["KahanState", "kahan_summation"]
 
@@ -20,15 +19,6 @@ class KahanState(NamedTuple):
     """The state of `kahan_summation`: per parameter, the rounding error still owed to it."""
 
     compensation: Any
-
-
-class KahanSummation(GradientTransformation):
-    """`kahan_summation`'s transformation: ``adamx.chain(optimizer, this)`` keeps the optimizer's
-    fused rule, so `adamx.step` updates the compensation in the optimizer's kernel pass."""
-
-    def fuse_after(self, optimizer: Any, chained: GradientTransformation) -> GradientTransformation:
-        """``chained`` (``chain(optimizer, self)``) with the fused rule of ``optimizer`` plus Kahan."""
-        return fusable(chained, with_kahan(rule_of(optimizer)))
 
 
 def kahan_summation() -> GradientTransformation:
@@ -47,9 +37,9 @@ def kahan_summation() -> GradientTransformation:
     parameters gain little from it (their rounding error is 2**-24 relative).
 
     Example: ``adamx.chain(adamx.adamw(1e-4), adamx.kahan_summation())`` for bfloat16 params.
-    `adamx.step` runs such a chain, when the optimizer has a fused rule (`adamw`, `lion`, ...), in
-    the optimizer's one-pass CPU kernel, which updates the compensation in the same pass with the
-    same roundings (docs/design.md, section 8).
+    `adamx.step` runs such a chain, like any elementwise chain, in one compiled pass on CPU, which
+    updates the compensation with the parameters, with the same roundings (docs/design.md,
+    section 8).
 
     Returns:
       A transformation with state `KahanState`.
@@ -80,4 +70,4 @@ def kahan_summation() -> GradientTransformation:
         steps, compensation = unzip(updates, pairs)
         return steps, KahanState(compensation)
 
-    return KahanSummation(init_fn, update_fn)
+    return GradientTransformation(init_fn, update_fn)

@@ -19,7 +19,6 @@ from ..core._trees import (
     wrong_shape,
 )
 from ..kernels import _derived
-from ..kernels._fused import fused_step, why_not
 from ..kernels._fused_quantized import fused_step as quantized_step
 from ..kernels._fused_quantized import rule_of as quantized_rule
 from ..kernels._fused_quantized import why_not as quantized_why_not
@@ -59,14 +58,6 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         raise structure_mismatch(updates, params, "params", "updates") from None
 
 
-def _reasons(tx: Any, grads: Any, state: Any, params: Any) -> str:
-    derived = _derived.why_not(tx, apply_updates, grads, state, params)
-    ruled = why_not(tx, grads, state, params)
-    if derived is None or ruled is None:
-        return derived or ruled or ""
-    return f"{derived}; and {ruled}"
-
-
 def step(
     tx: GradientTransformation,
     grads: Updates,
@@ -85,8 +76,9 @@ def step(
     rounded bfloat16 moments, masks, schedules, injected hyperparameters, Kahan summation; a
     per-tensor scalar such as LAMB's trust ratio is reduced by JAX first). The kernel is derived
     from the optimizer's own jaxpr, so the numbers are the same bit for bit (docs/design.md,
-    section 8). 8-bit Adam(W) moments run their own kernel; on a mesh, Adam(W), NAdam(W),
-    AdaMax(W) and Lion run per shard. Call it inside ``jax.jit`` with ``donate_argnums`` for the
+    section 8). On a mesh it runs per shard (stochastically rounded moments excepted: they hash
+    each element's index in its whole leaf). 8-bit Adam(W) moments run a kernel of their own.
+    Call it inside ``jax.jit`` with ``donate_argnums`` for the
     params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
 
     Args:
@@ -111,12 +103,10 @@ def step(
             result = quantized_step(tx, grads, state, params)
             reason = lambda: quantized_why_not(tx, grads, state, params)  # noqa: E731
         else:
-            # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py); on a
-            # mesh, the rule-keyed kernel, which runs per shard (adamx/kernels/_fused.py).
+            # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py), per
+            # shard on a mesh.
             result = _derived.step(tx, apply_updates, grads, state, params)
-            if result is None:
-                result = fused_step(tx, grads, state, params)
-            reason = lambda: _reasons(tx, grads, state, params)  # noqa: E731
+            reason = lambda: _derived.why_not(tx, apply_updates, grads, state, params) or ""  # noqa: E731
         if result is not None:
             return result
         if fused is True:
