@@ -385,3 +385,23 @@ def test_the_benchmark_names_the_extra_that_brings_the_peers(tmp_path, monkeypat
     notes = json.loads(out.read_text())["configs"][0]["notes"]
     assert '".[bench]"' in notes["optax"] and '".[bench]"' in notes["torch"]
     assert 'pip install -e ".[bench]"' in capsys.readouterr().out
+
+
+def test_the_benchmark_reports_each_storages_step_peak():
+    """``--memory``: per optimizer and storage, the state and the compiled step's temporaries
+    (memory_analysis, compiled only). float32 AdamW's fused step needs no temporary, and the jnp
+    path's bfloat16 moments at least one float32 copy (4 bytes per param) while the kernel's
+    none: numbers the compiler gives, not timings."""
+    from adamx.benchmarks import step_memory
+
+    rows = {r["name"]: r for r in step_memory(1 << 16, 2)["results"]}
+    assert set(rows) >= {"adamw float32", "adamw 8-bit", "adamw 4-bit", "lion 8-bit"}
+    f32 = rows["adamw float32"]
+    assert f32["state_bytes_per_param"] == pytest.approx(8.0, rel=1e-3)
+    assert f32["temp_bytes_per_param_step"] < 0.1 and f32["step_path"] == "kernel"
+    bf16 = rows["adamw bfloat16"]
+    assert bf16["temp_bytes_per_param_update_apply"] >= 4.0 > bf16["temp_bytes_per_param_step"]
+    for row in rows.values():
+        assert row["peak_bytes_per_param_step"] == pytest.approx(
+            row["state_bytes_per_param"] + row["temp_bytes_per_param_step"]
+        )

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adamx
-from adamx.kernels import _fused, _native
+from adamx.kernels import _native
 
 # The peers are optional: the `bench` extra installs them (`pip install -e ".[bench]"`).
 NOT_INSTALLED = 'not installed; `pip install -e ".[bench]"` (optax and torch) to compare against it'
@@ -125,6 +125,27 @@ def _jax_step(step, params, state, grads) -> tuple[Callable[[int], None], float,
     return run, compile_s, temp
 
 
+def stream(moment_dtype: Any) -> adamx.GradientTransformation:
+    """The memory-bandwidth limit as a transformation: one pass that reads p, g, m and v and writes
+    p, m and v, with an add or two per element (``u = m + v``, ``m' = g``, ``v' = v + g``).
+
+    `adamx.step` runs it through the kernel derived from its jaxpr, like any optimizer, so the
+    limit is measured with the same loop, threads and chunks as the steps it bounds."""
+
+    def init(params):
+        return tuple(jax.tree.map(lambda p: jnp.zeros(p.shape, moment_dtype), params) for _ in "mv")
+
+    def update(grads, state, params=None):
+        del params
+        m, v = state
+        u = jax.tree.map(lambda a, b, g: (a + b).astype(g.dtype), m, v, grads)
+        new_m = jax.tree.map(lambda g, a: g.astype(a.dtype), grads, m)
+        new_v = jax.tree.map(lambda b, g: b + g.astype(b.dtype), v, grads)
+        return u, (new_m, new_v)
+
+    return adamx.GradientTransformation(init, update)
+
+
 def _copy(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
@@ -150,19 +171,12 @@ def build(config: Config, seed: int = 0) -> tuple[list[Implementation], dict[str
     state_dtypes = [x.dtype for x in jax.tree.leaves(tx.init(params)) if np.ndim(x) > 0]
     moment_dtype = state_dtypes[0] if state_dtypes else dtype
     if available and jax.default_backend() == "cpu":
-        moments = tuple(
-            [jnp.zeros(x.shape, moment_dtype) for x in params.values()] for _ in range(2)
-        )
-        hyper = jnp.full((_fused._HYPER,), 1e-3, jnp.float32)
+        limit = stream(moment_dtype)
 
-        def stream(p, s, g):
-            leaves = list(p.values())
-            new_p, m, v, _ = _fused.kernel_call(
-                "stream", hyper, leaves, list(g.values()), s[0], s[1], [0] * len(leaves)
-            )
-            return dict(zip(p, new_p, strict=True)), (m, v)
+        def stream_step(p, s, g):
+            return adamx.step(limit, g, s, p, fused=True)
 
-        run, compile_s, temp = _jax_step(stream, _copy(params), moments, grads)
+        run, compile_s, temp = _jax_step(stream_step, _copy(params), limit.init(params), grads)
         moved = 3 * dtype.itemsize + 4 * np.dtype(moment_dtype).itemsize  # p r/w, g r; m, v r/w
         impls.append(Implementation("limit (1-pass kernel)", run, compile_s, None, temp, moved))
 
@@ -501,6 +515,85 @@ def compare_optimizers(
     return {"tree": f"matrix_tree(size={size})", "params": n_params, "results": rows}
 
 
+# Optimizer and moment storage, for `--memory` (docs/low_bit.md): the step's peak, not only the state.
+MEMORY_CASES: dict[str, Callable[[], Any]] = {
+    "adamw float32": lambda: adamx.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY),
+    "adamw bfloat16": lambda: BUILDERS["adamw_bf16_moments"](LEARNING_RATE),
+    "adamw stochastic bfloat16": lambda: BUILDERS["adamw_16bit"](LEARNING_RATE),
+    "adamw 8-bit": lambda: BUILDERS["adamw_8bit"](LEARNING_RATE),
+    "adamw 4-bit": lambda: BUILDERS["adamw_4bit"](LEARNING_RATE),
+    "adamw 4-bit (both blockwise)": lambda: adamx.adamw(
+        LEARNING_RATE,
+        weight_decay=WEIGHT_DECAY,
+        mu_dtype=adamx.blockwise_4bit(True),
+        nu_dtype=adamx.blockwise_4bit(False),
+    ),
+    "lion 8-bit": lambda: adamx.lion(LEARNING_RATE, mu_dtype=adamx.blockwise_8bit(True)),
+    "ademamix 8-bit": lambda: adamx.ademamix(LEARNING_RATE, **adamx.low_bit_moments(8)),
+    "adopt 8-bit": lambda: adamx.adopt(LEARNING_RATE, **adamx.low_bit_moments(8)),
+}
+
+
+def step_memory(params: int = 1 << 24, leaves: int = 1) -> dict[str, Any]:
+    """Per optimizer and storage: the state's bytes per parameter and the temporaries of the
+    compiled step (``memory_analysis().temp_size_in_bytes``, params and state donated), for
+    ``update`` + ``apply_updates`` and for `adamx.step`; compiled only, nothing is run, so the
+    numbers are exact and any machine gives them."""
+    sizes = [params // leaves] * leaves
+    like = {f"leaf{i:03d}": jax.ShapeDtypeStruct((n,), jnp.float32) for i, n in enumerate(sizes)}
+    total = sum(sizes)
+    rows = []
+    for name, make in MEMORY_CASES.items():
+        tx = make()
+        state = jax.eval_shape(tx.init, like)
+
+        def plain(p, s, g, tx=tx):
+            updates, s = tx.update(g, s, p)
+            return adamx.apply_updates(p, updates), s
+
+        def fused(p, s, g, tx=tx):
+            return adamx.step(tx, g, s, p)
+
+        temps = {}
+        for label, fn in (("update_apply", plain), ("step", fused)):
+            compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(like, state, like).compile()
+            memory = compiled.memory_analysis()
+            temps[label] = int(getattr(memory, "temp_size_in_bytes", 0)) if memory else 0
+        state_bytes = _tree_bytes(state)
+        path = _path(tx, like, state, like) if jax.default_backend() == "cpu" else "jnp"
+        rows.append(
+            {
+                "name": name,
+                "state_bytes_per_param": state_bytes / total,
+                "temp_bytes_per_param_update_apply": temps["update_apply"] / total,
+                "temp_bytes_per_param_step": temps["step"] / total,
+                "peak_bytes_per_param_step": (state_bytes + temps["step"]) / total,
+                "step_path": path,
+            }
+        )
+    return {"params": total, "leaves": leaves, "results": rows}
+
+
+def _format_memory(record: dict[str, Any]) -> str:
+    lines = [
+        f"\n## step memory, {record['params'] / 1e6:.1f}M float32 params in {record['leaves']} "
+        "leaves (bytes per param; temporaries from memory_analysis, params and state donated)"
+    ]
+    header = (
+        f"{'optimizer, storage':<30}{'state':>7}{'temp update+apply':>19}{'temp step':>11}"
+        f"{'step peak':>11}{'path':>7}"
+    )
+    lines += [header, "-" * len(header)]
+    for row in record["results"]:
+        lines.append(
+            f"{row['name']:<30}{row['state_bytes_per_param']:>7.2f}"
+            f"{row['temp_bytes_per_param_update_apply']:>19.2f}"
+            f"{row['temp_bytes_per_param_step']:>11.2f}{row['peak_bytes_per_param_step']:>11.2f}"
+            f"{row['step_path']:>7}"
+        )
+    return "\n".join(lines)
+
+
 def _format_comparison(record: dict[str, Any]) -> str:
     lines = [f"\n## optimizers on {record['tree']} ({record['params'] / 1e6:.2f}M params)"]
     header = (
@@ -567,10 +660,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="--compare's tree: matrices of SIZE x SIZE, 5 SIZE^2 params in all (default 1024, "
         "5.24M params; 256 with --quick)",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="per optimizer and moment storage (float32, bfloat16, stochastic bfloat16, 8-bit, "
+        "4-bit), the state's bytes and the compiled step's temporaries and peak per param, 16M "
+        "params in 1 and in 16 leaves (compiled, not run: seconds); skips the AdamW "
+        "configurations unless --configs is also given",
+    )
     args = parser.parse_args(argv)
     if args.size is not None and (args.size < 4 or args.size % 4):
         parser.error(f"--size must be a positive multiple of 4 (the stacked leaf); got {args.size}")
-    if args.compare and not args.configs:
+    if (args.compare or args.memory) and not args.configs:
         configs: list[Config] = []
     else:
         configs = args.configs or list(QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
@@ -594,6 +695,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         comparison = compare_optimizers(names, args.rounds, args.steps, args.seed, size)
         print(_format_comparison(comparison), flush=True)
         output["optimizers"] = comparison
+    if args.memory:
+        output["memory"] = [step_memory(1 << 24, leaves) for leaves in (1, 16)]
+        for record in output["memory"]:
+            print(_format_memory(record), flush=True)
     with open(args.json, "w") as f:
         json.dump(output, f, indent=1)
     print(f"\nwrote {args.json}")
