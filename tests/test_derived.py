@@ -279,3 +279,29 @@ def test_the_generated_code_rewrites_keep_every_bit():
             with jax.disable_jit():
                 p_r, s_r = adamx.step(tx, g, s_r, p_r, fused=False)
             assert _same((p_k, s_k), (p_r, s_r))
+
+
+def test_the_rewrites_are_keyed_on_shapes_not_on_an_optimizer():
+    """The same rewrites in a transformation of a user's: an int32 index times a literal (wrapping),
+    a left shift of ``u ^ (u << 20)`` by 13, a shift by 40 (0, as XLA shifts), a shift that the
+    rule must leave alone (``a + b < 32``), and the NaN case of a `where` on ``v == v``."""
+
+    def update(updates, state, params=None):
+        def one(g):
+            index = jnp.arange(g.size, dtype=jnp.int32).reshape(g.shape) * jnp.int32(-1640531527)
+            u = jax.lax.bitcast_convert_type(index, jnp.uint32)
+            bits = ((u ^ (u << 20)) << 13) ^ (u >> 40) ^ ((u ^ (u >> 7)) >> 3)
+            v = g + bits.astype(jnp.float32) * 1e-12
+            rounded = jnp.where(v == v, (2 * v).astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+            return -1e-3 * rounded.astype(jnp.float32)
+
+        return jax.tree.map(one, updates), state
+
+    tx = adamx.GradientTransformation(lambda params: adamx.EmptyState(), update)
+    params = _tree(jnp.float32)
+    plan, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
+    (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
+    body = plan.programs[key].body
+    assert "k0 += 2654435769u" in body and "(int32_t)k0" in body and "rb_nan(" in body
+    assert "shl(" not in body and "shr(" not in body and " = 0u;" in body
+    _check_bit_for_bit(tx, params)
