@@ -234,3 +234,74 @@ def test_a_generated_program_is_cached_by_its_source(tmp_path, monkeypatch):
     assert len(built) == 1
     assert _native.program(key, program.source) == key  # registered: nothing rebuilt
     assert list(tmp_path.rglob("derived-*.so")) == built
+
+
+# float32 bit patterns at the edges of a bfloat16 rounding: NaNs signalling and quiet with payloads
+# (low bits only, high bits only), infinities, subnormals, the largest float (rounds to infinity),
+# halfway cases (to even: down, up), and a value just above one.
+_EDGES = np.asarray(
+    [0x7F800001, 0xFF800123, 0x7FC00000, 0x7FC12345, 0x7FBF0000, 0x7F800000, 0xFF800000, 0x00000001,
+     0x807FFFFF, 0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F800001, 0x80000000],
+    np.uint32,
+)  # fmt: skip
+
+
+def test_the_generated_code_rewrites_keep_every_bit():
+    """The generator's rewrites, keyed on the equations' shapes (`_derived.lower`): an element's
+    index times a literal (stochastic rounding's hash) is a loop variable stepped by the literal,
+    a shift by a literal is C++'s shift (and a shift of ``x ^ (x >> 16)`` by 16 that of ``x``),
+    and the bfloat16 rounding of a value known to be NaN is the NaN's quieting alone. Gradients
+    that hold NaN payloads, infinities, subnormals and halfway values, in both chunks of the
+    long leaf, give the jnp path's every bit (a NaN's sign and payload aside, as everywhere here:
+    XLA makes each NaN it converts to bfloat16 0x7fc0, where the kernel quiets it)."""
+    params = _tree(jnp.float32)
+    sr = adamx.stochastic_bfloat16()
+    rounded = adamx.adamw(1e-3, weight_decay=0.1, mu_dtype=sr, nu_dtype=sr)
+    plan, _ = _derived._prepare(rounded, adamx.apply_updates, params, rounded.init(params), params)
+    (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
+    body = plan.programs[key].body
+    assert "k0 += 2654435769u" in body and "(uint32_t)begin * 2654435769u" in body
+    assert "shr(" not in body and "shl(" not in body and body.count("rb_nan(") == 2
+    edges = _EDGES.view(np.float32)
+    for dtype, tx in (
+        (jnp.float32, rounded),
+        (jnp.float32, adamx.adamw(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)),
+        (jnp.bfloat16, rounded),
+    ):
+        p_k = p_r = _tree(dtype)
+        s_k = s_r = tx.init(p_k)
+        for t, g in enumerate(_gradients(p_k, 2)):
+            long = np.array(g["long"].astype(jnp.float32))
+            for start in (0, 32_760):  # the first chunk, and across the second's start
+                long[start + t : start + t + edges.size] = edges
+            g = {**g, "long": jnp.asarray(long).astype(dtype)}
+            p_k, s_k = adamx.step(tx, g, s_k, p_k, fused=True)
+            with jax.disable_jit():
+                p_r, s_r = adamx.step(tx, g, s_r, p_r, fused=False)
+            assert _same((p_k, s_k), (p_r, s_r))
+
+
+def test_the_rewrites_are_keyed_on_shapes_not_on_an_optimizer():
+    """The same rewrites in a transformation of a user's: an int32 index times a literal (wrapping),
+    a left shift of ``u ^ (u << 20)`` by 13, a shift by 40 (0, as XLA shifts), a shift that the
+    rule must leave alone (``a + b < 32``), and the NaN case of a `where` on ``v == v``."""
+
+    def update(updates, state, params=None):
+        def one(g):
+            index = jnp.arange(g.size, dtype=jnp.int32).reshape(g.shape) * jnp.int32(-1640531527)
+            u = jax.lax.bitcast_convert_type(index, jnp.uint32)
+            bits = ((u ^ (u << 20)) << 13) ^ (u >> 40) ^ ((u ^ (u >> 7)) >> 3)
+            v = g + bits.astype(jnp.float32) * 1e-12
+            rounded = jnp.where(v == v, (2 * v).astype(jnp.bfloat16), v.astype(jnp.bfloat16))
+            return -1e-3 * rounded.astype(jnp.float32)
+
+        return jax.tree.map(one, updates), state
+
+    tx = adamx.GradientTransformation(lambda params: adamx.EmptyState(), update)
+    params = _tree(jnp.float32)
+    plan, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
+    (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
+    body = plan.programs[key].body
+    assert "k0 += 2654435769u" in body and "(int32_t)k0" in body and "rb_nan(" in body
+    assert "shl(" not in body and "shr(" not in body and " = 0u;" in body
+    _check_bit_for_bit(tx, params)

@@ -63,6 +63,7 @@ _TYPES = {
 }
 _BF16 = np.dtype(jnp.bfloat16)
 _FLOATS = (np.dtype(np.float32), _BF16)
+_INTS = ("i32", "u32")  # the integer kinds (`_kind`), 32-bit, wrapping
 
 
 def _kind(dtype: Any) -> str:
@@ -258,6 +259,13 @@ def _expression(
     if name in ("shift_left", "shift_right_logical"):
         if kind != "u32":
             raise _Unsupported(f"`{name}` on {out_dtype}")
+        amount = _int_literal(eqn.ins[1]) if len(eqn.ins) == 2 else None
+        if amount is not None:  # a literal amount: C++'s shift where it is defined, else XLA's 0
+            return (
+                f"({args[0]} {'<<' if name == 'shift_left' else '>>'} {amount}u)"
+                if amount < 32
+                else "0u"
+            )
         return f"{'shl' if name == 'shift_left' else 'shr'}({args[0]}, {args[1]})"
     if name == "neg":
         return f"(-{args[0]})" if floating else f"(int32_t)(0u - (uint32_t){args[0]})"
@@ -312,6 +320,17 @@ def _divides_by_reciprocal() -> bool:
     with jax.ensure_compile_time_eval():  # run now, also while a step is being traced
         got = np.asarray(jax.lax.div(jnp.asarray(x), jnp.asarray(d)))
     return bool(np.array_equal(got, x * (np.float32(1) / d)) and not np.array_equal(got, x / d))
+
+
+def _int_literal(ref: Any) -> int | None:
+    """The value of an integer literal operand (a shift's amount, a hash's multiplier) as a uint32,
+    else None."""
+    if isinstance(ref, Lit) and np.dtype(ref.value.dtype) in (
+        np.dtype(np.int32),
+        np.dtype(np.uint32),
+    ):
+        return int(ref.value) & 0xFFFFFFFF
+    return None
 
 
 def _literal(value: Any) -> str:
@@ -445,8 +464,61 @@ def lower(
     def dtype_of(ref):
         return ref.value.dtype if isinstance(ref, Lit) else flat.dtypes[ref]
 
+    def kind_of(ref):
+        return _kind(dtype_of(ref))
+
     exact = {node for node in reads if flat.dtypes[node] == _BF16}
     cleared: set[int] = set()
+    producer: dict[int, _Eqn] = {}  # a computed node -> its equation (the patterns below read it)
+    index: set[int] = set()  # nodes whose value is the element's flat index (an `iota`)
+    induction: dict[int, str] = {}  # a multiplier m -> the loop variable equal to index * m
+
+    def produced(ref, *primitives):
+        """The equation computing ``ref`` in this program, if it is one of ``primitives``."""
+        eqn = producer.get(ref) if isinstance(ref, int) else None
+        return eqn if eqn is not None and eqn.primitive.name in primitives else None
+
+    def peephole(eqn: _Eqn, args: list[str]) -> str | None:
+        """Rewrites keyed on the equations' shapes, each giving the bits of the general form:
+        ``index * m`` as a loop variable (stepped by ``m``: the integers wrap alike), a shift of an
+        ``x ^ shift(x, a)`` by ``b`` with ``a + b >= 32`` as the shift of ``x`` (the bits that the
+        xor changes are shifted out), and the bfloat16 rounding of ``x`` where ``x`` is known NaN
+        (``where(x != x, bfloat16(x), ...)``) as the NaN's quieting alone. Edits ``args`` in place,
+        or returns the whole expression."""
+        name, ins = eqn.primitive.name, eqn.ins
+        kind = _kind(flat.dtypes[eqn.outs[0]])
+        if name == "mul" and kind in _INTS:
+            for x, m in ((ins[0], _int_literal(ins[1])), (ins[1], _int_literal(ins[0]))):
+                if isinstance(x, int) and x in index and m is not None:
+                    variable = induction.setdefault(m, _name("k", len(induction)))
+                    return variable if kind == "u32" else f"(int32_t){variable}"
+        if name in ("shift_left", "shift_right_logical") and kind == "u32":
+            b = _int_literal(ins[1])
+            inner = produced(ins[0], "xor")
+            if b is not None and b < 32 and inner is not None:
+                for x, y in (inner.ins, inner.ins[::-1]):
+                    shifted = produced(y, name)
+                    a = None if shifted is None else _int_literal(shifted.ins[1])
+                    if isinstance(x, int) and shifted is not None and shifted.ins[0] == x:
+                        if a is not None and a + b >= 32:
+                            args[0] = arg(x)
+                            break
+        if name == "select_n" and len(ins) == 3:
+            test = produced(ins[0], "ne", "eq")
+            if test is not None and isinstance(test.ins[0], int) and test.ins[0] == test.ins[1]:
+                x = test.ins[0]
+                case = 2 if test.primitive.name == "ne" else 1  # the case taken where x is NaN
+                rounded = produced(ins[case], "convert_element_type")
+                if (
+                    rounded is not None
+                    and rounded.ins[0] == x
+                    and flat.dtypes[x] == np.float32
+                    and flat.dtypes[rounded.outs[0]] == _BF16
+                    and x not in exact  # (else the conversion is no rounding: see `exact`)
+                ):
+                    args[case] = f"rb_nan({arg(x)})"
+        return None
+
     temps = 0
     for eqn in ops:
         if eqn.primitive.name == "broadcast_in_dim" and not flat.is_leafwise(eqn.ins[0]):
@@ -464,14 +536,15 @@ def lower(
         by_scalar = by_scalar and not flat.is_leafwise(eqn.ins[1])
         name = eqn.primitive.name
         first_exact = bool(eqn.ins) and eqn.ins[0] in exact
-        expression = _expression(
-            eqn,
-            [arg(r) for r in eqn.ins],
-            [dtype_of(r) for r in eqn.ins],
-            flat.dtypes[out],
-            by_scalar,
-            first_exact,
+        args = [arg(r) for r in eqn.ins]
+        expression = peephole(eqn, args) or _expression(
+            eqn, args, [dtype_of(r) for r in eqn.ins], flat.dtypes[out], by_scalar, first_exact
         )
+        producer[out] = eqn
+        if name == "iota" or (eqn.ins and eqn.ins[0] in index and name in _IDENTITY):
+            index.add(out)
+        elif name == "convert_element_type" and eqn.ins[0] in index and kind_of(out) in _INTS:
+            index.add(out)  # (an int32 index and a uint32 one: the same 32 bits)
         # Values known to be bfloat16 already: every bfloat16 result (each is rounded), and what a
         # conversion or a reshape makes of one.
         source = dtype_of(eqn.ins[0]) if eqn.ins else None
@@ -505,7 +578,10 @@ def lower(
         btype = _TYPES[buffer.dtype][1]
         const = "" if buffer.written else "const "
         head.append(f"  {const}{btype}* __restrict b{k} = static_cast<{const}{btype}*>(buf[{k}]);")
-    body = "\n".join([*head, "  for (size_t i = begin; i < end; ++i) {", *lines, "  }"])
+    for m, variable in induction.items():
+        head.append(f"  uint32_t {variable} = (uint32_t)begin * {m}u;")
+    steps = "".join(f", {variable} += {m}u" for m, variable in induction.items())
+    body = "\n".join([*head, f"  for (size_t i = begin; i < end; ++i{steps}) {{", *lines, "  }"])
     return Program(tuple(slots), scalar_dtypes, body), scalars, nodes
 
 
@@ -514,12 +590,19 @@ _SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr
 #include "elements.h"
 
 namespace {{
-inline float rb(float f) {{ uint16_t b; store(&b, 0, f); return load(&b, 0); }}
 inline float f32_of(uint32_t u) {{ float f; std::memcpy(&f, &u, 4); return f; }}
+inline uint32_t bits_of(float f) {{ uint32_t u; std::memcpy(&u, &f, 4); return u; }}
+// What a bfloat16 store then load gives (`store`: to nearest even, a NaN quieted), on the float's
+// bits, without the 16-bit round trip: one select (the NaN test a float comparison) and one mask.
+inline float rb(float f) {{
+  uint32_t b = bits_of(f);
+  return f32_of((f != f ? b | 0x00400000u : b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
+}}
+// `rb` of a NaN (a select's case taken only where its operand is NaN): the quieting alone.
+inline float rb_nan(float f) {{ return f32_of((bits_of(f) | 0x00400000u) & 0xffff0000u); }}
 inline void store_exact(uint16_t* x, size_t i, float f) {{
   uint32_t bits; std::memcpy(&bits, &f, 4); x[i] = static_cast<uint16_t>(bits >> 16);
 }}
-inline uint32_t bits_of(float f) {{ uint32_t u; std::memcpy(&u, &f, 4); return u; }}
 inline float sign_of(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : a); }}
 // XLA's shifts: 0 for a shift of 32 or more. Branch-free, so that the loop vectorises.
 inline uint32_t shl(uint32_t a, uint32_t b) {{ return (a << (b & 31u)) & (b < 32u ? ~0u : 0u); }}
