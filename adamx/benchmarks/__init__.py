@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -442,9 +443,22 @@ def _path(tx: Any, params: Any, state: Any, grads: Any) -> str:
     return "kernel"
 
 
-def _moved_bytes(params: Any, state: Any) -> int:
-    """What one pass must move: params read and written, gradients read, state read and written."""
-    return 3 * _tree_bytes(params) + 2 * _tree_bytes(state)
+def _moved_bytes(params: Any, state: Any, tx: Any = None, grads: Any = None) -> int:
+    """What the step must move: params read and written, gradients read, state read and written
+    in its elementwise pass, and what each reduction pass before it reads (LAMB's norms: a pass
+    for the max, one for the sum of squares; `tx` and `grads` given, on the kernel's path)."""
+    moved = 3 * _tree_bytes(params) + 2 * _tree_bytes(state)
+    if tx is None:
+        return moved
+    from adamx.kernels import _derived
+
+    plan, leaves, _ = _derived._prepare(tx, adamx.apply_updates, grads, state, params)
+    if isinstance(plan, str):
+        return moved
+    for _, reducer in plan.reducers:
+        for node, _ in reducer.slots:
+            moved += math.prod(plan.flat.shapes[node]) * plan.flat.dtypes[node].itemsize
+    return moved
 
 
 def matrix_tree(seed: int = 0, size: int = 1024, dtype: Any = jnp.float32) -> dict[str, Any]:
@@ -488,7 +502,7 @@ def compare_optimizers(
             )
         state = tx.init(params)
         paths[name] = _path(tx, params, state, grads)
-        moved[name] = _moved_bytes(params, state)
+        moved[name] = _moved_bytes(params, state, tx, grads)
 
         def opt_step(p, s, g, tx=tx):
             return adamx.step(tx, g, s, p)
@@ -505,7 +519,7 @@ def compare_optimizers(
             "compile_s": impl.compile_s,
             "state_bytes_per_param": (impl.state_bytes or 0) / n_params,
             "path": paths[impl.name],
-            # time over AdamW's, divided by the bytes one pass must move over AdamW's: 1 is as
+            # time over AdamW's, divided by the bytes its passes must move over AdamW's: 1 is as
             # close to the memory-bandwidth limit as AdamW's own step
             "per_byte_to_adamw": paired_ratio(times, impl.name, "adamw")
             / (moved[impl.name] / moved["adamw"]),

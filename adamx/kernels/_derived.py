@@ -175,6 +175,25 @@ class _Flat:
         return [read(v) for v in jaxpr.outvars]
 
 
+# The reductions of a leaf to a scalar the kernel accumulates (in double: a float sum's order is not
+# XLA's, so the sum may differ from the jnp path's in its last bits; max, min, and, or are exact).
+_REDUCERS = {
+    "reduce_sum": "sum",
+    "reduce_max": "max",
+    "reduce_min": "min",
+    "reduce_and": "and",
+    "reduce_or": "or",
+}
+_LANES = 8  # a reduction's accumulators per chunk
+_BLOCK = 256  # elements whose values a reduction program keeps before accumulating them
+_REDUCED = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.int32): 1,
+    np.dtype(np.uint32): 2,
+    np.dtype(np.bool_): 3,
+}
+
+
 def _is_reduction(name: str) -> bool:
     return name.startswith(("reduce_", "arg", "cum")) or name in ("dot_general", "reduce")
 
@@ -351,7 +370,9 @@ def _convert(x: str, source: np.dtype, target: np.dtype) -> str:
         return f"rb({x} ? 1.0f : 0.0f)" if s == "bool" else f"rb({x})"
     if t == "f32" and s == "bf16":
         return x
-    if t == "f32" and s in ("bool", "i32", "u32"):
+    if t == "f32" and s == "bool":
+        return f"({x} ? 1.0f : 0.0f)"  # (GCC 12 vectorises no loop with `(float)` of a bool)
+    if t == "f32" and s in ("i32", "u32"):
         return f"(float){x}"
     if t == "bool":
         return f"({x} != 0)"
@@ -406,10 +427,17 @@ def _scalar_load(k: int, dtype: np.dtype) -> str:
 
 
 def lower(
-    flat: _Flat, ops: list[_Eqn], reads: list[int], writes: list[tuple[int, int | None]]
+    flat: _Flat,
+    ops: list[_Eqn],
+    reads: list[int],
+    writes: list[tuple[int, int | None]],
+    reductions: tuple[_Eqn, ...] = (),
 ) -> tuple[Program, list, list]:
     """The program of one leaf: ``ops`` in order, reading the array nodes ``reads`` and writing
-    ``writes``, ``[(node, the input node it overwrites in place, or None)]``.
+    ``writes``, ``[(node, the input node it overwrites in place, or None)]``; or, given
+    ``reductions`` (equations reducing a leaf to a scalar, see `_REDUCERS`), a reduction pass that
+    accumulates each over the elements, in double precision, into ``acc`` (one value per
+    reduction, for its chunk of the leaf).
 
     Returns the program, its scalar operands (nodes or `Lit`) in the order it reads them, and per
     slot ``(operand node or None, result node or None)``.
@@ -563,6 +591,34 @@ def lower(
         names[out] = _name("t", temps)
         temps += 1
         lines.append(f"    const {_TYPES[flat.dtypes[out]][0]} {names[out]} = {expression};")
+    # A reduction: each block of _LANES * 32 elements' values go to a small array (the element
+    # loop stays vectorised), then into _LANES double accumulators per reduction (a fixed order,
+    # the same whatever the threads), summed pairwise at the end of the chunk.
+    fold = []  # per reduction: the accumulation of one value v{r}[j] into lane l
+    finals = []
+    inits = []
+    for r, eqn in enumerate(reductions):
+        kind = _REDUCERS[eqn.primitive.name]
+        lines.append(f"    v{r}[i - base] = (double){arg(eqn.ins[0])};")
+        inits.append(f"  double v{r}[{_BLOCK}];")
+        start_value = {"sum": "0.0", "max": "-INFINITY", "min": "INFINITY", "and": "1.0"}
+        inits.append(f"  double a{r}[{_LANES}];")
+        inits.append(f"  bool nan{r}[{_LANES}];")
+        inits.append(
+            f"  for (int l = 0; l < {_LANES}; ++l) {{ a{r}[l] = {start_value.get(kind, '0.0')}; "
+            f"nan{r}[l] = false; }}"
+        )
+        v = f"v{r}[j + l]"
+        fold.append(
+            {
+                "sum": f"a{r}[l] = a{r}[l] + {v};",
+                "max": f"a{r}[l] = {v} > a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v};",
+                "min": f"a{r}[l] = {v} < a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v};",
+                "and": f"a{r}[l] = (a{r}[l] != 0.0 && {v} != 0.0) ? 1.0 : 0.0;",
+                "or": f"a{r}[l] = (a{r}[l] != 0.0 || {v} != 0.0) ? 1.0 : 0.0;",
+            }[kind]
+        )
+        finals.append(f"  acc[{r}] = fold_{kind}(a{r}, nan{r});")
     for node, slot in out_slots:
         dtype = flat.dtypes[node]
         value = names.get(node)
@@ -580,8 +636,26 @@ def lower(
         head.append(f"  {const}{btype}* __restrict b{k} = static_cast<{const}{btype}*>(buf[{k}]);")
     for m, variable in induction.items():
         head.append(f"  uint32_t {variable} = (uint32_t)begin * {m}u;")
+    head += inits
     steps = "".join(f", {variable} += {m}u" for m, variable in induction.items())
-    body = "\n".join([*head, f"  for (size_t i = begin; i < end; ++i{steps}) {{", *lines, "  }"])
+    if reductions:
+        blocks = [
+            f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
+            f"    const size_t stop = std::min(end, base + {_BLOCK});",
+            f"  for (size_t i = base; i < stop; ++i{steps}) {{",
+            *lines,
+            "  }",
+            "    const size_t n = stop - base;",
+            "    size_t j = 0;",
+            f"    for (; j + {_LANES} <= n; j += {_LANES})",
+            f"      for (int l = 0; l < {_LANES}; ++l) {{ {' '.join(fold)} }}",
+            "    for (int l = 0; j + l < n; ++l) { " + " ".join(fold) + " }",
+            "  }",
+        ]
+        body = "\n".join([*head, *blocks, *finals])
+    else:
+        loop = [f"  for (size_t i = begin; i < end; ++i{steps}) {{", *lines, "  }"]
+        body = "\n".join([*head, *loop])
     return Program(tuple(slots), scalar_dtypes, body), scalars, nodes
 
 
@@ -604,12 +678,33 @@ inline void store_exact(uint16_t* x, size_t i, float f) {{
   uint32_t bits; std::memcpy(&bits, &f, 4); x[i] = static_cast<uint16_t>(bits >> 16);
 }}
 inline float sign_of(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : a); }}
+// A reduction's lanes, folded: sums pairwise; a max or min is NaN if a lane saw a NaN (XLA's).
+inline double fold_sum(const double* a, const bool*) {{
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}}
+inline double fold_max(const double* a, const bool* nan) {{
+  double m = a[0]; bool any = nan[0];
+  for (int l = 1; l < 8; ++l) {{ m = a[l] > m ? a[l] : m; any = any || nan[l]; }}
+  return any ? NAN : m;
+}}
+inline double fold_min(const double* a, const bool* nan) {{
+  double m = a[0]; bool any = nan[0];
+  for (int l = 1; l < 8; ++l) {{ m = a[l] < m ? a[l] : m; any = any || nan[l]; }}
+  return any ? NAN : m;
+}}
+inline double fold_and(const double* a, const bool*) {{
+  bool all = true; for (int l = 0; l < 8; ++l) all = all && a[l] != 0.0; return all ? 1.0 : 0.0;
+}}
+inline double fold_or(const double* a, const bool*) {{
+  bool any = false; for (int l = 0; l < 8; ++l) any = any || a[l] != 0.0; return any ? 1.0 : 0.0;
+}}
 // XLA's shifts: 0 for a shift of 32 or more. Branch-free, so that the loop vectorises.
 inline uint32_t shl(uint32_t a, uint32_t b) {{ return (a << (b & 31u)) & (b < 32u ? ~0u : 0u); }}
 inline uint32_t shr(uint32_t a, uint32_t b) {{ return (a >> (b & 31u)) & (b < 32u ? ~0u : 0u); }}
 }}  // namespace
 
-extern "C" void adamx_leaf(const uint32_t* __restrict s, void* const* buf, size_t begin, size_t end) {{
+extern "C" void adamx_leaf(const uint32_t* __restrict s, void* const* buf, size_t begin, size_t end,
+                           double* acc) {{
 {body}
 }}
 """
@@ -629,6 +724,20 @@ class _Leaf:
 
 
 @dataclasses.dataclass
+class _Reducer:
+    """One reduction program's instance: a leaf's reductions of one depth (a reduction whose
+    input reads another's result comes a pass later), with the equations JAX would run instead."""
+
+    ops: list  # the reductions and the leafwise equations they need, in order
+    slots: list[tuple[int | None, int | None]]  # per slot: (operand node, None)
+    scalars: list
+    size: int
+    outs: list[int]  # each reduction's result node
+    types: tuple[int, ...]  # each result's dtype code (`_REDUCED`)
+    kinds: tuple[int, ...]  # each reduction's kind (index in `_REDUCERS`)
+
+
+@dataclasses.dataclass
 class Plan:
     flat: _Flat
     inputs: list[int]
@@ -636,10 +745,13 @@ class Plan:
     programs: dict[str, Program]
     leaves: dict[str, list[_Leaf]]  # program key -> its instances
     treedefs: tuple
+    reducers: list[tuple[str, _Reducer]] = dataclasses.field(default_factory=list)
 
 
-def _components(flat: _Flat) -> list[list[_Eqn]]:
-    """The array equations, grouped by the arrays that connect them (one group per leaf)."""
+def _components(flat: _Flat, ops: list[_Eqn] | None = None) -> list[list[_Eqn]]:
+    """The array equations (``ops``, by default the kernel's), grouped by the arrays that connect
+    them (one group per leaf)."""
+    ops = flat.ops if ops is None else ops
     parent: dict[int, int] = {}
 
     def find(x):
@@ -648,13 +760,14 @@ def _components(flat: _Flat) -> list[list[_Eqn]]:
             x = parent[x]
         return x
 
-    for eqn in flat.ops:
+    for eqn in ops:
         nodes = [r for r in [*eqn.ins, *eqn.outs] if flat.is_leafwise(r)]
         for other in nodes[1:]:
             parent[find(other)] = find(nodes[0])
     groups: dict[int, list[_Eqn]] = collections.defaultdict(list)
-    for eqn in flat.ops:
-        groups[find(eqn.outs[0])].append(eqn)
+    for eqn in ops:
+        leafwise = [r for r in [*eqn.outs, *eqn.ins] if flat.is_leafwise(r)]
+        groups[find(leafwise[0] if leafwise else eqn.outs[0])].append(eqn)
     return list(groups.values())
 
 
@@ -670,6 +783,74 @@ def _needed(ops: list[_Eqn], nodes: list) -> list[_Eqn]:
         chosen[id(eqn)] = eqn
         stack.extend(r for r in eqn.ins if isinstance(r, int))
     return sorted(chosen.values(), key=lambda e: e.index)
+
+
+def _reduction_passes(flat: _Flat, reductions: list[_Eqn]) -> tuple[dict, list, list]:
+    """The reductions of leaves to scalars as programs: ``(programs, [(key, _Reducer)], the
+    equations JAX still runs)``. Per leaf, the reductions of one depth form one program (LAMB's
+    scaled norm, a max then a sum of squares over the max, takes two); a group with anything
+    the kernel cannot compute (a bfloat16 sum, whose accumulation XLA does its own way) stays
+    JAX's."""
+    depth: dict[int, int] = {}
+    needed = {id(e): _needed(flat.jax_ops, e.ins) for e in reductions}
+    for eqn in sorted(flat.binds + reductions, key=lambda e: e.index):
+        reads = eqn.ins if id(eqn) not in needed else [r for x in needed[id(eqn)] for r in x.ins]
+        level = max((depth.get(r, 0) for r in reads if isinstance(r, int)), default=0)
+        for out in eqn.outs:
+            depth[out] = level + (1 if id(eqn) in needed else 0)
+    programs: dict[str, Program] = {}
+    instances: list[tuple[str, _Reducer]] = []
+    left: list[_Eqn] = []
+    for component in _components(flat, flat.jax_ops):
+        by_depth: dict[int, list[_Eqn]] = collections.defaultdict(list)
+        for eqn in component:
+            if id(eqn) in needed:
+                by_depth[depth[eqn.outs[0]]].append(eqn)
+        for group in by_depth.values():
+            ops = _needed(
+                [e for e in component if id(e) not in needed], [r for e in group for r in e.ins]
+            )
+            try:
+                for eqn in group:
+                    x, out = eqn.ins[0], eqn.outs[0]
+                    kind = _REDUCERS.get(eqn.primitive.name)
+                    if kind is None or flat.dtypes[out] not in _REDUCED:
+                        raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
+                    if (
+                        kind == "sum"
+                        and flat.dtypes[x] != np.float32
+                        and flat.dtypes[x] != np.int32
+                    ):
+                        raise _Unsupported(f"a sum of {flat.dtypes[x]}")
+                made = {o for e in ops for o in e.outs}
+                reads = sorted(
+                    {
+                        r
+                        for e in [*ops, *group]
+                        for r in e.ins
+                        if flat.is_leafwise(r) and r not in made
+                    }
+                )
+                sizes = {math.prod(flat.shapes[r]) for r in reads}
+                if len(sizes) != 1:
+                    raise _Unsupported("a reduction of arrays of different sizes")
+                program, scalars, slots = lower(flat, ops, reads, [], tuple(group))
+            except _Unsupported:
+                left += ops + group
+                continue
+            programs[program.key] = program
+            reducer = _Reducer(
+                sorted([*ops, *group], key=lambda e: e.index),
+                slots,
+                scalars,
+                sizes.pop(),
+                [e.outs[0] for e in group],
+                tuple(_REDUCED[flat.dtypes[e.outs[0]]] for e in group),
+                tuple(list(_REDUCERS.values()).index(_REDUCERS[e.primitive.name]) for e in group),
+            )
+            instances.append((program.key, reducer))
+    unique = {id(e): e for e in left}
+    return programs, instances, sorted(unique.values(), key=lambda e: e.index)
 
 
 def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
@@ -693,7 +874,11 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
                 f"`{eqn.primitive.name}` reduces a leaf to an array (per row, per block, a "
                 "matrix product): not elementwise"
             )
-    flat.jax_ops = _needed(flat.ops, [r for e in reductions for r in e.ins]) + reductions
+    flat.jax_ops = sorted(
+        _needed(flat.ops, [r for e in reductions for r in e.ins]) + reductions,
+        key=lambda e: e.index,
+    )
+    reducer_programs, reducers, flat.jax_ops = _reduction_passes(flat, reductions)
     flat.ops = _needed(
         [e for e in flat.ops if not _is_reduction(e.primitive.name)],
         [r for r in outputs if isinstance(r, int)],
@@ -741,7 +926,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
         program, scalars, slot_nodes = lower(flat, ops, reads, writes)
         programs[program.key] = program
         leaves[program.key].append(_Leaf(ops, slot_nodes, scalars, sizes.pop()))
-    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs)
+    programs.update(reducer_programs)
+    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers)
 
 
 # ---- running a plan ---------------------------------------------------------------------------
@@ -773,9 +959,51 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
     def read(ref):
         return ref.value if isinstance(ref, Lit) else env[ref]
 
-    for eqn in sorted(p.flat.binds + p.flat.jax_ops, key=lambda e: e.index):
+    # The reduction programs run when their scalars are known and a scalar equation needs their
+    # results. On a mesh JAX reduces instead (over the whole mesh), as it does an empty leaf.
+    pending = list(p.reducers)
+    on_mesh = where is not None and where.mesh is not None
+    events = list(p.flat.binds + p.flat.jax_ops)
+    if on_mesh or not _native.status()[0]:
+        events += [e for _, x in pending for e in x.ops]
+        pending = []
+    else:
+        events += [e for _, x in pending if x.size == 0 for e in x.ops]
+        pending = [(k, x) for k, x in pending if x.size > 0]
+    # Demand-driven, in the jaxpr's order otherwise: a scalar equation that needs a reduction's
+    # result first runs the program computing it (with every other one whose scalars are known).
+    producer = {out: eqn for eqn in events for out in eqn.outs}
+    reducer_of = {out: (k, x) for k, x in pending for out in x.outs}
+    done: set[int] = set()
+    state = {"pending": pending}
+
+    def ensure(ref):
+        if not isinstance(ref, int) or ref in env:
+            return
+        if ref in reducer_of:
+            _, x = reducer_of[ref]
+            for r in x.scalars:
+                ensure(r)
+            state["pending"] = _reduce_ready(p, state["pending"], env, read)
+        else:
+            execute(producer[ref])
+
+    def execute(eqn):
+        if id(eqn) in done:
+            return
+        for r in eqn.ins:
+            ensure(r)
         for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
             env[node] = value
+        done.add(id(eqn))
+
+    for eqn in sorted(events, key=lambda e: e.index):
+        execute(eqn)
+    for _, x in list(state["pending"]):
+        for r in x.scalars:
+            ensure(r)
+    while state["pending"]:
+        state["pending"] = _reduce_ready(p, state["pending"], env, read)
     for key, instances in p.leaves.items():
         program = p.programs[key]
         compiled = [x for x in instances if x.size > 0]
@@ -789,6 +1017,58 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         for start in range(0, len(compiled), _GROUP):
             _call(p.flat, key, program, compiled[start : start + _GROUP], env, read, where)
     return [read(ref) for ref in p.outputs]
+
+
+def _reduce_ready(p: Plan, pending: list, env: dict, read) -> list:
+    """Run the pending reduction programs whose scalars are all known; returns the others."""
+    ready = [
+        (k, x) for k, x in pending if all(not isinstance(r, int) or r in env for r in x.scalars)
+    ]
+    assert ready, "a reduction waits for a scalar no equation computes"
+    by_key: dict[str, list[_Reducer]] = collections.defaultdict(list)
+    for key, x in ready:
+        by_key[key].append(x)
+    for key, group in by_key.items():
+        program = p.programs[key]
+        _native.program(key, program.source)
+        for start in range(0, len(group), _GROUP):
+            _reduce_call(key, program, group[start : start + _GROUP], env, read, p.flat)
+    return [(k, x) for k, x in pending if all(x is not y for _, y in ready)]
+
+
+def _reduce_call(key: str, program: Program, group: list[_Reducer], env, read, flat) -> None:
+    """One custom call: the reduction ``program`` over the leaves of ``group``; each reduction's
+    result (its 32 bits, from derived.cc) into ``env`` as a scalar of its dtype."""
+    refs = [r for x in group for r in x.scalars]
+    bits: dict = {}
+    for r in refs:
+        if _scalar_key(r) not in bits:
+            bits[_scalar_key(r)] = _bits(read(r))
+    scalars = (
+        jnp.stack([bits[_scalar_key(r)] for r in refs]) if refs else jnp.zeros((0,), jnp.uint32)
+    )
+    operands = [env[operand] for x in group for operand, _ in x.slots]
+    width = len(group[0].outs)
+    results = [jax.ShapeDtypeStruct((width,), jnp.uint32) for _ in group]
+    call = jax.ffi.ffi_call(_native.REDUCE_TARGET, results, vmap_method="sequential")
+    outs = call(
+        scalars,
+        *operands,
+        program=key,
+        slots=program.flags,
+        scalars=np.int64(len(program.scalars)),
+        kinds=np.asarray(group[0].kinds, np.int64),
+        types=np.asarray(group[0].types, np.int64),
+    )
+    for x, out in zip(group, outs, strict=True):
+        for r, node in enumerate(x.outs):
+            dtype = flat.dtypes[node]
+            value = out[r]
+            if dtype == np.bool_:
+                value = value != 0
+            else:
+                value = jax.lax.bitcast_convert_type(value, dtype)
+            env[node] = jnp.reshape(value, flat.shapes[node])
 
 
 def _shards(where: Layout, partition: Any) -> int:

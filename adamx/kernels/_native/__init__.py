@@ -33,6 +33,7 @@ TARGET = "adamx_fused_step"
 QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call
 DERIVED_TARGET = "adamx_derived_step"  # a generated program over a group of leaves
+REDUCE_TARGET = "adamx_derived_reduce"  # a generated reduction pass over a group of leaves
 FLAGS = (
     "-O3",
     "-march=native",
@@ -137,6 +138,9 @@ def _load() -> tuple[bool, str]:
         )
         jax.ffi.register_ffi_target(
             DERIVED_TARGET, jax.ffi.pycapsule(handle.AdamxDerivedStep), platform="cpu"
+        )
+        jax.ffi.register_ffi_target(
+            REDUCE_TARGET, jax.ffi.pycapsule(handle.AdamxDerivedReduce), platform="cpu"
         )
         _HANDLES.append(handle)
     except Exception as error:  # a failed build must never break training: fall back

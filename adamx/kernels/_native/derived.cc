@@ -21,7 +21,7 @@
 
 namespace {
 
-using Leaf = void (*)(const uint32_t*, void* const*, size_t, size_t);
+using Leaf = void (*)(const uint32_t*, void* const*, size_t, size_t, double*);
 
 enum SlotFlag : int64_t { kRead = 1, kWritten = 2, kOperand = 4 };
 
@@ -101,7 +101,104 @@ ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs arg
 #pragma omp parallel for schedule(dynamic) if (total > 4)
   for (long t = 0; t < total; ++t) {
     const Task& task = tasks[t];
-    leaf_step(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end);
+    leaf_step(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end,
+              nullptr);
+  }
+  return ffi::Error::Success();
+}
+
+// A reduction pass: the program accumulates each of its leaf's reductions over a chunk into a
+// double (`acc`, one per reduction); the chunks of a leaf are then combined in their order, so
+// the result does not depend on the threads. Operands: the scalars, then per leaf its buffers;
+// results: per leaf the reductions' values as 32-bit patterns (`types`: 0 float32, 1 int32,
+// 2 uint32, 3 bool), `kinds`: 0 sum, 1 max, 2 min, 3 and, 4 or.
+double combine(int64_t kind, double a, double b) {
+  switch (kind) {
+    case 0: return a + b;
+    case 1: return a != a ? a : (b != b ? b : (a > b ? a : b));
+    case 2: return a != a ? a : (b != b ? b : (a < b ? a : b));
+    case 3: return (a != 0.0 && b != 0.0) ? 1.0 : 0.0;
+    default: return (a != 0.0 || b != 0.0) ? 1.0 : 0.0;
+  }
+}
+
+double identity(int64_t kind) {
+  switch (kind) {
+    case 0: return 0.0;
+    case 1: return -INFINITY;
+    case 2: return INFINITY;
+    case 3: return 1.0;
+    default: return 0.0;
+  }
+}
+
+uint32_t bits(int64_t type, double value) {
+  uint32_t out = 0;
+  if (type == 0) {
+    const float f = static_cast<float>(value);
+    std::memcpy(&out, &f, 4);
+  } else if (type == 1) {
+    const int32_t i = static_cast<int32_t>(static_cast<int64_t>(value));
+    std::memcpy(&out, &i, 4);
+  } else if (type == 2) {
+    out = static_cast<uint32_t>(static_cast<int64_t>(value));
+  } else {
+    out = value != 0.0 ? 1u : 0u;
+  }
+  return out;
+}
+
+ffi::Error DerivedReduceImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
+                             ffi::RemainingRets rets, std::string_view program,
+                             ffi::Span<const int64_t> slots, int64_t scalar_count,
+                             ffi::Span<const int64_t> kinds, ffi::Span<const int64_t> types) {
+  const Leaf leaf_pass = find(program);
+  if (leaf_pass == nullptr)
+    return ffi::Error::InvalidArgument("adamx derived reduction: the program is not registered");
+  const size_t width = slots.size(), count = kinds.size(), leaves = rets.size();
+  const size_t per_leaf = static_cast<size_t>(scalar_count);
+  if (args.size() != leaves * width || scalars.element_count() != leaves * per_leaf ||
+      types.size() != count)
+    return ffi::Error::InvalidArgument("adamx derived reduction: wrong number of buffers");
+  std::vector<void*> buffers(leaves * width);
+  std::vector<Task> tasks;
+  std::vector<size_t> first(leaves + 1, 0);  // each leaf's first task
+  for (size_t leaf = 0; leaf < leaves; ++leaf) {
+    size_t n = 0;
+    for (size_t k = 0; k < width; ++k) {
+      auto in = args.get<ffi::AnyBuffer>(leaf * width + k);
+      if (!in.has_value())
+        return ffi::Error::InvalidArgument("adamx derived reduction: a buffer could not be decoded");
+      if (k > 0 && in->element_count() != n)
+        return ffi::Error::InvalidArgument("adamx derived reduction: a leaf's buffers differ");
+      n = in->element_count();
+      buffers[leaf * width + k] = in->untyped_data();
+    }
+    first[leaf] = tasks.size();
+    for (size_t begin = 0; begin < n; begin += kChunk)
+      tasks.push_back({leaf, begin, std::min(begin + kChunk, n)});
+  }
+  first[leaves] = tasks.size();
+  std::vector<double> acc(tasks.size() * count);
+  const uint32_t* s = scalars.typed_data();
+  const long total = static_cast<long>(tasks.size());
+#pragma omp parallel for schedule(dynamic) if (total > 4)
+  for (long t = 0; t < total; ++t) {
+    const Task& task = tasks[t];
+    leaf_pass(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end,
+              acc.data() + t * count);
+  }
+  for (size_t leaf = 0; leaf < leaves; ++leaf) {
+    auto out = rets.get<ffi::Buffer<ffi::U32>>(leaf);
+    if (!out.has_value() || (*out)->element_count() != count)
+      return ffi::Error::InvalidArgument("adamx derived reduction: a result could not be decoded");
+    uint32_t* into = (*out)->typed_data();
+    for (size_t r = 0; r < count; ++r) {
+      double value = identity(kinds[r]);
+      for (size_t t = first[leaf]; t < first[leaf + 1]; ++t)
+        value = combine(kinds[r], value, acc[t * count + r]);
+      into[r] = bits(types[r], value);
+    }
   }
   return ffi::Error::Success();
 }
@@ -121,3 +218,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedStep, DerivedStepImpl,
                                   .Attr<std::string_view>("program")
                                   .Attr<ffi::Span<const int64_t>>("slots")
                                   .Attr<int64_t>("scalars"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedReduce, DerivedReduceImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U32>>()  // the scalars, per leaf
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<ffi::Span<const int64_t>>("slots")
+                                  .Attr<int64_t>("scalars")
+                                  .Attr<ffi::Span<const int64_t>>("kinds")
+                                  .Attr<ffi::Span<const int64_t>>("types"));
