@@ -28,7 +28,7 @@ SOURCES = (
     HERE / "split.cc",
     HERE / "derived.cc",
 )
-HEADERS = (HERE / "fused_common.h", HERE / "elements.h")
+HEADERS = (HERE / "fused_common.h", HERE / "elements.h", HERE / "blockwise.h")
 TARGET = "adamx_fused_step"
 QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call

@@ -2,6 +2,7 @@
 //
 // See fused_step.cc for the conventions (operation order, no FP contraction, aliasing).
 
+#include "blockwise.h"
 #include "fused_common.h"
 
 // The AVX-512 path (below) needs F, BW (byte masks) and VBMI (byte permutes); anything else, or a
@@ -32,47 +33,6 @@ namespace {
 
 constexpr int kMaxBlock = 4096;
 constexpr size_t kTables = 512 + 22 + 25;
-
-// The encoder's constants for a `kBits`-bit magnitude code (adamx/storage/_quantize.py: `code_constants`):
-// decade edges (kBits + 1), and per decade the affine map to the code grid, slope and offset.
-template <int kBits>
-struct Code {
-  float bounds[kBits + 1];
-  float slope[kBits];
-  float offset[kBits];
-  explicit Code(const float* t) {  // a local copy: no store through a byte pointer can alias it
-    for (int k = 0; k <= kBits; ++k) bounds[k] = t[k];
-    for (int k = 0; k < kBits; ++k) slope[k] = t[kBits + 1 + k];
-    for (int k = 0; k < kBits; ++k) offset[k] = t[2 * kBits + 1 + k];
-  }
-};
-
-template <int kBits, bool kZeroFree>
-inline int encode(float y, const Code<kBits>& c) {
-  // y = |x| / absmax is in [0, 1] up to an ulp; above 1 the clamp gives the top code, as 1 would.
-  // (No clamp of y: its NaN-aware select keeps the loop from vectorising.)
-  // The decade by comparisons with its edges; its constants by selects, not table lookups.
-  float slope = c.slope[0], offset = c.offset[0];
-  int points = 1;
-#pragma GCC unroll 8
-  for (int k = 1; k < kBits; ++k) {
-    const bool above = y >= c.bounds[k];
-    slope = above ? c.slope[k] : slope;
-    offset = above ? c.offset[k] : offset;
-    points = above ? (1 << k) : points;
-  }
-  // rint: round half to even in the default mode, as jnp.round (nearbyint is a libm call). An
-  // infinite y (under an absmax below 2^-128, whose inverse is inf) converts as XLA converts it,
-  // to the top of the range; a NaN y stays NaN and converts to INT_MIN, below the clamp.
-  const float u = std::min(y * slope + offset, static_cast<float>(2 * points));
-  int code = static_cast<int>(std::rint(u));
-  code = std::max(code, points - 1);
-  code = std::min(code, 2 * points - 1);
-  const float tiny = c.bounds[1];
-  const int below = kZeroFree ? static_cast<int>(y > 0.0f) : static_cast<int>(y >= 0.5f * tiny);
-  const int under = static_cast<int>(y < tiny);  // an arithmetic select: it vectorises
-  return under * below + (1 - under) * code;
-}
 
 struct QuantizedLeaf {
   float* p;
