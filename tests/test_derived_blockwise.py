@@ -1,0 +1,102 @@
+"""The derived kernel over block-quantised moments (adamx/kernels/_derived.py, `Blockwise`).
+
+A moment stored by `blockwise_8bit` or `blockwise_4bit` is decoded and encoded block by block
+inside the leaf's one pass: its read and write are named calls (adamx/storage/_quantize.py,
+`CODECS`) that the planner keeps whole and lowers with the code of adamx/kernels/_native/blockwise.h.
+Reference: the eager jnp path, every bit of params and state (a NaN equals any NaN).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamx
+from adamx.kernels import _derived, _native
+from tests.helpers import ELEMENTWISE
+from tests.test_derived import CASES, _gradients, _same, _with_storage
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel():
+    available, why = _native.status()
+    if not available:
+        pytest.fail(f"these tests need adamx's native kernel, unavailable here: {why}")
+
+
+def _stacked(leaf) -> int:
+    return 1 if jnp.ndim(leaf) == 3 else 0
+
+
+def _tree() -> dict:
+    """Blocks of every kind: a matrix whose size is not a multiple of the block, a stacked leaf
+    (three layers, ``batch_dims`` 1, each with a short last block), a leaf of more than one task,
+    a vector and a scalar under ``min_size`` (float32 moments), and an empty leaf."""
+    rng = np.random.default_rng(0)
+    return {
+        "w": jnp.asarray(rng.standard_normal((70, 100)), jnp.float32),
+        "stack": jnp.asarray(rng.standard_normal((3, 33, 40)), jnp.float32),
+        "long": jnp.asarray(rng.standard_normal(40_000), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal(6), jnp.float32),
+        "s": jnp.asarray(0.5, jnp.float32),
+        "e": jnp.zeros((0, 3), jnp.float32),
+    }
+
+
+def _pair(bits: int) -> tuple:
+    make = adamx.blockwise_8bit if bits == 8 else adamx.blockwise_4bit
+    return (
+        make(True, min_size=1000, batch_dims=_stacked),
+        make(False, min_size=1000, batch_dims=_stacked),
+    )
+
+
+def _optimizer(name: str, bits: int):
+    """The case's optimizer with a signed ``mu_dtype`` and an unsigned ``nu_dtype`` of ``bits``
+    (those of the two it takes), or ``None`` if it takes neither."""
+    mu, nu = _pair(bits)
+    tx = _with_storage(CASES[name], mu)
+    if tx is None:
+        return None
+    call = CASES[name].call(CASES[name].learning_rate)
+    import inspect
+
+    accepted = inspect.signature(call.factory).parameters
+    kwargs = {"mu_dtype": mu} if "mu_dtype" in accepted else {}
+    if "nu_dtype" in accepted:
+        kwargs["nu_dtype"] = nu
+    return call.factory(*call.args, **{**call.kwargs, **kwargs})
+
+
+def _check(tx, params, steps: int = 3) -> None:
+    grads = _gradients({k: v for k, v in params.items() if k != "e"}, steps)
+    for g in grads:
+        g["e"] = params["e"]
+        g["long"] = g["long"].at[:2].set(jnp.asarray([np.nan, np.inf], jnp.float32))
+    state = tx.init(params)
+    assert any(
+        isinstance(x, adamx.QuantizedBuffer)
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, adamx.QuantizedBuffer))
+    )
+    assert _derived.why_not(tx, adamx.apply_updates, grads[0], state, params) is None
+    p_k, s_k = params, state
+    p_r, s_r = params, state
+    for g in grads:
+        p_k, s_k = adamx.step(tx, g, s_k, p_k, fused=True)
+        with jax.disable_jit():
+            p_r, s_r = adamx.step(tx, g, s_r, p_r, fused=False)
+        assert _same((p_k, s_k), (p_r, s_r))
+
+
+QUANTISED = [n for n in ELEMENTWISE if _with_storage(CASES[n], jnp.bfloat16) is not None]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", QUANTISED)
+def test_every_elementwise_optimizer_with_quantised_moments_is_fused_bit_for_bit(name, bits):
+    """Every elementwise optimizer that takes ``mu_dtype``/``nu_dtype``, with 8- and 4-bit
+    block-wise moments (signed first moment, unsigned second), runs through the derived kernel
+    and equals the jnp path, over leaves of every layout (and a NaN and an inf in a gradient)."""
+    _check(_optimizer(name, bits), _tree())
