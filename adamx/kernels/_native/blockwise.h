@@ -102,13 +102,14 @@ inline void encode_block(const float* __restrict x, size_t count, const Code<kMa
   const float inverse = 1.0f / (absmax > 0.0f ? absmax : 1.0f);
   const float top = absmax > 0.0f ? absmax : -1.0f;
   alignas(64) int32_t code[kBlock];
+  alignas(64) float y[kBlock];
+  // (Two loops, as in fused_quantized.cc's portable path: each vectorises.)
   for (size_t j = 0; j < count; ++j) {
     const float a = std::fabs(x[j]);
-    const float y = a == top ? 1.0f : a * inverse;
-    int k = encode<kMagnitude, !kSigned>(y, c);
-    if (kSigned) k += x[j] < 0.0f ? (1 << kMagnitude) : 0;
-    code[j] = k;
+    code[j] = kSigned && x[j] < 0.0f ? (1 << kMagnitude) : 0;  // the sign bit
+    y[j] = a == top ? 1.0f : a * inverse;
   }
+  for (size_t j = 0; j < count; ++j) code[j] += encode<kMagnitude, !kSigned>(y[j], c);
   for (size_t j = count; j < kBlock; ++j) code[j] = 0;
   if (kBits == 8) {
     for (size_t j = 0; j < kBlock; ++j) codes[j] = static_cast<uint8_t>(code[j]);
