@@ -547,9 +547,11 @@ def lower(
                     raise _Unsupported("a decode to another dtype than float32")
                 constants.append(f"const float kTable{k}[] = {_table(config._table())};")
                 before.append(f"    alignas(64) float d{k}[{B}];")
+                signed = "true" if config.signed else "false"
+                prelude.append(f"  static const blockwise::Planes p{k}(kTable{k}, {signed});")
                 before.append(
-                    f"    decode_block<{config.bits}, {B}>(kTable{k}, b{slot_of[codes]} + u * {W}, "
-                    f"b{slot_of[scales]}[u], d{k}, count);"
+                    f"    blockwise::decode_block<{config.bits}, {signed}, {B}>(p{k}, kTable{k}, "
+                    f"b{slot_of[codes]} + u * {W}, b{slot_of[scales]}[u], d{k}, count);"
                 )
                 names[eqn.outs[0]] = f"d{k}[j]"
             else:
@@ -562,12 +564,18 @@ def lower(
                 parts = np.concatenate(code_constants(magnitude))
                 constants.append(f"const float kCode{k}[] = {_table(parts)};")
                 before.append(f"    alignas(64) float e{k}[{B}];")
+                before.append(f"    uint32_t top{k} = 0;")
                 lines.append(f"    e{k}[j] = {arg(eqn.ins[-1])};")
+                lines.append(
+                    f"    top{k} = std::max(top{k}, blockwise::magnitude_bits({arg(eqn.ins[-1])}));"
+                )
                 signed = "true" if config.signed else "false"
                 prelude.append(f"  const Code<{magnitude}> c{k}(kCode{k});")
+                zero_free = "false" if config.signed else "true"
+                prelude.append(f"  static const blockwise::Fast f{k}(kCode{k}, {magnitude}, {zero_free});")
                 after.append(
-                    f"    encode_block<{config.bits}, {magnitude}, {signed}, {B}>(e{k}, count, "
-                    f"c{k}, b{slot_at[codes]} + u * {W}, b{slot_at[scales]} + u);"
+                    f"    blockwise::encode_block<{config.bits}, {magnitude}, {signed}, {B}>(f{k}, e{k}, "
+                    f"count, top{k}, c{k}, b{slot_at[codes]} + u * {W}, b{slot_at[scales]} + u);"
                 )
             continue
         if eqn.primitive.name == "broadcast_in_dim" and not flat.is_leafwise(eqn.ins[0]):
