@@ -23,6 +23,12 @@ with the machine's compiler on first use and cached by its hash (`_native.progra
 ``-ffp-contract=off``, so that the results are the jnp path's bit for bit (eager), by
 construction and by test (tests/test_derived.py).
 
+A moment stored block-quantised (`Blockwise`: 8- or 4-bit codes and a scale per block) is read
+and written through two named calls of the storage (`adamx.storage._quantize.CODECS`), which the
+planner keeps whole (`_codec`) as block operations of the leaf's program: its loop then runs over
+blocks, decoding each moment's block before the elements and encoding it after them, with the
+code of adamx/kernels/_native/blockwise.h (`lower`).
+
 A step with anything else on a leaf (a reduction to an array such as a row mean or a matrix
 product, a transcendental such as ``exp`` whose C++ and XLA results may differ in the last bit,
 a gather) is not fused: `why_not` names the equation, and the jnp path takes the step.
@@ -42,8 +48,8 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native
 from ..storage._quantize import code_constants
+from . import _native
 from ._fused import layout
 
 __all__: list[str] = []  # internal: used by the floors above, not public
@@ -572,7 +578,9 @@ def lower(
                 signed = "true" if config.signed else "false"
                 prelude.append(f"  const Code<{magnitude}> c{k}(kCode{k});")
                 zero_free = "false" if config.signed else "true"
-                prelude.append(f"  static const blockwise::Fast f{k}(kCode{k}, {magnitude}, {zero_free});")
+                prelude.append(
+                    f"  static const blockwise::Fast f{k}(kCode{k}, {magnitude}, {zero_free});"
+                )
                 after.append(
                     f"    blockwise::encode_block<{config.bits}, {magnitude}, {signed}, {B}>(f{k}, e{k}, "
                     f"count, top{k}, c{k}, b{slot_at[codes]} + u * {W}, b{slot_at[scales]} + u);"

@@ -66,8 +66,8 @@ def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``code = slope[i] * y + offset[i]`` rounded: decade ``i``'s points are
     ``y = 10**(i - bits + 1) (0.1 + 0.9 (j + 1) / 2**i)`` at codes ``2**i + j``, so
     ``slope[i] = 10**(bits - 1 - i) 2**i / 0.9`` and ``offset[i] = 2**i - 1 - 2**i / 9``. The fused
-    kernel (``adamx/kernels/_native/fused_quantized.cc``) gets these same numbers, so both paths compute the
-    same codes.
+    kernel (``adamx/kernels/_native/blockwise.h``, through ``adamx/kernels/_derived.py``) gets
+    these same numbers, so both paths compute the same codes.
     """
     bounds = np.asarray([10.0 ** (k - bits) for k in range(bits + 1)], np.float32)
     slope = np.asarray([10.0 ** (bits - 1 - i) * 2.0**i / 0.9 for i in range(bits)], np.float32)
@@ -474,7 +474,7 @@ class Blockwise:
     def read(self, stored: Any, dtype: Any) -> jax.Array:
         if not isinstance(stored, QuantizedBuffer):
             return stored.astype(dtype)
-        if _explicit_sharding(stored.codes) is None and _explicit_sharding(stored.scales) is None:
+        if _marked(self, stored.codes, stored.scales):
             decode = _codec(self, "decode", stored.shape)
             return decode(stored.codes, stored.scales).astype(dtype)
         return self._decode(stored.codes, stored.scales, stored.shape).astype(dtype)
@@ -510,7 +510,7 @@ class Blockwise:
         _check_real(value, "blockwise storage")
         value = value.astype(jnp.float32)
         codes_shape, scales_shape = tuple(stored.codes.shape), tuple(stored.scales.shape)
-        if _explicit_sharding(value) is None:
+        if _marked(self, value):
             encode = _codec(self, "encode", stored.shape)
             codes, scales = encode(value)
         else:
@@ -566,12 +566,28 @@ def codec_name(kind: str, config: Blockwise) -> str:
     return f"adamx_blockwise_{kind}_{config.bits}{sign}{linear}_{config.block_size}"
 
 
+def _marked(config: Blockwise, *arrays: Any) -> bool:
+    """Whether a read or write runs as a named call: not on an ``Explicit`` mesh (where the
+    storage's own resharding runs) and with a hashable configuration (a ``batch_dims`` function
+    that cannot be hashed cannot key the calls' cache)."""
+    if any(_explicit_sharding(x) is not None for x in arrays):
+        return False
+    try:
+        hash(config)
+    except TypeError:
+        return False
+    return True
+
+
 @functools.cache
 def _codec(config: Blockwise, kind: str, shape: tuple[int, ...]) -> Any:
     """The named call that decodes or encodes a moment of ``shape`` stored by ``config``."""
     name = codec_name(kind, config)
     # What the kernel needs of the configuration (the layout comes with the call's shapes).
-    CODECS[name] = (kind, Blockwise(config.bits, config.signed, config.block_size, linear=config.linear))
+    CODECS[name] = (
+        kind,
+        Blockwise(config.bits, config.signed, config.block_size, linear=config.linear),
+    )
     if kind == "decode":
 
         def body(codes, scales):
