@@ -13,7 +13,6 @@ from ..core._chain import chain
 from ..core._docs import descent_example
 from ..core._validate import check_decay
 from ..kernels._fused import adam_rule, fusable
-from ..kernels._fused_quantized import attach as attach_quantized
 
 __all__ = ["adam", "adamw", "scale_by_adam"]
 
@@ -177,8 +176,7 @@ def adamw(
 def _adam(
     learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype, decay=None
 ) -> GradientTransformation:
-    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw`, with the fused kernel attached
-    (8-bit moments have a kernel of their own)."""
+    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw`, with the fused kernel attached."""
     weight_decay, mask = (None, None) if decay is None else decay
     decoupled = () if decay is None else (add_decayed_weights(*decay),)
     tx = chain(
@@ -190,9 +188,5 @@ def _adam(
         b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov, learning_rate=learning_rate,
         weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
     )  # fmt: skip
-    if rule is None:
-        return attach_quantized(
-            tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
-            learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
-        )  # fmt: skip
-    return fusable(tx, rule)
+    # (Block-quantised moments have no rule: the derived kernel reads them, adamx/kernels/_derived.py.)
+    return tx if rule is None else fusable(tx, rule)

@@ -20,9 +20,6 @@ from ..core._trees import (
 )
 from ..kernels import _derived
 from ..kernels._fused import fused_step, why_not
-from ..kernels._fused_quantized import fused_step as quantized_step
-from ..kernels._fused_quantized import rule_of as quantized_rule
-from ..kernels._fused_quantized import why_not as quantized_why_not
 
 __all__ = ["apply_updates", "step"]
 
@@ -85,7 +82,7 @@ def step(
     rounded bfloat16 moments, masks, schedules, injected hyperparameters, Kahan summation; a
     per-tensor scalar such as LAMB's trust ratio is reduced by JAX first). The kernel is derived
     from the optimizer's own jaxpr, so the numbers are the same bit for bit (docs/design.md,
-    section 8). 8-bit Adam(W) moments run their own kernel; on a mesh, Adam(W), NAdam(W),
+    section 8), block-wise 8- and 4-bit moments included; on a mesh, Adam(W), NAdam(W),
     AdaMax(W) and Lion run per shard. Call it inside ``jax.jit`` with ``donate_argnums`` for the
     params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
 
@@ -107,16 +104,12 @@ def step(
     """
     check_like(grads, params)  # trace-time: names a leaf of the wrong shape, dtype or key path
     if fused is not False and not extra_args:
-        if quantized_rule(tx) is not None:  # 8-bit moments (adamx/kernels/_fused_quantized.py)
-            result = quantized_step(tx, grads, state, params)
-            reason = lambda: quantized_why_not(tx, grads, state, params)  # noqa: E731
-        else:
-            # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py); on a
-            # mesh, the rule-keyed kernel, which runs per shard (adamx/kernels/_fused.py).
-            result = _derived.step(tx, apply_updates, grads, state, params)
-            if result is None:
-                result = fused_step(tx, grads, state, params)
-            reason = lambda: _reasons(tx, grads, state, params)  # noqa: E731
+        # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py); on a
+        # mesh, the rule-keyed kernel, which runs per shard (adamx/kernels/_fused.py).
+        result = _derived.step(tx, apply_updates, grads, state, params)
+        if result is None:
+            result = fused_step(tx, grads, state, params)
+        reason = lambda: _reasons(tx, grads, state, params)  # noqa: E731
         if result is not None:
             return result
         if fused is True:

@@ -24,13 +24,11 @@ HERE = Path(__file__).parent
 # One library; derived.cc hosts the programs adamx/kernels/_derived.py generates (`program`).
 SOURCES = (
     HERE / "fused_step.cc",
-    HERE / "fused_quantized.cc",
     HERE / "split.cc",
     HERE / "derived.cc",
 )
 HEADERS = (HERE / "fused_common.h", HERE / "elements.h", HERE / "blockwise.h")
 TARGET = "adamx_fused_step"
-QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
 SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call
 DERIVED_TARGET = "adamx_derived_step"  # a generated program over a group of leaves
 FLAGS = (
@@ -128,9 +126,6 @@ def _load() -> tuple[bool, str]:
         handle = ctypes.cdll.LoadLibrary(str(library))
         jax.ffi.register_ffi_target(
             TARGET, jax.ffi.pycapsule(handle.AdamxFusedStep), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            QUANTIZED_TARGET, jax.ffi.pycapsule(handle.AdamxQuantizedStep), platform="cpu"
         )
         jax.ffi.register_ffi_target(
             SPLIT_TARGET, jax.ffi.pycapsule(handle.AdamxSplit), platform="cpu"

@@ -1,7 +1,8 @@
 // The block-quantised moments' code (adamx/storage/_quantize.py: `Blockwise`, `encode_magnitude`),
-// in C++: shared by fused_quantized.cc and by the programs adamx/kernels/_derived.py generates for
-// a step over such moments (which include elements.h and this header alone). Each function is the
-// jnp path's operations, one for one, so the codes and scales are the same bit for bit.
+// in C++, for the programs adamx/kernels/_derived.py generates for a step over such moments (which
+// include elements.h and this header alone). Each function is the jnp path's operations, one for
+// one, so the codes and scales are the same bit for bit (tests/test_derived_blockwise.py,
+// tests/test_quantize.py, tests/test_low_bit_nan.py).
 #pragma once
 
 #include <algorithm>
@@ -65,8 +66,6 @@ inline int encode(float y, const Code<kBits>& c) {
 }
 
 // ---- one block of a derived program -------------------------------------------------------------
-//
-// (In a namespace of their own: fused_quantized.cc's 8-bit Adam kernel has names of its own.)
 
 namespace blockwise {
 //
@@ -112,7 +111,7 @@ inline void encode_portable(const float* __restrict x, size_t count, uint32_t to
   const float top = absmax > 0.0f ? absmax : -1.0f;
   alignas(64) int32_t code[kBlock];
   alignas(64) float y[kBlock];
-  // (Two loops, as in fused_quantized.cc's portable path: each vectorises.)
+  // (Two loops: each vectorises.)
   for (size_t j = 0; j < count; ++j) {
     const float a = std::fabs(x[j]);
     code[j] = kSigned && x[j] < 0.0f ? (1 << kMagnitude) : 0;  // the sign bit
@@ -133,10 +132,10 @@ inline void encode_portable(const float* __restrict x, size_t count, uint32_t to
 // ---- 8-bit codes, 64 elements at a time (AVX-512) -------------------------------------------------
 //
 // The same bits as the portable loops, faster: the table lookups of a decode as byte permutes, and
-// the encoder's decade from the pair of binades of y (formerly fused_quantized.cc, the 8-bit Adam
-// kernel's, where they were checked against `encode` for every float y in [0, 1 + 2^-17], and the
-// general case for every y >= 0 including inf and NaN). Each table is checked when it is built
-// (`vector`); a table that fails a check takes the portable loops.
+// the encoder's decade from the pair of binades of y (from the hand-written 8-bit Adam kernel this
+// replaced, where they were checked against `encode` for every float y in [0, 1 + 2^-17], and the
+// general case for every y >= 0 including inf and NaN, issue 10). Each table is checked when it is
+// built (`vector`); a table that fails a check takes the portable loops.
 
 // A decode's table as four byte planes: planes[b][code] is byte b (little-endian) of the float32
 // value of `code`; four byte lookups of 256 entries rebuild the exact float.

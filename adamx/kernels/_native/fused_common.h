@@ -1,4 +1,4 @@
-// Shared by fused_step.cc and fused_quantized.cc: element types, the step's scalars, the task size.
+// Shared by fused_step.cc and derived.cc: element types, the step's scalars, the task size.
 #pragma once
 
 #include <algorithm>
