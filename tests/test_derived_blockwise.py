@@ -148,3 +148,24 @@ def test_what_stays_on_the_jnp_path_says_why():
     vector = {"v": jnp.ones((8192,), jnp.float32)}
     with pytest.raises(ValueError, match="linear 4-bit code"):
         adamx.step(tx, vector, tx.init(vector), vector, fused=True)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_blocks_of_extreme_magnitudes(bits):
+    """Blocks whose absmax is subnormal (its inverse is inf), tiny, huge or overflowing to inf
+    (the encoders' general path), next to ordinary ones: bit for bit, codes included."""
+    rng = np.random.default_rng(5)
+    scales = 10.0 ** rng.integers(-25, 25, size=60)
+    scales[:4] = [1e-22, 1e-20, 1e19, 1e30]
+    w = rng.standard_normal((60, 256)) * scales[:, None]
+    params = {"w": jnp.zeros((60, 256), jnp.float32), "b": jnp.zeros(6, jnp.float32)}
+    mu, nu = _pair(bits)
+    tx = adamx.adam(1e-3, mu_dtype=mu, nu_dtype=nu)
+    state = tx.init(params)
+    p_k, s_k, p_r, s_r = params, state, params, state
+    for t in range(3):
+        g = {"w": jnp.asarray(w * (t + 1), jnp.float32), "b": jnp.ones(6, jnp.float32)}
+        p_k, s_k = adamx.step(tx, g, s_k, p_k, fused=True)
+        with jax.disable_jit():
+            p_r, s_r = adamx.step(tx, g, s_r, p_r, fused=False)
+        assert _same((p_k, s_k), (p_r, s_r))
