@@ -15,7 +15,7 @@ import pytest
 
 import adamx
 from adamx.kernels import _derived, _native
-from tests.helpers import ELEMENTWISE
+from tests.helpers import ELEMENTWISE, REDUCING
 from tests.test_derived import CASES, _gradients, _same, _with_storage
 
 
@@ -102,6 +102,16 @@ def test_every_elementwise_optimizer_with_quantised_moments_is_fused_bit_for_bit
     block-wise moments (signed first moment, unsigned second), runs through the derived kernel
     and equals the jnp path, over leaves of every layout (and a NaN and an inf in a gradient)."""
     _check(_optimizer(name, bits), _tree())
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in REDUCING if n != "prodigy" and _optimizer(n, 8) is not None]
+)
+def test_a_reduction_to_a_scalar_reads_the_decoded_moment_too(name):
+    """The optimizers that reduce a leaf to a scalar first (cautious's mean, LAMB's norms, ...):
+    JAX's pass binds the decode itself, then the kernel decodes again. (Prodigy, with quantised
+    moments, is declined: an equation of its step mixes a leaf with its moment's blocks.)"""
+    _check(_optimizer(name, 8), _tree(), steps=2)
 
 
 def test_the_default_pairs_under_bfloat16_params_and_a_kahan_chain():
