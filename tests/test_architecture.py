@@ -99,6 +99,21 @@ def test_no_module_imports_from_a_floor_above_its_own():
     assert upward == [], "\n".join(upward)
 
 
+def test_no_optimizer_block_or_tool_knows_the_kernels():
+    """An optimizer is described by its chain alone: the fused step is derived from it
+    (adamx/kernels/_derived.py), so nothing above the kernels but the step's dispatch
+    (`training`) and the benchmarks imports them."""
+    knowing = [
+        f"{m} imports {t} on line {line}"
+        for m in MODULES
+        for t, _, line in GRAPH[m]
+        if t.startswith("adamx.kernels")
+        and not m.startswith(("adamx.kernels", "adamx.training", "adamx.benchmarks"))
+        and not (m.startswith("adamx.distributed._flat") and t == "adamx.kernels._native")
+    ]
+    assert knowing == [], "\n".join(knowing)
+
+
 def test_the_module_graph_has_no_cycle():
     done: set[str] = set()
     stack: list[str] = []

@@ -305,7 +305,9 @@ def test_the_generated_code_rewrites_keep_every_bit():
     params = _tree(jnp.float32)
     sr = adamx.stochastic_bfloat16()
     rounded = adamx.adamw(1e-3, weight_decay=0.1, mu_dtype=sr, nu_dtype=sr)
-    plan, _ = _derived._prepare(rounded, adamx.apply_updates, params, rounded.init(params), params)
+    plan, _, _ = _derived._prepare(
+        rounded, adamx.apply_updates, params, rounded.init(params), params
+    )
     (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
     body = plan.programs[key].body
     assert "k0 += 2654435769u" in body and "(uint32_t)begin * 2654435769u" in body
@@ -347,7 +349,7 @@ def test_the_rewrites_are_keyed_on_shapes_not_on_an_optimizer():
 
     tx = adamx.GradientTransformation(lambda params: adamx.EmptyState(), update)
     params = _tree(jnp.float32)
-    plan, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
+    plan, _, _ = _derived._prepare(tx, adamx.apply_updates, params, tx.init(params), params)
     (key,) = [k for k, leaves in plan.leaves.items() if 40_000 in {x.size for x in leaves}]
     body = plan.programs[key].body
     assert "k0 += 2654435769u" in body and "(int32_t)k0" in body and "rb_nan(" in body

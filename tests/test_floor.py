@@ -69,7 +69,7 @@ def test_the_kernel_builds_where_a_compiler_is():
 
 def test_a_zero_size_leaf_takes_the_fused_step():
     # jaxlib <= 0.9.0 hands a custom call a null pointer for an empty buffer; the kernel refused it
-    # ("a buffer could not be decoded") until `adamx.kernels._fused` kept such leaves out of the call.
+    # ("a buffer could not be decoded") until the kernel kept such leaves out of the call.
     params = {"w": jnp.arange(3.0), "empty": jnp.zeros((0, 3))}
     grads = jax.tree.map(jnp.ones_like, params)
     tx = adamx.adamw(1e-2, weight_decay=0.1)

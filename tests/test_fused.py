@@ -23,7 +23,7 @@ import pytest
 import adamx
 from adamx.benchmarks import leaf_sizes
 from adamx.benchmarks import main as benchmark_main
-from adamx.kernels import _derived, _fused, _native
+from adamx.kernels import _derived, _native
 from tests.helpers import relaxed
 
 pytestmark = pytest.mark.skipif(
@@ -353,25 +353,14 @@ def test_benchmark_compares_optimizers_against_adamw(tmp_path):
         benchmark_main(["--compare", "lion", "--size", "30", "--json", str(out)])
 
 
-def test_the_kernels_scalars_and_algorithms_are_named_in_the_headers_order():
-    """`_fused.HYPER` and `_fused.ALGORITHMS` against fused_common.h's enums, name by name."""
+def test_the_task_size_is_named_once_in_the_header():
+    """`_derived._CHUNK` (how block programs size a task) is fused_common.h's kChunk."""
     import re
     from pathlib import Path
 
-    header = (Path(_fused.__file__).parent / "_native" / "fused_common.h").read_text()
-
-    def enum(name: str) -> list[str]:
-        body = re.search(r"enum " + name + r" : \w+ \{(.*?)\};", header, re.S).group(1)
-        words = re.findall(r"\bk([A-Z]\w*)", re.sub(r"//[^\n]*", "", body))
-        snake = [
-            re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", w).lower()
-            for w in words
-        ]
-        return [w for w in snake if w != "hyper_count"]
-
-    assert enum("Hyper") == list(_fused.HYPER)
-    assert enum("Algorithm") == list(_fused.ALGORITHMS)
-    assert list(_fused.ALGORITHMS.values()) == list(range(len(_fused.ALGORITHMS)))
+    header = (Path(_derived.__file__).parent / "_native" / "fused_common.h").read_text()
+    shift = re.search(r"constexpr size_t kChunk = 1 << (\d+);", header)
+    assert shift is not None and _derived._CHUNK == 1 << int(shift.group(1))
 
 
 def test_the_benchmark_names_the_extra_that_brings_the_peers(tmp_path, monkeypatch, capsys):

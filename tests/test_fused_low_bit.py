@@ -221,15 +221,13 @@ def test_kahan_after_any_elementwise_chain_is_fused_bit_for_bit():
 
 
 def test_what_is_not_fused_says_why():
-    # One leaf above low_bit_moments' min_size (4096), so that its moments are quantised.
+    # One leaf above low_bit_moments' min_size (4096), so that its moments are quantised. (With
+    # 8-bit moments the derived kernel takes this chain: tests/test_derived_blockwise.py.)
     params = {**_tree(jnp.bfloat16), "big": jnp.ones((8192,), jnp.bfloat16)}
     grads = jax.tree.map(jnp.ones_like, params)
 
-    for tx in (
-        _kahan(adamx.adamw(1e-3, **adamx.low_bit_moments(8))),
-        _kahan(adamx.adamw(1e-3, **adamx.low_bit_moments(4))),
-    ):
-        with pytest.raises(ValueError, match="cannot fuse this step: `reduce_max`"):
+    for tx in (_kahan(adamx.adamw(1e-3, **adamx.low_bit_moments(4))),):
+        with pytest.raises(ValueError, match="cannot fuse this step"):
             adamx.step(tx, grads, tx.init(params), params, fused=True)
         new_params, _ = adamx.step(tx, grads, tx.init(params), params)  # the jnp path runs
         assert jax.tree.structure(new_params) == jax.tree.structure(params)

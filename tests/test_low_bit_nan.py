@@ -9,17 +9,17 @@ on the parameters of that block (row and column) are NaN as well. An infinite el
 coordinate (the top code under an infinite scale) and reads the rest of its block as 0, not NaN.
 
 Paths compared, tolerance 0 outside the NaNs (the same NaN mask, bit-identical finite values,
-identical codes): for the 8-bit pair, the fused kernel as built here (AVX-512 where the CPU has it),
-the kernel built without its AVX-512 path (``-DADAMX_NO_AVX512``: the portable loops) and the eager
-jnp path. The 4-bit storages have no kernel: their eager jnp path against the jitted one (where
-XLA fuses the maxima), the same NaN masks (under jit XLA contracts multiply-adds, so the finite
-bits may differ).
+identical codes): for the 8-bit pair, the derived kernel as built here (AVX-512 where the CPU has
+it), the kernel's programs built without their AVX-512 path (``-DADAMX_NO_AVX512``: the portable
+loops of adamx/kernels/_native/blockwise.h) and the eager jnp path; for the block-wise 4-bit pair,
+the kernel and the eager jnp path. `low_bit_moments(4)` (rank-1 second moment) has no kernel:
+its eager jnp path against the jitted one (where XLA fuses the maxima), the same NaN masks (under
+jit XLA contracts multiply-adds, so the finite bits may differ).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 
 import jax
@@ -39,7 +39,6 @@ EXAMPLES = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-PORTABLE_TARGET = "adamx_quantized_step_portable"
 
 
 # ---- the cases ------------------------------------------------------------------------------------
@@ -120,32 +119,18 @@ def _rank1_matrix(nu, shape, nb) -> bool:
 # ---- running the steps ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def portable():
-    """The quantised kernel built without its AVX-512 path, registered under its own name."""
-    if not KERNEL:
-        pytest.skip(f"native kernel unavailable: {_native.status()[1]}")
-    flags = _native.FLAGS
-    try:
-        _native.FLAGS = (*flags, "-DADAMX_NO_AVX512")  # its own library in the cache
-        library = _native._build(_native._compiler(), jax.ffi.include_dir())
-    finally:
-        _native.FLAGS = flags
-    handle = ctypes.cdll.LoadLibrary(str(library))
-    jax.ffi.register_ffi_target(
-        PORTABLE_TARGET, jax.ffi.pycapsule(handle.AdamxQuantizedStep), platform="cpu"
-    )
-    return PORTABLE_TARGET
-
-
 @contextlib.contextmanager
-def _target(name):
-    saved = _native.QUANTIZED_TARGET
-    _native.QUANTIZED_TARGET = name
+def _portable():
+    """The derived kernel's programs built without their AVX-512 path (each its own library in
+    the cache) and registered under their keys for the time of the block; then the others again."""
+    flags = _native.FLAGS
+    _native.FLAGS = (*flags, "-DADAMX_NO_AVX512")
+    _native._PROGRAMS.clear()
     try:
         yield
     finally:
-        _native.QUANTIZED_TARGET = saved
+        _native.FLAGS = flags
+        _native._PROGRAMS.clear()
 
 
 def _quantized(state):
@@ -159,14 +144,14 @@ def _quantized(state):
     return buffers
 
 
-def _run(opt, params, grads, path, target=None):
+def _run(opt, params, grads, path, portable=False):
     """The params and state after each of ``grads``, on ``path``."""
     jitted = jax.jit(lambda g, s, p: adamx.step(opt, g, s, p, fused=False))
     p, s = params, opt.init(params)
     out = []
     for g in grads:
         if path == "kernel":
-            with _target(target) if target else contextlib.nullcontext():
+            with _portable() if portable else contextlib.nullcontext():
                 p, s = adamx.step(opt, g, s, p, fused=True)
         elif path == "jit":
             p, s = jitted(g, s, p)
@@ -256,21 +241,26 @@ def _check_nan_rule(kind, case, paths):
 @pytest.mark.skipif(not KERNEL, reason="native kernel unavailable")
 @EXAMPLES
 @given(case=cases("8bit"))
-def test_8bit_nan_rule_is_the_same_on_the_kernel_its_portable_loops_and_the_jnp_path(
-    portable, case
-):
+def test_8bit_nan_rule_is_the_same_on_the_kernel_its_portable_loops_and_the_jnp_path(case):
     paths = {
         "jnp": ("eager",),
         "kernel": ("kernel",),
-        "portable kernel": ("kernel", portable),
+        "portable kernel": ("kernel", True),
     }
     _check_nan_rule("8bit", case, paths)
+
+
+@pytest.mark.skipif(not KERNEL, reason="native kernel unavailable")
+@EXAMPLES
+@given(case=cases("4bit_blockwise"))
+def test_4bit_blockwise_nan_rule_is_the_same_on_the_kernel_and_the_jnp_path(case):
+    _check_nan_rule("4bit_blockwise", case, {"jnp": ("eager",), "kernel": ("kernel",)})
 
 
 @EXAMPLES
 @given(kind=st.sampled_from(["4bit", "4bit_blockwise"]), data=st.data())
 def test_4bit_nan_rule_blockwise_and_rank1_eager_and_jitted(kind, data):
-    """No kernel here: the jnp path, eagerly and jitted (where XLA fuses the maxima)."""
+    """The jnp path, eagerly and jitted (where XLA fuses the maxima)."""
     case = data.draw(cases(kind))
     _check_nan_rule(kind, case, {"eager": ("eager",), "jit": ("jit",)})
 
@@ -292,7 +282,7 @@ def test_realistic_leaves_follow_the_rule_eager_and_jitted(kind, case):
 
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf])
-def test_an_infinite_gradient_stays_in_its_coordinate_on_every_path(kind, bad, request):
+def test_an_infinite_gradient_stays_in_its_coordinate_on_every_path(kind, bad):
     """An Inf keeps its element at +-inf (the top code under an infinite scale) and reads the rest
     of its block as 0, not NaN: only that parameter goes NaN (inf / inf), as with float32."""
     shape, block, at = (3, 24, 40), 32, (2, 517)
@@ -301,7 +291,7 @@ def test_an_infinite_gradient_stays_in_its_coordinate_on_every_path(kind, bad, r
     params, grads = _problem(shape, 1, block, at, False, 7, bad=bad)
     paths = {"eager": ("eager",), "jit": ("jit",)}
     if kind == "8bit" and KERNEL:
-        paths.update(kernel=("kernel",), portable=("kernel", request.getfixturevalue("portable")))
+        paths.update(kernel=("kernel",), portable=("kernel", True))
     runs = {name: _run(opt, params, grads, *how) for name, how in paths.items()}
     for name in list(runs)[1:]:
         _assert_same(runs[name], runs["eager"], f"{name} vs eager", exact=name != "jit")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx.kernels import _derived, _fused_quantized, _native
+from adamx.kernels import _derived, _native
 from tests.helpers import (
     ELEMENTWISE,
     OPTIMIZER_IDS,
@@ -36,11 +36,9 @@ matrix = pytest.mark.parametrize("case", OPTIMIZERS, ids=OPTIMIZER_IDS)
 
 def is_fused(case) -> bool:
     """The kernel takes this optimizer on the matrix's tree: its step lowers to programs
-    (adamx/kernels/_derived.py), or the 8-bit kernel has its rule."""
+    (adamx/kernels/_derived.py)."""
     tx = case.make(case.learning_rate)
     params = jax.tree.map(jnp.asarray, random_tree(0))
-    if _fused_quantized.rule_of(tx) is not None:
-        return True
     try:
         state = tx.init(params)
     except (TypeError, ValueError):
@@ -97,7 +95,7 @@ def test_each_path_compiles_to_its_own_code(case, path):
     params = jax.tree.map(jnp.asarray, random_tree(0))
     step = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p, fused=fused(path)))
     text = step.lower(params, opt.init(params), params).compile().as_text()
-    targets = (_native.TARGET, _native.QUANTIZED_TARGET, _native.DERIVED_TARGET)
+    targets = (_native.TARGET, _native.DERIVED_TARGET)
     called = [t for t in targets if f'"{t}"' in text]
     assert called if path == "kernel" else not called, called
 

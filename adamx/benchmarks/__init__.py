@@ -136,8 +136,9 @@ def stream(moment_dtype: Any) -> adamx.GradientTransformation:
     def init(params):
         return tuple(jax.tree.map(lambda p: jnp.zeros(p.shape, moment_dtype), params) for _ in "mv")
 
-    def update(grads, state, params=None):
-        del params
+    def update(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> tuple[Any, Any]:
+        del params, extra_args
+        grads = updates
         m, v = state
         u = jax.tree.map(lambda a, b, g: (a + b).astype(g.dtype), m, v, grads)
         new_m = jax.tree.map(lambda g, a: g.astype(a.dtype), grads, m)

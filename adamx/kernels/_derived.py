@@ -23,6 +23,12 @@ with the machine's compiler on first use and cached by its hash (`_native.progra
 ``-ffp-contract=off``, so that the results are the jnp path's bit for bit (eager), by
 construction and by test (tests/test_derived.py).
 
+A moment stored block-quantised (`Blockwise`: 8- or 4-bit codes and a scale per block) is read
+and written through two named calls of the storage (`adamx.storage._quantize.CODECS`), which the
+planner keeps whole (`_codec`) as block operations of the leaf's program: its loop then runs over
+blocks, decoding each moment's block before the elements and encoding it after them, with the
+code of adamx/kernels/_native/blockwise.h (`lower`).
+
 A step with anything else on a leaf (a reduction to an array such as a row mean or a matrix
 product, a transcendental such as ``exp`` whose C++ and XLA results may differ in the last bit,
 a gather) is not fused: `why_not` names the equation, and the jnp path takes the step.
@@ -42,11 +48,13 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from ..storage._quantize import code_constants
 from . import _native
 from ._mesh import Layout, layout, reshard, spec
 
 __all__: list[str] = []  # internal: used by the floors above, not public
 
+_CHUNK = 1 << 15  # elements per task of derived.cc (fused_common.h: kChunk)
 _GROUP = 32  # leaves per custom call (XLA's aliasing analysis grows super-linearly with more)
 _CALLS = {"pjit", "jit", "closed_call", "core_call"}  # inlined where they compute arrays
 _CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
@@ -97,6 +105,7 @@ class _Eqn:
     ins: list  # node ids (int) or Lit
     outs: list  # node ids
     index: int = 0  # its place in the jaxpr, inlined: JAX runs its equations in this order
+    codec: Any = None  # a block codec's ("decode" or "encode", `Blockwise`), kept as one equation
 
 
 @dataclasses.dataclass
@@ -111,6 +120,7 @@ class _Flat:
     ops: list = dataclasses.field(default_factory=list)
     leafwise: set = dataclasses.field(default_factory=set)
     jax_ops: list = dataclasses.field(default_factory=list)  # array equations JAX runs (below)
+    blocked: set = dataclasses.field(default_factory=set)  # a codec's codes and scales (`_codec`)
 
     def new(self, aval: Any) -> int:
         self.shapes.append(tuple(aval.shape))
@@ -154,6 +164,23 @@ class _Flat:
             )
             computes_arrays = computes_arrays or any(self.is_leafwise(a) for a in args)
             sub = None
+            codec = _codec(eqn)
+            if codec is not None:
+                # A moment's decode or encode (adamx/storage/_quantize.py, `CODECS`): one equation,
+                # over its codes and scales (its constants, the code's tables, passed as literals).
+                count = eqn.params["num_consts"]
+                consts = [Lit(self.consts[a]) if a in self.consts else a for a in args[:count]]
+                if not all(isinstance(a, Lit) for a in consts):
+                    raise _Unsupported("a block codec whose constants are computed")
+                outs = [self.new(v.aval) for v in eqn.outvars]
+                self.leafwise.update(outs)
+                self.blocked.update(args[count:] if codec[0] == "decode" else outs)
+                index = len(self.binds) + len(self.ops)
+                self.ops.append(_Eqn(eqn.primitive, eqn.params, consts + args[count:], outs, index))
+                self.ops[-1].codec = codec
+                for var, ref in zip(eqn.outvars, outs, strict=True):
+                    env[var] = ref
+                continue
             if computes_arrays and name in _CALLS:
                 sub = eqn.params["jaxpr"]
             elif computes_arrays and name in _CUSTOM:
@@ -192,6 +219,18 @@ _REDUCED = {
     np.dtype(np.uint32): 2,
     np.dtype(np.bool_): 3,
 }
+
+
+def _codec(eqn: Any) -> tuple[str, Any] | None:
+    """A block-quantised moment's decode or encode (`adamx.storage._quantize.CODECS`), by the
+    name of its call: ``(kind, Blockwise)``, or ``None``."""
+    if eqn.primitive.name != "custom_jvp_call":
+        return None
+    from ..storage._quantize import CODECS
+
+    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+    name = str(getattr(info, "func_src_info", None) or "").split(" ")[0]
+    return CODECS.get(name)
 
 
 def _is_reduction(name: str) -> bool:
@@ -389,6 +428,7 @@ class Slot:
     read: bool
     written: bool
     operand: bool  # passed as an operand (read, or written in place into the donated input)
+    block: bool = False  # a quantised moment's codes or scales, laid out by block (`_Blocks`)
 
 
 @dataclasses.dataclass
@@ -398,10 +438,12 @@ class Program:
     slots: tuple[Slot, ...]
     scalars: tuple[np.dtype, ...]
     body: str
+    block: int = 0  # elements per block of a program over quantised moments (0: over elements)
+    constants: str = ""  # its codes' tables (and the header of their code), before the function
 
     @functools.cached_property
     def source(self) -> str:
-        return _SOURCE.format(body=self.body)
+        return _SOURCE.format(body=self.body, constants=self.constants)
 
     @functools.cached_property
     def key(self) -> str:
@@ -411,7 +453,8 @@ class Program:
     def flags(self) -> np.ndarray:
         """Each slot's flags for derived.cc: 1 read, 2 written, 4 an operand."""
         return np.asarray(
-            [1 * s.read + 2 * s.written + 4 * s.operand for s in self.slots], np.int64
+            [1 * s.read + 2 * s.written + 4 * s.operand + 8 * s.block for s in self.slots],
+            np.int64,
         )
 
 
@@ -424,6 +467,49 @@ def _scalar_load(k: int, dtype: np.dtype) -> str:
     ctype = _TYPES[dtype][0]
     value = f"f32_of(s[{k}])" if dtype in _FLOATS else f"({ctype})s[{k}]"
     return f"  const {ctype} {_name('s', k)} = {value};"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+    """The layout of a leaf's quantised moments: ``layers`` x ``size`` elements, each layer cut
+    into ``blocks`` blocks of ``block`` elements, stored ``width`` bytes a block."""
+
+    layers: int
+    size: int
+    blocks: int
+    block: int
+    width: int
+
+
+def _blocks(flat: _Flat, ops: list[_Eqn]) -> _Blocks | None:
+    """The block layout shared by the codecs of ``ops`` (``None``: no codec), or `_Unsupported`."""
+    found = set()
+    for eqn in ops:
+        if eqn.codec is None:
+            if any(r in flat.blocked for r in eqn.ins if isinstance(r, int)):
+                raise _Unsupported(f"`{eqn.primitive.name}` on a quantised moment's codes")
+            continue
+        kind, config = eqn.codec
+        if config.linear:
+            raise _Unsupported("a linear 4-bit code (rank-1 storage's vectors)")
+        codes = eqn.ins[-2] if kind == "decode" else eqn.outs[0]
+        value = eqn.outs[0] if kind == "decode" else eqn.ins[-1]
+        layers, blocks, width = flat.shapes[codes]
+        size = math.prod(flat.shapes[value]) // max(layers, 1)
+        found.add(_Blocks(layers, size, blocks, config.block_size, width))
+    if not found:
+        return None
+    if len(found) != 1:
+        raise _Unsupported("a leaf's quantised moments have different block layouts")
+    layout = found.pop()
+    if layout.layers * layout.size >= 2**32 or layout.block > 4096:
+        raise _Unsupported("a quantised leaf of 2**32 elements or more, or a block over 4096")
+    return layout
+
+
+def _table(values: Any) -> str:
+    """float32 constants as a C++ initialiser (hexadecimal: exact)."""
+    return "{" + ", ".join(f"{float(v).hex()}f" for v in np.asarray(values, np.float32)) + "}"
 
 
 def lower(
@@ -442,13 +528,15 @@ def lower(
     Returns the program, its scalar operands (nodes or `Lit`) in the order it reads them, and per
     slot ``(operand node or None, result node or None)``.
     """
+    layout = _blocks(flat, ops)
     slots: list[Slot] = []
     nodes: list[tuple[int | None, int | None]] = []
     slot_of: dict[int, int] = {}  # a read node -> its slot
     overwritten = {source: node for node, source in writes if source is not None}
     for node in reads:
         slot_of[node] = len(slots)
-        slots.append(Slot(flat.dtypes[node], True, node in overwritten, True))
+        blocked = node in flat.blocked
+        slots.append(Slot(flat.dtypes[node], True, node in overwritten, True, blocked))
         nodes.append((node, overwritten.get(node)))
     out_slots = []
     for node, source in writes:
@@ -456,13 +544,21 @@ def lower(
             out_slots.append((node, slot_of[source]))
             continue
         out_slots.append((node, len(slots)))
-        slots.append(Slot(flat.dtypes[node], False, True, source is not None))
+        blocked = node in flat.blocked
+        slots.append(Slot(flat.dtypes[node], False, True, source is not None, blocked))
         nodes.append((source, node))
+    slot_at = dict(out_slots)  # a written node -> its slot
     scalars: list = []
     scalar_index: dict = {}
     names: dict[int, str] = {}
     lines = []
+    before: list[str] = []  # per block, before its elements (decodes), and after them (encodes)
+    after: list[str] = []
+    constants: list[str] = []  # the codes' tables, at namespace scope
+    prelude: list[str] = []  # the encoders' constants, once per call
     for k, node in enumerate(reads):
+        if node in flat.blocked:
+            continue  # a moment's codes or scales: read by its decode, a block at a time
         dtype = flat.dtypes[node]
         if dtype not in _TYPES:
             raise _Unsupported(
@@ -549,6 +645,52 @@ def lower(
 
     temps = 0
     for eqn in ops:
+        if eqn.codec is not None:
+            assert layout is not None
+            kind, config = eqn.codec
+            k = len(constants)
+            B, W = layout.block, layout.width
+            if kind == "decode":
+                codes, scales = eqn.ins[-2:]
+                if codes not in slot_of or scales not in slot_of:
+                    raise _Unsupported("a decode of codes computed in the step")
+                if flat.dtypes[eqn.outs[0]] != np.float32:
+                    raise _Unsupported("a decode to another dtype than float32")
+                constants.append(f"const float kTable{k}[] = {_table(config._table())};")
+                before.append(f"    alignas(64) float d{k}[{B}];")
+                signed = "true" if config.signed else "false"
+                prelude.append(f"  static const blockwise::Planes p{k}(kTable{k}, {signed});")
+                before.append(
+                    f"    blockwise::decode_block<{config.bits}, {signed}, {B}>(p{k}, kTable{k}, "
+                    f"b{slot_of[codes]} + u * {W}, b{slot_of[scales]}[u], d{k}, count);"
+                )
+                names[eqn.outs[0]] = f"d{k}[j]"
+            else:
+                codes, scales = eqn.outs
+                if codes not in slot_at or scales not in slot_at:
+                    raise _Unsupported("an encode whose codes the step does not return")
+                if dtype_of(eqn.ins[-1]) != np.float32:
+                    raise _Unsupported("an encode of another dtype than float32")
+                magnitude = config._magnitude_bits
+                parts = np.concatenate(code_constants(magnitude))
+                constants.append(f"const float kCode{k}[] = {_table(parts)};")
+                before.append(f"    alignas(64) float e{k}[{B}];")
+                before.append(f"    uint32_t top{k} = 0;")
+                lines.append(f"    e{k}[j] = {arg(eqn.ins[-1])};")
+                lines.append(
+                    f"    top{k} = std::max(top{k}, blockwise::magnitude_bits({arg(eqn.ins[-1])}));"
+                )
+                signed = "true" if config.signed else "false"
+                prelude.append(f"  const Code<{magnitude}> c{k}(kCode{k});")
+                zero_free = "false" if config.signed else "true"
+                prelude.append(
+                    f"  static const blockwise::Fast f{k}(kCode{k}, {magnitude}, {zero_free});"
+                )
+                after.append(
+                    f"    blockwise::encode_block<{config.bits}, {magnitude}, {signed}, {B}>(f{k}, e{k}, "
+                    f"count, top{k}, c{k}, b{slot_at[codes]} + u * {W}, b{slot_at[scales]} + u);"
+                )
+            continue
         if eqn.primitive.name == "broadcast_in_dim" and not flat.is_leafwise(eqn.ins[0]):
             pass  # a scalar spread over the leaf: the scalar itself
         elif eqn.primitive.name in _IDENTITY and flat.is_leafwise(eqn.ins[0]):
@@ -620,6 +762,8 @@ def lower(
         )
         finals.append(f"  acc[{r}] = fold_{kind}(a{r}, nan{r});")
     for node, slot in out_slots:
+        if node in flat.blocked:
+            continue  # a moment's codes or scales: written by its encode
         dtype = flat.dtypes[node]
         value = names.get(node)
         if value is None:
@@ -628,18 +772,20 @@ def lower(
             lines.append(f"    store_exact(b{slot}, i, {value});")
         else:
             lines.append(f"    b{slot}[i] = ({_TYPES[dtype][1]}){value};")
+    if layout is not None:  # the leaf's layout, per leaf: the last two scalars
+        scalars += [Lit(np.uint32(layout.size)), Lit(np.uint32(layout.blocks))]
     scalar_dtypes = tuple(np.dtype(dtype_of(r)) for r in scalars)
     head = [_scalar_load(k, d) for k, d in enumerate(scalar_dtypes)]
     for k, buffer in enumerate(slots):
-        btype = _TYPES[buffer.dtype][1]
+        btype = "uint8_t" if buffer.block and buffer.dtype == np.uint8 else _TYPES[buffer.dtype][1]
         const = "" if buffer.written else "const "
         head.append(f"  {const}{btype}* __restrict b{k} = static_cast<{const}{btype}*>(buf[{k}]);")
     for m, variable in induction.items():
         head.append(f"  uint32_t {variable} = (uint32_t)begin * {m}u;")
     head += inits
     steps = "".join(f", {variable} += {m}u" for m, variable in induction.items())
-    if reductions:
-        blocks = [
+    if layout is None and reductions:
+        passes = [
             f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
             f"    const size_t stop = std::min(end, base + {_BLOCK});",
             f"  for (size_t i = base; i < stop; ++i{steps}) {{",
@@ -652,16 +798,47 @@ def lower(
             "    for (int l = 0; j + l < n; ++l) { " + " ".join(fold) + " }",
             "  }",
         ]
-        body = "\n".join([*head, *blocks, *finals])
-    else:
+        return (
+            Program(tuple(slots), scalar_dtypes, "\n".join([*head, *passes, *finals])),
+            scalars,
+            nodes,
+        )
+    if layout is None:
         loop = [f"  for (size_t i = begin; i < end; ++i{steps}) {{", *lines, "  }"]
-        body = "\n".join([*head, *loop])
-    return Program(tuple(slots), scalar_dtypes, body), scalars, nodes
+        return Program(tuple(slots), scalar_dtypes, "\n".join([*head, *loop])), scalars, nodes
+    if induction or reductions:
+        raise _Unsupported("an element's index or a reduction beside block-quantised moments")
+    # Over blocks: u is a block of a layer; its elements are [base, base + count) of the leaf.
+    n, blocks = len(scalar_dtypes) - 2, len(scalar_dtypes) - 1
+    loop = [
+        *prelude,
+        f"  const size_t size = s{n}, blocks = s{blocks};",
+        "  for (size_t u = begin; u < end; ++u) {",
+        f"    const size_t start = (u % blocks) * {layout.block};",
+        f"    const size_t count = std::min<size_t>({layout.block}, size - start);",
+        "    const size_t base = (u / blocks) * size + start;",
+        *before,
+        "    for (size_t j = 0; j < count; ++j) {",
+        "      const size_t i = base + j;",
+        *("  " + line for line in lines),
+        "    }",
+        *after,
+        "  }",
+    ]
+    program = Program(
+        tuple(slots),
+        scalar_dtypes,
+        "\n".join([*head, *loop]),
+        layout.block,
+        "\n".join(['#include "blockwise.h"', "", "namespace {", *constants, "}  // namespace"]),
+    )
+    return program, scalars, nodes
 
 
 _SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr: one leaf's elementwise step,
 // run by adamx/kernels/_native/derived.cc over the elements [begin, end) of one leaf.
 #include "elements.h"
+{constants}
 
 namespace {{
 inline float f32_of(uint32_t u) {{ float f; std::memcpy(&f, &u, 4); return f; }}
@@ -721,6 +898,7 @@ class _Leaf:
     slots: list[tuple[int | None, int | None]]  # per slot: (operand node, result node)
     scalars: list
     size: int
+    units: int = 0  # blocks of all layers (a program over quantised moments), the tasks' unit
 
 
 @dataclasses.dataclass
@@ -905,7 +1083,7 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
             outputs_of[produced[ref]].append((o, ref))
     for c, ops in enumerate(components):
         nodes = {r for eqn in ops for r in [*eqn.ins, *eqn.outs] if flat.is_leafwise(r)}
-        sizes = {math.prod(flat.shapes[r]) for r in nodes}
+        sizes = {math.prod(flat.shapes[r]) for r in nodes if r not in flat.blocked}
         if len(sizes) != 1:
             raise _Unsupported("an equation mixes arrays of different sizes (not elementwise)")
         made = {o for eqn in ops for o in eqn.outs}
@@ -925,7 +1103,9 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
             continue  # computes nothing the step returns
         program, scalars, slot_nodes = lower(flat, ops, reads, writes)
         programs[program.key] = program
-        leaves[program.key].append(_Leaf(ops, slot_nodes, scalars, sizes.pop()))
+        blocks = _blocks(flat, ops)
+        units = 0 if blocks is None else blocks.layers * blocks.blocks
+        leaves[program.key].append(_Leaf(ops, slot_nodes, scalars, sizes.pop(), units))
     programs.update(reducer_programs)
     return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers)
 
@@ -999,8 +1179,8 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
 
     for eqn in sorted(events, key=lambda e: e.index):
         execute(eqn)
-    for _, x in list(state["pending"]):
-        for r in x.scalars:
+    for _, reducer in list(state["pending"]):
+        for r in reducer.scalars:
             ensure(r)
     while state["pending"]:
         state["pending"] = _reduce_ready(p, state["pending"], env, read)
@@ -1114,12 +1294,23 @@ def _call(
                     aliases[len(operands)] = len(results)  # operand 0 is the scalars
                 results.append(jax.ShapeDtypeStruct(flat.shapes[result], flat.dtypes[result]))
                 targets.append(result)
+    # A program over quantised moments runs over blocks, whole blocks a task (derived.cc).
+    units = np.asarray([x.units for x in group] if program.block else [], np.int64)
+    chunk = np.int64(max(1, _CHUNK // program.block) if program.block else 0)
 
     def call(scalars, *operands, results=results):
         run = jax.ffi.ffi_call(
             _native.DERIVED_TARGET, results, input_output_aliases=aliases, vmap_method="sequential"
         )
-        return run(scalars, *operands, program=key, slots=program.flags, scalars=np.int64(count))
+        return run(
+            scalars,
+            *operands,
+            program=key,
+            slots=program.flags,
+            scalars=np.int64(count),
+            units=units,
+            chunk=chunk,
+        )
 
     if where is None or where.mesh is None:
         outs = call(scalars, *operands)
@@ -1239,7 +1430,7 @@ def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[
 
 def _per_shard_reason(p: Plan) -> str | None:
     """Why ``p`` cannot run per shard of a mesh (``None`` if it can)."""
-    for instances in p.leaves.values():
+    for x_key, instances in p.leaves.items():
         for x in instances:
             if any(e.primitive.name == "iota" for e in x.ops):
                 return (
@@ -1247,6 +1438,8 @@ def _per_shard_reason(p: Plan) -> str | None:
                     "hashes it), which a shard's kernel does not see; on a mesh the jnp path "
                     "takes this step"
                 )
+            if p.programs[x_key].block:
+                return "block-quantised moments are laid out by blocks, not like their shards"
             shapes = {p.flat.shapes[n] for slot in x.slots for n in slot if n is not None}
             if len(shapes) > 1:
                 return "a leaf's operands have different shapes, which shard differently"

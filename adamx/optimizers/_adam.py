@@ -12,7 +12,6 @@ from ..core._base import GradientTransformation, MomentTransformation, ScalarOrS
 from ..core._chain import chain
 from ..core._docs import descent_example
 from ..core._validate import check_decay
-from ..kernels._fused_quantized import attach as attach_quantized
 
 __all__ = ["adam", "adamw", "scale_by_adam"]
 
@@ -176,16 +175,11 @@ def adamw(
 def _adam(
     learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype, decay=None
 ) -> GradientTransformation:
-    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw` (8-bit moments carry a kernel of
-    their own)."""
+    """`adam`, or with ``decay = (weight_decay, mask)`` `adamw`."""
     weight_decay, mask = (None, None) if decay is None else decay
     decoupled = () if decay is None else (add_decayed_weights(*decay),)
-    tx = chain(
+    return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         *decoupled,
         scale_by_learning_rate(learning_rate),
     )
-    return attach_quantized(
-        tx, mu_dtype, nu_dtype, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
-        learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
-    )  # fmt: skip

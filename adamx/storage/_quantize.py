@@ -22,6 +22,7 @@ one add and one ``round``, not a search of a table.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -65,8 +66,8 @@ def code_constants(bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``code = slope[i] * y + offset[i]`` rounded: decade ``i``'s points are
     ``y = 10**(i - bits + 1) (0.1 + 0.9 (j + 1) / 2**i)`` at codes ``2**i + j``, so
     ``slope[i] = 10**(bits - 1 - i) 2**i / 0.9`` and ``offset[i] = 2**i - 1 - 2**i / 9``. The fused
-    kernel (``adamx/kernels/_native/fused_quantized.cc``) gets these same numbers, so both paths compute the
-    same codes.
+    kernel (``adamx/kernels/_native/blockwise.h``, through ``adamx/kernels/_derived.py``) gets
+    these same numbers, so both paths compute the same codes.
     """
     bounds = np.asarray([10.0 ** (k - bits) for k in range(bits + 1)], np.float32)
     slope = np.asarray([10.0 ** (bits - 1 - i) * 2.0**i / 0.9 for i in range(bits)], np.float32)
@@ -473,22 +474,29 @@ class Blockwise:
     def read(self, stored: Any, dtype: Any) -> jax.Array:
         if not isinstance(stored, QuantizedBuffer):
             return stored.astype(dtype)
-        layers, size, _ = self._layout(stored.shape)
-        codes = _unpack4(stored.codes) if self.bits == 4 else stored.codes
+        if _marked(self, stored.codes, stored.scales):
+            decode = _codec(self, "decode", stored.shape)
+            return decode(stored.codes, stored.scales).astype(dtype)
+        return self._decode(stored.codes, stored.scales, stored.shape).astype(dtype)
+
+    def _decode(self, codes: Any, scales: Any, shape: tuple[int, ...]) -> jax.Array:
+        """The float32 moment of ``shape`` from its codes and block scales."""
+        layers, size, _ = self._layout(shape)
+        codes = _unpack4(codes) if self.bits == 4 else codes
         if self.linear:
             unit = (codes.astype(jnp.float32) + 1.0) / 16.0
         else:
             unit = _lookup(self._table(), codes.astype(jnp.int32))
         # Code 0 is (+-)0 even under an infinite scale (a v that overflowed), not 0 * inf = NaN;
         # under a NaN scale every element is NaN (0 * NaN), code 0 included.
-        scale = stored.scales[..., None]
+        scale = scales[..., None]
         values = jnp.where((unit == 0) & jnp.isinf(scale), unit, unit * scale)
         blocks = values.shape[1] * values.shape[2]
         spec = _spec_of(values)
         rows = _reshape(values, (layers, blocks), None if spec is None else spec[:2])
         if blocks != size:
             rows = rows[:, :size]
-        return _to_param(rows, stored.shape).astype(dtype)
+        return _to_param(rows, shape)
 
     def _table(self) -> np.ndarray:
         magnitudes = dynamic_code(self._magnitude_bits)
@@ -500,12 +508,21 @@ class Blockwise:
         if not isinstance(stored, QuantizedBuffer):
             return value.astype(stored.dtype)
         _check_real(value, "blockwise storage")
-        layers, size, blocks = self._layout(stored.shape)
         value = value.astype(jnp.float32)
-        shape = tuple(value.shape)
-        layout = _layout_spec(
-            _explicit_sharding(value), shape, tuple(stored.codes.shape), tuple(stored.scales.shape)
-        )
+        codes_shape, scales_shape = tuple(stored.codes.shape), tuple(stored.scales.shape)
+        if _marked(self, value):
+            encode = _codec(self, "encode", stored.shape)
+            codes, scales = encode(value)
+        else:
+            codes, scales = self._encode(value, stored.shape, codes_shape, scales_shape)
+        return QuantizedBuffer(codes, scales, stored.shape)
+
+    def _encode(
+        self, value: jax.Array, shape: tuple[int, ...], codes: tuple, scales: tuple
+    ) -> tuple[jax.Array, jax.Array]:
+        """The codes and block scales of the float32 moment ``value`` of ``shape``."""
+        layers, size, blocks = self._layout(shape)
+        layout = _layout_spec(_explicit_sharding(value), shape, codes, scales)
         layer, block = (None, None) if layout is None else layout[1]
         value = _reshard(value, _kept(shape, layers, layer, block))
         flat = _reshape(value, (layers, size), (layer, block))
@@ -528,9 +545,65 @@ class Blockwise:
         if self.signed:
             code = code | jnp.where(x < 0, 1 << mag_bits, 0)
         code = code.astype(jnp.uint8)
-        return QuantizedBuffer(
-            _pack4(code) if self.bits == 4 else code, scale.astype(jnp.float32), stored.shape
-        )
+        return _pack4(code) if self.bits == 4 else code, scale.astype(jnp.float32)
+
+
+# ---- the block codecs, marked for the derived kernel ------------------------------------------------
+#
+# A block-quantised moment's decode (codes and scales -> float32 values) and encode (float32 values
+# -> codes and scales) each run as one named call: a `jax.custom_jvp` around the same operations,
+# which JAX runs op by op when eager and inlines under `jit`, so the numbers are those of the
+# operations themselves. The derived kernel (adamx/kernels/_derived.py) recognises the call by its
+# name (`CODECS`) and lowers it as a block operation of the leaf's loop instead of its gather and
+# block reduction.
+
+CODECS: dict[str, tuple[str, Blockwise]] = {}  # name -> ("decode" or "encode", configuration)
+
+
+def codec_name(kind: str, config: Blockwise) -> str:
+    sign = "s" if config.signed else "u"
+    linear = "l" if config.linear else ""
+    return f"adamx_blockwise_{kind}_{config.bits}{sign}{linear}_{config.block_size}"
+
+
+def _marked(config: Blockwise, *arrays: Any) -> bool:
+    """Whether a read or write runs as a named call: not on an ``Explicit`` mesh (where the
+    storage's own resharding runs) and with a hashable configuration (a ``batch_dims`` function
+    that cannot be hashed cannot key the calls' cache)."""
+    if any(_explicit_sharding(x) is not None for x in arrays):
+        return False
+    try:
+        hash(config)
+    except TypeError:
+        return False
+    return True
+
+
+@functools.cache
+def _codec(config: Blockwise, kind: str, shape: tuple[int, ...]) -> Any:
+    """The named call that decodes or encodes a moment of ``shape`` stored by ``config``."""
+    name = codec_name(kind, config)
+    # What the kernel needs of the configuration (the layout comes with the call's shapes).
+    CODECS[name] = (
+        kind,
+        Blockwise(config.bits, config.signed, config.block_size, linear=config.linear),
+    )
+    if kind == "decode":
+
+        def body(codes, scales):
+            return config._decode(codes, scales, shape)
+
+    else:
+        layers, _, blocks = config._layout(shape)
+        width = config.block_size // 2 if config.bits == 4 else config.block_size
+
+        def body(value):  # type: ignore[misc]
+            return config._encode(value, shape, (layers, blocks, width), (layers, blocks))
+
+    body.__name__ = body.__qualname__ = name
+    call = jax.custom_jvp(body)
+    call.defjvp(lambda primals, tangents: jax.jvp(body, primals, tangents))
+    return call
 
 
 def blockwise_8bit(

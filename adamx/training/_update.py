@@ -19,9 +19,6 @@ from ..core._trees import (
     wrong_shape,
 )
 from ..kernels import _derived
-from ..kernels._fused_quantized import fused_step as quantized_step
-from ..kernels._fused_quantized import rule_of as quantized_rule
-from ..kernels._fused_quantized import why_not as quantized_why_not
 
 __all__ = ["apply_updates", "step"]
 
@@ -74,10 +71,11 @@ def step(
     optimizer or chain whose per-element step lowers to C++ (adamx/kernels/_derived.py: Adam and
     its variants, SGD, RMSprop, AdaGrad, Lion, ..., with float32, bfloat16 and stochastically
     rounded bfloat16 moments, masks, schedules, injected hyperparameters, Kahan summation; a
-    per-tensor scalar such as LAMB's trust ratio is reduced by JAX first). The kernel is derived
+    per-tensor scalar such as LAMB's trust ratio is reduced in a pass of its own first). The
+    kernel is derived
     from the optimizer's own jaxpr, so the numbers are the same bit for bit (docs/design.md,
-    section 8). On a mesh it runs per shard (stochastically rounded moments excepted: they hash
-    each element's index in its whole leaf). 8-bit Adam(W) moments run a kernel of their own.
+    section 8), block-wise 8- and 4-bit moments included. On a mesh it runs per shard
+    (stochastically rounded moments excepted: they hash each element's index in its whole leaf).
     Call it inside ``jax.jit`` with ``donate_argnums`` for the
     params and state (or use `make_train_step`), so the kernel writes into the donated buffers.
 
@@ -99,14 +97,10 @@ def step(
     """
     check_like(grads, params)  # trace-time: names a leaf of the wrong shape, dtype or key path
     if fused is not False and not extra_args:
-        if quantized_rule(tx) is not None:  # 8-bit moments (adamx/kernels/_fused_quantized.py)
-            result = quantized_step(tx, grads, state, params)
-            reason = lambda: quantized_why_not(tx, grads, state, params)  # noqa: E731
-        else:
-            # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py), per
-            # shard on a mesh.
-            result = _derived.step(tx, apply_updates, grads, state, params)
-            reason = lambda: _derived.why_not(tx, apply_updates, grads, state, params) or ""  # noqa: E731
+        # The kernel derived from the optimizer's own jaxpr (adamx/kernels/_derived.py), per
+        # shard on a mesh.
+        result = _derived.step(tx, apply_updates, grads, state, params)
+        reason = lambda: _derived.why_not(tx, apply_updates, grads, state, params) or ""  # noqa: E731
         if result is not None:
             return result
         if fused is True:

@@ -23,14 +23,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # One library; derived.cc hosts the programs adamx/kernels/_derived.py generates (`program`).
 SOURCES = (
-    HERE / "fused_step.cc",
-    HERE / "fused_quantized.cc",
     HERE / "split.cc",
     HERE / "derived.cc",
 )
-HEADERS = (HERE / "fused_common.h", HERE / "elements.h")
-TARGET = "adamx_fused_step"
-QUANTIZED_TARGET = "adamx_quantized_step"  # Adam(W) over 8-bit block-quantised moments
+HEADERS = (HERE / "fused_common.h", HERE / "elements.h", HERE / "blockwise.h")
 SPLIT_TARGET = "adamx_split"  # FlatParams.unflatten(): one buffer into its leaves, in one call
 DERIVED_TARGET = "adamx_derived_step"  # a generated program over a group of leaves
 REDUCE_TARGET = "adamx_derived_reduce"  # a generated reduction pass over a group of leaves
@@ -67,7 +63,7 @@ def _compiler_version(compiler: str) -> list[str]:
     ).stdout.splitlines()[:1]
 
 
-def _build(compiler: str, include: str, name: str = "fused_step", text: str | None = None) -> Path:
+def _build(compiler: str, include: str, name: str = "kernels", text: str | None = None) -> Path:
     """The library built from the sources here (or from the generated source ``text``, which
     includes elements.h alone), cached under a hash of everything that goes into it."""
     import jaxlib
@@ -127,12 +123,6 @@ def _load() -> tuple[bool, str]:
     try:
         library = _build(compiler, jax.ffi.include_dir())
         handle = ctypes.cdll.LoadLibrary(str(library))
-        jax.ffi.register_ffi_target(
-            TARGET, jax.ffi.pycapsule(handle.AdamxFusedStep), platform="cpu"
-        )
-        jax.ffi.register_ffi_target(
-            QUANTIZED_TARGET, jax.ffi.pycapsule(handle.AdamxQuantizedStep), platform="cpu"
-        )
         jax.ffi.register_ffi_target(
             SPLIT_TARGET, jax.ffi.pycapsule(handle.AdamxSplit), platform="cpu"
         )

@@ -11,6 +11,11 @@
 // both an operand and written is updated in place: its result is aliased to its operand (donated),
 // or, if XLA had to copy, holds a copy of the operand made here first. `slots` holds each slot's
 // flags (kRead, kWritten, kOperand); the program reads all of a slot's element before it writes it.
+//
+// A program over block-quantised moments (kBlock slots: a moment's codes and block scales) runs
+// over units of one block of one layer, not elements: `units` holds each leaf's count of them and
+// `chunk` how many make a task, so a task never splits a block. (Empty `units`: the programs over
+// elements, whose count is their buffers' and whose task is kChunk of them.)
 
 #include <mutex>
 #include <string>
@@ -23,7 +28,7 @@ namespace {
 
 using Leaf = void (*)(const uint32_t*, void* const*, size_t, size_t, double*);
 
-enum SlotFlag : int64_t { kRead = 1, kWritten = 2, kOperand = 4 };
+enum SlotFlag : int64_t { kRead = 1, kWritten = 2, kOperand = 4, kBlock = 8 };
 
 std::mutex registry_lock;
 std::unordered_map<std::string, Leaf>& registry() {
@@ -43,7 +48,8 @@ struct Task {
 
 ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
                            ffi::RemainingRets rets, std::string_view program,
-                           ffi::Span<const int64_t> slots, int64_t scalar_count) {
+                           ffi::Span<const int64_t> slots, int64_t scalar_count,
+                           ffi::Span<const int64_t> units, int64_t chunk) {
   const Leaf leaf_step = find(program);
   if (leaf_step == nullptr)
     return ffi::Error::InvalidArgument("adamx derived step: the program is not registered");
@@ -59,10 +65,14 @@ ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs arg
   if (args.size() != leaves * operands || rets.size() != leaves * results ||
       scalars.element_count() != leaves * per_leaf)
     return ffi::Error::InvalidArgument("adamx derived step: wrong number of buffers");
+  if (!(units.size() == 0) && (units.size() != leaves || chunk < 1))
+    return ffi::Error::InvalidArgument("adamx derived step: wrong number of block counts");
+  const size_t task = (units.size() == 0) ? kChunk : static_cast<size_t>(chunk);
   std::vector<void*> buffers(leaves * width);
   std::vector<Task> tasks;
   for (size_t leaf = 0; leaf < leaves; ++leaf) {
     size_t count = 0, arg = leaf * operands, ret = leaf * results;
+    bool seen = false;
     for (size_t k = 0; k < width; ++k) {
       void* data = nullptr;
       size_t n = 0;
@@ -87,17 +97,20 @@ ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs arg
         data = (*out)->untyped_data();
         n = (*out)->element_count();
       }
-      if (k > 0 && n != count)
+      buffers[leaf * width + k] = data;
+      if (slots[k] & kBlock) continue;  // codes or scales: a layout of their own
+      if (seen && n != count)
         return ffi::Error::InvalidArgument("adamx derived step: a leaf's buffers differ in size");
       count = n;
-      buffers[leaf * width + k] = data;
+      seen = true;
     }
-    for (size_t begin = 0; begin < count; begin += kChunk)
-      tasks.push_back({leaf, begin, std::min(begin + kChunk, count)});
+    if (!(units.size() == 0)) count = static_cast<size_t>(units[leaf]);
+    for (size_t begin = 0; begin < count; begin += task)
+      tasks.push_back({leaf, begin, std::min(begin + task, count)});
   }
   const uint32_t* s = scalars.typed_data();
   const long total = static_cast<long>(tasks.size());
-  // As in fused_step.cc: threads only past a few chunks; dynamic, so a slow core takes fewer.
+  // Threads only past a few chunks; dynamic, so a slow core takes fewer.
 #pragma omp parallel for schedule(dynamic) if (total > 4)
   for (long t = 0; t < total; ++t) {
     const Task& task = tasks[t];
@@ -217,7 +230,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedStep, DerivedStepImpl,
                                   .RemainingRets()
                                   .Attr<std::string_view>("program")
                                   .Attr<ffi::Span<const int64_t>>("slots")
-                                  .Attr<int64_t>("scalars"));
+                                  .Attr<int64_t>("scalars")
+                                  .Attr<ffi::Span<const int64_t>>("units")
+                                  .Attr<int64_t>("chunk"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedReduce, DerivedReduceImpl,
                               ffi::Ffi::Bind()
