@@ -468,7 +468,7 @@ def reachable_arrays(tx) -> list:
     close over. This walks from ``tx`` (and its ``init`` and ``update``) through closure cells,
     default arguments, ``functools.partial`` (func, args, keywords), ``__wrapped__``, bound
     methods (``__self__``, ``__func__``), tuples, lists, sets, dicts (keys and values; NamedTuples
-    are tuples), dataclass fields and the attributes of adamx's own objects (a `FusedRule`), so
+    are tuples), dataclass fields and the attributes of adamx's own objects (a storage), so
     nested functions are followed too. Modules and classes are not entered. A seen-set of ids keeps
     it finite on cycles.
     """

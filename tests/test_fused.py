@@ -394,3 +394,9 @@ def test_the_benchmark_reports_each_storages_step_peak():
         assert row["peak_bytes_per_param_step"] == pytest.approx(
             row["state_bytes_per_param"] + row["temp_bytes_per_param_step"]
         )
+    # Block-wise moments through the kernel: no dequantised moment is ever whole (issue 24's bound
+    # for adamx.step, 0.25 bytes per param), where update + apply_updates holds several.
+    for name in ("adamw 8-bit", "adamw 4-bit (both blockwise)", "lion 8-bit", "adopt 8-bit"):
+        assert rows[name]["step_path"] == "kernel", name
+        assert rows[name]["temp_bytes_per_param_step"] <= 0.25, rows[name]
+        assert rows[name]["temp_bytes_per_param_update_apply"] >= 4.0, rows[name]

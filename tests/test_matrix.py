@@ -95,7 +95,7 @@ def test_each_path_compiles_to_its_own_code(case, path):
     params = jax.tree.map(jnp.asarray, random_tree(0))
     step = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p, fused=fused(path)))
     text = step.lower(params, opt.init(params), params).compile().as_text()
-    targets = (_native.TARGET, _native.DERIVED_TARGET)
+    targets = (_native.DERIVED_TARGET, _native.REDUCE_TARGET)
     called = [t for t in targets if f'"{t}"' in text]
     assert called if path == "kernel" else not called, called
 
@@ -221,7 +221,7 @@ def test_updates_come_back_in_the_gradient_dtype(case):
 @matrix
 def test_transformation_holds_no_arrays(case):
     """Built from Python numbers, an optimizer keeps no `jax.Array` in anything its functions reach
-    (closures, partials, its fused rule; `reachable_arrays` in tests/helpers.py): an array made at
+    (closures, partials; `reachable_arrays` in tests/helpers.py): an array made at
     construction would be committed to a device and baked into every trace as a constant."""
     opt = case.make(case.learning_rate)
     assert reachable_arrays(opt) == []
@@ -229,13 +229,14 @@ def test_transformation_holds_no_arrays(case):
 
 def test_the_walk_finds_an_array_the_user_passed():
     """`jax.tree.leaves(tx)` sees only ``init`` and ``update``; the walk sees what they close over.
-    An array the user passes stays as given (as optax allows): the walk finds that very object."""
+    An array the user passes stays as given (as optax allows): the walk finds that very object,
+    or the step's ``-lr`` made from it."""
     lr, wd = jnp.asarray(0.1), jnp.asarray(1e-4)
     tx = adamx.adam(lr)
     assert not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(tx))
     found = reachable_arrays(tx)
-    assert any(x is lr for x in found), found
-    np.testing.assert_allclose([abs(float(x)) for x in found], 0.1)  # lr, and -lr for the step
+    assert found, found
+    np.testing.assert_allclose([abs(float(x)) for x in found], 0.1)  # lr, or -lr for the step
     found = reachable_arrays(adamx.adamw(0.1, weight_decay=wd))
     assert len(found) == 1 and found[0] is wd, found
 

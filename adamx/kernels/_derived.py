@@ -972,7 +972,9 @@ def _reduction_passes(flat: _Flat, reductions: list[_Eqn]) -> tuple[dict, list, 
     depth: dict[int, int] = {}
     needed = {id(e): _needed(flat.jax_ops, e.ins) for e in reductions}
     for eqn in sorted(flat.binds + reductions, key=lambda e: e.index):
-        reads = eqn.ins if id(eqn) not in needed else [r for x in needed[id(eqn)] for r in x.ins]
+        reads = eqn.ins
+        if id(eqn) in needed:  # what its pass reads: a reduction it needs counts by its result
+            reads = [r for x in needed[id(eqn)] for r in (x.outs if id(x) in needed else x.ins)]
         level = max((depth.get(r, 0) for r in reads if isinstance(r, int)), default=0)
         for out in eqn.outs:
             depth[out] = level + (1 if id(eqn) in needed else 0)
@@ -1078,11 +1080,22 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
                 if flat.is_leafwise(r):
                     users[r].add(c)
     outputs_of: dict[int, list] = collections.defaultdict(list)  # component -> its outputs
+    passed: dict[int, set] = collections.defaultdict(set)  # component -> inputs it passes on
     for o, ref in enumerate(outputs):
         if isinstance(ref, int) and ref in produced:
             outputs_of[produced[ref]].append((o, ref))
+        elif isinstance(ref, int) and ref in inputs and flat.is_leafwise(ref):
+            # An input returned as it is (MARS's and Adan's previous gradient): written by the
+            # program that reads the state it replaces, in the same pass, not copied by XLA.
+            source = inputs[source_of[o]] if source_of[o] < len(inputs) else None
+            readers = users.get(source, set()) if source is not None else set()
+            if source != ref and len(readers) == 1 and ref not in flat.blocked:
+                (c,) = readers
+                outputs_of[c].append((o, ref))
+                passed[c].add(ref)
     for c, ops in enumerate(components):
         nodes = {r for eqn in ops for r in [*eqn.ins, *eqn.outs] if flat.is_leafwise(r)}
+        nodes |= passed.get(c, set())
         sizes = {math.prod(flat.shapes[r]) for r in nodes if r not in flat.blocked}
         if len(sizes) != 1:
             raise _Unsupported("an equation mixes arrays of different sizes (not elementwise)")

@@ -23,8 +23,9 @@ def make_train_step(
 ) -> Callable[..., Any]:
     """A training step ``(params, state, *batch) -> (params, state, loss)``, jitted and donated.
 
-    The gradient of ``loss_fn(params, *batch)`` goes through `adamx.step`, so optimizers with a
-    fused rule update params and state in one kernel pass, writing into the donated buffers: no
+    The gradient of ``loss_fn(params, *batch)`` goes through `adamx.step`, so on CPU an
+    elementwise optimizer updates params and state in one kernel pass, writing into the donated
+    buffers: no
     parameter- or state-sized temporary is allocated (see ``memory_analysis()`` of
     ``step.lower(...).compile()``). The donated ``params`` and ``state`` must not be used after
     the call; use the returned ones.
@@ -72,7 +73,7 @@ def nnx_update(optimizer: Any, model: Any, grads: Any, *, fused: bool | None = N
     """``optimizer.update(model, grads)`` for a ``flax.nnx.Optimizer``, through `adamx.step`.
 
     ``nnx.Optimizer.update`` calls ``tx.update`` then ``optax.apply_updates``; this does the same
-    through `adamx.step`, so an adamx optimizer with a fused rule takes its one-pass kernel, and
+    through `adamx.step`, so an elementwise optimizer takes its one-pass kernel on CPU, and
     updates the model, the optimizer state and ``optimizer.step`` in place as ``update`` does.
     Call it inside ``nnx.jit`` like ``optimizer.update`` (flax >= 0.11).
 
