@@ -788,6 +788,7 @@ def lower(
         passes = [
             f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
             f"    const size_t stop = std::min(end, base + {_BLOCK});",
+            "  #pragma GCC ivdep",
             f"  for (size_t i = base; i < stop; ++i{steps}) {{",
             *lines,
             "  }",
@@ -804,7 +805,15 @@ def lower(
             nodes,
         )
     if layout is None:
-        loop = [f"  for (size_t i = begin; i < end; ++i{steps}) {{", *lines, "  }"]
+        # No element reads what another writes (each buffer at i alone): said to GCC, which
+        # otherwise checks every pair of buffers for overlap at run time and, past 10 pairs
+        # (Adan's 6 buffers), does not vectorise the loop at all.
+        loop = [
+            "#pragma GCC ivdep",
+            f"  for (size_t i = begin; i < end; ++i{steps}) {{",
+            *lines,
+            "  }",
+        ]
         return Program(tuple(slots), scalar_dtypes, "\n".join([*head, *loop])), scalars, nodes
     if induction or reductions:
         raise _Unsupported("an element's index or a reduction beside block-quantised moments")
