@@ -16,14 +16,14 @@ import pytest
 import adamx
 from adamx.kernels import _derived, _native
 from tests.helpers import ELEMENTWISE, REDUCING
-from tests.test_derived import CASES, _gradients, _same, _ulps_apart, _with_storage
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _kernel():
-    available, why = _native.status()
-    if not available:
-        pytest.fail(f"these tests need adamx's native kernel, unavailable here: {why}")
+from tests.test_derived import (  # noqa: F401 (_kernel: the autouse fixture, here too)
+    CASES,
+    _gradients,
+    _kernel,
+    _same,
+    _ulps_apart,
+    _with_storage,
+)
 
 
 def _stacked(leaf) -> int:

@@ -1221,6 +1221,19 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
     return [read(ref) for ref in p.outputs]
 
 
+def _scalar_buffer(group: list, read) -> jax.Array:
+    """The scalars of a call over ``group`` (each leaf's, in order), as the uint32 buffer the
+    kernel reads; each distinct scalar converted once (leaves mostly share theirs)."""
+    refs = [r for x in group for r in x.scalars]
+    bits: dict = {}
+    for r in refs:
+        if _scalar_key(r) not in bits:
+            bits[_scalar_key(r)] = _bits(read(r))
+    if not refs:
+        return jnp.zeros((0,), jnp.uint32)
+    return jnp.stack([bits[_scalar_key(r)] for r in refs])
+
+
 def _reduce_ready(p: Plan, pending: list, env: dict, read) -> list:
     """Run the pending reduction programs whose scalars are all known; returns the others."""
     ready = [
@@ -1241,14 +1254,7 @@ def _reduce_ready(p: Plan, pending: list, env: dict, read) -> list:
 def _reduce_call(key: str, program: Program, group: list[_Reducer], env, read, flat) -> None:
     """One custom call: the reduction ``program`` over the leaves of ``group``; each reduction's
     result (its 32 bits, from derived.cc) into ``env`` as a scalar of its dtype."""
-    refs = [r for x in group for r in x.scalars]
-    bits: dict = {}
-    for r in refs:
-        if _scalar_key(r) not in bits:
-            bits[_scalar_key(r)] = _bits(read(r))
-    scalars = (
-        jnp.stack([bits[_scalar_key(r)] for r in refs]) if refs else jnp.zeros((0,), jnp.uint32)
-    )
+    scalars = _scalar_buffer(group, read)
     operands = [env[operand] for x in group for operand, _ in x.slots]
     width = len(group[0].outs)
     results = [jax.ShapeDtypeStruct((width,), jnp.uint32) for _ in group]
@@ -1294,14 +1300,7 @@ def _call(
     On a mesh the call runs once per shard, inside ``jax.shard_map``: each leaf's operands and
     results in the partition of its most finely split operand (under ZeRO-1, the state's: each
     device updates its slice of the replicated params, which are then put back as they were)."""
-    refs = [r for x in group for r in x.scalars]
-    bits: dict = {}  # each distinct scalar converted once (leaves mostly share theirs)
-    for r in refs:
-        if _scalar_key(r) not in bits:
-            bits[_scalar_key(r)] = _bits(read(r))
-    scalars = (
-        jnp.stack([bits[_scalar_key(r)] for r in refs]) if refs else jnp.zeros((0,), jnp.uint32)
-    )
+    scalars = _scalar_buffer(group, read)
     count = len(program.scalars)
     operands: list = []
     results: list = []
