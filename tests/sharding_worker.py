@@ -194,13 +194,10 @@ def registry(mesh, explicit_mesh, host, grads_host) -> dict:
     return results
 
 
-FUSED = {  # the derived kernel per shard: a spread of update rules, a reduction, a storage
+FUSED = {  # the derived kernel per shard: scalar equations, a sign, a reduction, two storages
     "adamw": lambda: adamx.adamw(1e-2, weight_decay=0.1),
     "nadam": lambda: adamx.nadam(1e-2),
-    "adamaxw": lambda: adamx.adamaxw(1e-2, weight_decay=0.1),
     "lion": lambda: adamx.lion(1e-3, weight_decay=0.1),
-    "adabelief": lambda: adamx.adabelief(1e-2),
-    "sgd_nesterov": lambda: adamx.sgd(1e-2, 0.9, nesterov=True),
     "lamb": lambda: adamx.lamb(1e-2, weight_decay=1e-2),  # its norms reduced by JAX, over the mesh
     "adamw_bf16_moments": lambda: adamx.adamw(
         1e-2, weight_decay=0.1, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16

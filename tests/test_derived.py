@@ -391,3 +391,45 @@ def test_a_reduction_that_reads_another_takes_a_pass_after_it():
     with jax.disable_jit():
         want = adamx.step(tx, params, (), params, fused=False)
     assert _ulps_apart(got, want) <= 4
+
+
+_KINDS = {  # each reduction the kernel compiles (`_derived._REDUCERS`), and numpy's
+    "sum": (jnp.sum, lambda x: x.astype(np.float64).sum()),
+    "max": (jnp.max, np.max),
+    "min": (jnp.min, np.min),
+    "and": (lambda x: jnp.all(x > -3.0), lambda x: np.all(x > -3.0)),
+    "or": (lambda x: jnp.any(x > 3.0), lambda x: np.any(x > 3.0)),
+}
+
+
+@pytest.mark.parametrize("where", [None, 0, 4_099, 39_999], ids=["none", "first", "in", "last"])
+def test_every_reduction_kind_matches_numpy_and_keeps_a_nan(where):
+    """Each reduction kind over a leaf longer than a task, with no NaN, or one NaN first, inside a
+    block or last: the step adds the reduced scalar to zero params, so the new params are the
+    scalar itself. Reference: numpy on the same float32 values; a max, min, and, or exact (a NaN
+    anywhere makes a max or min NaN, XLA's semantics); a sum within 1 ulp of the float64 sum
+    (the kernel accumulates in double)."""
+
+    def update(grads, state, params=None):
+        out = {
+            k: jnp.broadcast_to(_KINDS[k][0](g).astype(g.dtype), g.shape) for k, g in grads.items()
+        }
+        return out, state
+
+    tx = adamx.GradientTransformation(lambda params: (), update)
+    x = np.random.default_rng(2).standard_normal(40_000).astype(np.float32)
+    if where is not None:
+        x[where] = np.nan
+    grads = {k: jnp.asarray(x) for k in _KINDS}
+    params = {k: jnp.zeros_like(x) for k in _KINDS}
+    plan, _, _ = _derived._prepare(tx, adamx.apply_updates, grads, (), params)
+    assert not plan.flat.jax_ops
+    assert sorted(k for _, r in plan.reducers for k in r.kinds) == list(range(len(_KINDS)))
+    got, _ = adamx.step(tx, grads, (), params, fused=True)
+    for kind, (_, reference) in _KINDS.items():
+        values, want = np.asarray(got[kind]), np.float32(reference(x))
+        assert np.all(values == values[0]) or np.all(np.isnan(values)), kind
+        if np.isnan(want) or kind != "sum":
+            np.testing.assert_array_equal(values[0], want, err_msg=kind)
+        else:
+            assert abs(values[0] - reference(x)) <= np.spacing(abs(want)), (kind, values[0], want)

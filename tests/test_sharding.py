@@ -59,10 +59,7 @@ FUSED_KEYS = [
         for name in (
             "adamw",
             "nadam",
-            "adamaxw",
             "lion",
-            "adabelief",
-            "sgd_nesterov",
             "lamb",
             "adamw_bf16_moments",
             "adamw_sr",
