@@ -9,6 +9,7 @@ logger reads `diagnostics`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -38,7 +39,12 @@ class MonitorState(NamedTuple):
 
 
 def _path(path: tuple) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator="/")
+    """A key path as ``a/b/c``; a variable's ``.value`` (flax nnx) is not part of the name, so
+    the keys are the same whether ``init`` sees nnx variables or their arrays."""
+    last = path[-1] if path else None
+    if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _f32(x: jax.Array) -> jax.Array:
@@ -274,7 +280,23 @@ def monitor(
 
 def _value(x: Any) -> Any:
     """An array, or the array inside a framework's variable (``nnx.Optimizer``'s state)."""
-    return x if isinstance(x, jax.Array) else getattr(x, "value", x)
+    if isinstance(x, jax.Array):
+        return x
+    return jnp.asarray(x[...] if hasattr(x, "get_value") or hasattr(x, "value") else x)
+
+
+def _monitors(node: Any) -> list[Mapping]:
+    """The statistics of every `MonitorState` in ``node``, in tree order; also where a framework
+    turned the state into mappings (``nnx.Optimizer`` keeps a mapping per node)."""
+    if isinstance(node, MonitorState):
+        return [node.statistics]
+    if isinstance(node, Mapping):
+        if set(node) == set(MonitorState._fields):
+            return [node["statistics"]]
+        return [m for key in node for m in _monitors(node[key])]
+    if isinstance(node, (tuple, list)):
+        return [m for child in node for m in _monitors(child)]
+    return []
 
 
 def diagnostics(state: Any) -> dict[str, jax.Array]:
@@ -283,16 +305,20 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
     scalars with stable string keys, ready for any logger; ``{}`` if there is none. With
     several monitors, the keys of the ``k``-th (``k >= 1``, in tree order) are prefixed
     ``monitor<k>/``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> opt = adamx.monitor(adamx.sgd(0.1))
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = opt.init(params)
+      >>> params, state = adamx.step(opt, {"w": jnp.ones(3)}, state, params)
+      >>> sorted(adamx.diagnostics(state))[:3]
+      ['cosine', 'cosine/w', 'grad_norm']
     """
-    found = [
-        x
-        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, MonitorState))
-        if isinstance(x, MonitorState)
-    ]
     out: dict[str, jax.Array] = {}
-    for k, monitored in enumerate(found):
+    for k, statistics in enumerate(_monitors(state)):
         prefix = f"monitor{k}/" if k else ""
-        for key, value in monitored.statistics.items():
-            out[prefix + key] = _value(value)
+        for key in statistics:
+            out[prefix + key] = _value(statistics[key])
     return out
 
