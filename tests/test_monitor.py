@@ -128,7 +128,8 @@ def test_monitored_adamw_is_fused_in_one_pass_and_equals_the_plain_one_bit_for_b
         p_plain, s_plain = step(p_plain, s_plain, grads, plain)
         p_mon, s_mon = step(p_mon, s_mon, grads, opt)
     bits = lambda x: np.atleast_1d(np.asarray(x)).view(np.uint8)  # noqa: E731
-    for a, b in zip(jax.tree.leaves((p_plain, s_plain)), jax.tree.leaves((p_mon, s_mon.inner))):
+    plain_leaves = jax.tree.leaves((p_plain, s_plain))
+    for a, b in zip(plain_leaves, jax.tree.leaves((p_mon, s_mon.inner)), strict=True):
         np.testing.assert_array_equal(bits(a), bits(b))
     assert int(s_mon.count) == 3
 

@@ -1100,7 +1100,8 @@ def _terminal(flat: _Flat, reductions: list[_Eqn], outputs: list) -> list[_Eqn]:
         return found
 
     elementwise = _needed(
-        [e for e in flat.ops if id(e) not in is_reduction], [r for r in outputs if isinstance(r, int)]
+        [e for e in flat.ops if id(e) not in is_reduction],
+        [r for r in outputs if isinstance(r, int)],
     )
     kept = reached([r for e in elementwise for r in e.ins if not flat.is_leafwise(r)])
     changed = True
@@ -1393,9 +1394,11 @@ def _reduce_call(key: str, program: Program, group: list[_Reducer], env, read, f
 def _reduced(flat: _Flat, reductions: list, out: jax.Array, env: dict) -> None:
     """Each reduction's result (its 32 bits in ``out``, from derived.cc) into ``env`` as a scalar
     of its dtype; ``reductions``: the equations, or ``[their result nodes]``."""
-    nodes = reductions[0] if reductions and isinstance(reductions[0], list) else [
-        e.outs[0] for e in reductions
-    ]
+    nodes = (
+        reductions[0]
+        if reductions and isinstance(reductions[0], list)
+        else [e.outs[0] for e in reductions]
+    )
     for r, node in enumerate(nodes):
         dtype = flat.dtypes[node]
         value = out[r]

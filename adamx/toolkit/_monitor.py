@@ -33,7 +33,7 @@ class MonitorState(NamedTuple):
     transformation's state, and the statistics of the last step due (float32 scalars, keyed as
     `diagnostics` returns them; NaN before the first)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # the usual field name; shadows tuple.count
     inner: Any
     statistics: dict[str, jax.Array]
 
@@ -125,7 +125,9 @@ def _statistics(sums: dict[str, dict[str, Any]], per_leaf: bool) -> dict[str, ja
             out[f"update_norm{prefix}"] = jnp.sqrt(jnp.asarray(s["uu"], _F32))
             out[f"param_norm{prefix}"] = jnp.sqrt(jnp.asarray(s["pp"], _F32))
             out[f"update_ratio{prefix}"] = jnp.sqrt(_ratio(s["uu"], s["pp"]))
-            out[f"cosine{prefix}"] = _ratio(s["ug"], out[f"update_norm{prefix}"] * out[f"grad_norm{prefix}"])
+            out[f"cosine{prefix}"] = _ratio(
+                s["ug"], out[f"update_norm{prefix}"] * out[f"grad_norm{prefix}"]
+            )
             out[f"nonfinite_grads{prefix}"] = jnp.asarray(s["bad"], _F32)
         if "eps" in s:
             out[f"eps_fraction{prefix}"] = _ratio(s["eps"], s["n"])
@@ -321,4 +323,3 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
         for key in statistics:
             out[prefix + key] = _value(statistics[key])
     return out
-
