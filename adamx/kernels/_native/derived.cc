@@ -16,6 +16,11 @@
 // over units of one block of one layer, not elements: `units` holds each leaf's count of them and
 // `chunk` how many make a task, so a task never splits a block. (Empty `units`: the programs over
 // elements, whose count is their buffers' and whose task is kChunk of them.)
+//
+// A program may also accumulate reductions of its leaf in the same pass (`kinds` and `types`, as
+// for a reduction pass below; empty: none): each task's partial results go to `acc`, and the
+// tasks of a leaf are combined in their order into one more result per leaf, after every leaf's
+// written buffers, so the values do not depend on the threads.
 
 #include <mutex>
 #include <string>
