@@ -220,6 +220,7 @@ _STAGES = {
     np.dtype(np.uint32): ("uint32_t", "uints"),
 }
 _BLOCK = 256  # elements whose values a reduction program keeps before accumulating them
+_SIMD_BLOCK = 2048  # elements per partial result of a reduction in the pass (`_simd_reductions`)
 _REDUCED = {
     np.dtype(np.float32): 0,
     np.dtype(np.int32): 1,
@@ -748,6 +749,7 @@ def lower(
     # pairwise at the end of the chunk. The accumulators are one vector (GCC's vector
     # extension): the same operations in the same order as a loop over the lanes, which GCC left
     # scalar (10 sums cost 4x AdamW's pass, 1.5x this way).
+    staged = []  # per reduction: an element's value into the block's array
     fold = []  # per reduction: the values v{r}[j .. j + _LANES) into the lanes
     tail = []  # the same, one lane l at a time (a block's last values)
     finals = []
@@ -756,7 +758,7 @@ def lower(
         kind = _REDUCERS[eqn.primitive.name]
         # (The conversion to double is exact, so it may wait until the values are folded.)
         stage, vector = _STAGES.get(np.dtype(dtype_of(eqn.ins[0])), ("double", "lanes"))
-        lines.append(f"    v{r}[i - base] = ({stage}){arg(eqn.ins[0])};")
+        staged.append(f"    v{r}[i - base] = ({stage}){arg(eqn.ins[0])};")
         inits.append(f"  alignas(64) {stage} v{r}[{_BLOCK}];")
         start_value = {"sum": "0.0", "max": "-INFINITY", "min": "INFINITY", "and": "1.0"}
         inits.append(f"  lanes a{r}; lane_mask nan{r} = {{}};")
@@ -809,13 +811,25 @@ def lower(
         head.append(f"  uint32_t {variable} = (uint32_t)begin * {m}u;")
     head += inits
     steps = "".join(f", {variable} += {m}u" for m, variable in induction.items())
-    if layout is None and reductions:
+    simd = writes and not induction and _in_register(reductions, dtype_of)
+    if layout is None and simd:
+        head = [h for h in head if h not in inits]
+        passes, finals = _simd_reductions(
+            reductions,
+            [arg(e.ins[0]) for e in reductions],
+            [np.dtype(dtype_of(e.ins[0])) for e in reductions],
+            lines,
+        )
+        head += passes[0]
+        passes = passes[1]
+    elif layout is None and reductions:
         passes = [
             f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
             f"    const size_t stop = std::min(end, base + {_BLOCK});",
             "  #pragma GCC ivdep",
             f"  for (size_t i = base; i < stop; ++i{steps}) {{",
             *lines,
+            *staged,
             "  }",
             "    const size_t n = stop - base;",
             "    size_t j = 0;",
@@ -867,6 +881,81 @@ def lower(
         "\n".join(['#include "blockwise.h"', "", "namespace {", *constants, "}  // namespace"]),
     )
     return program, scalars, nodes
+
+
+def _in_register(reductions: tuple[_Eqn, ...], dtype_of: Any) -> bool:
+    """Whether `_simd_reductions` can take ``reductions``: sums, maxima and minima of float32 or
+    int32 values."""
+    return bool(reductions) and all(
+        _REDUCERS[e.primitive.name] in ("sum", "max", "min")
+        and np.dtype(dtype_of(e.ins[0])) in (np.dtype(np.float32), np.dtype(np.int32))
+        for e in reductions
+    )
+
+
+def _simd_reductions(
+    reductions: tuple[_Eqn, ...], values: list[str], dtypes: list[np.dtype], lines: list[str]
+) -> tuple[tuple[list[str], list[str]], list[str]]:
+    """Reductions inside an elementwise pass (the statistics of `adamx.monitor`): per block of
+    _SIMD_BLOCK elements, each is accumulated in its values' type in the element loop itself,
+    which GCC vectorises with one partial result per vector lane (``omp simd reduction``:
+    nothing is stored per element, and the loop's own arithmetic is unchanged), then added into
+    a double. A float sum is thus taken in float32 over _SIMD_BLOCK / (vector width) values per
+    lane (128 with AVX-512), then in double: not XLA's order (measured within 1e-6 of the sum);
+    max, min and int32 sums are exact; a max or min is NaN if a value was (XLA's). Measured
+    against AdamW's loop on one core: 10 reductions cost 1.15x with blocks of 2048, 12x with
+    blocks of 256 (GCC combines the lanes after each block), 3.3x kept per element in arrays
+    and folded in double (the reduction passes' way, `lower`).
+
+    Returns ``((declarations, loop), finals)``."""
+    before, inside, after, finals, declare = [], [], [], [], []
+    clauses: dict[str, list[str]] = collections.defaultdict(list)
+    for r, (eqn, x, dtype) in enumerate(zip(reductions, values, dtypes, strict=True)):
+        kind = _REDUCERS[eqn.primitive.name]
+        ctype = "float" if dtype == np.float32 else "int32_t"
+        start = {
+            ("sum", "float"): "0.0f",
+            ("sum", "int32_t"): "0",
+            ("max", "float"): "-INFINITY",
+            ("min", "float"): "INFINITY",
+            ("max", "int32_t"): "INT32_MIN",
+            ("min", "int32_t"): "INT32_MAX",
+        }[kind, ctype]
+        declare.append(f"  double d{r} = {'0.0' if kind == 'sum' else start};")
+        before.append(f"    {ctype} r{r} = {start};")
+        if kind == "sum":
+            inside.append(f"    r{r} += {x};")
+            after.append(f"    d{r} += (double)r{r};")
+            clauses["+"].append(f"r{r}")
+            finals.append(f"  acc[{r}] = d{r};")
+            continue
+        op = ">" if kind == "max" else "<"
+        inside.append(f"    r{r} = {x} {op} r{r} ? {x} : r{r};")
+        after.append(f"    d{r} = (double)r{r} {op} d{r} ? (double)r{r} : d{r};")
+        clauses[kind].append(f"r{r}")
+        if ctype == "float":
+            declare.append(f"  int64_t n{r} = 0;")
+            before.append(f"    int32_t q{r} = 0;")
+            inside.append(f"    q{r} += {x} != {x} ? 1 : 0;")
+            after.append(f"    n{r} += q{r};")
+            clauses["+"].append(f"q{r}")
+            finals.append(f"  acc[{r}] = n{r} ? NAN : d{r};")
+        else:
+            finals.append(f"  acc[{r}] = d{r};")
+    pragma = " ".join(f"reduction({op}:{','.join(names)})" for op, names in clauses.items())
+    loop = [
+        f"  for (size_t base = begin; base < end; base += {_SIMD_BLOCK}) {{",
+        f"    const size_t stop = std::min(end, base + {_SIMD_BLOCK});",
+        *before,
+        f"  #pragma omp simd {pragma}",
+        "  for (size_t i = base; i < stop; ++i) {",
+        *lines,
+        *inside,
+        "  }",
+        *after,
+        "  }",
+    ]
+    return (declare, loop), finals
 
 
 _SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr: one leaf's elementwise step,
