@@ -131,6 +131,9 @@ def test_monitored_adamw_is_fused_in_one_pass_and_equals_the_plain_one_bit_for_b
     plan = _derived._prepare(opt, adamx.apply_updates, GRADS, s_mon, PARAMS)[0]
     assert plan.reducers == []  # no pass of its own: the sums are taken in the update's pass
     assert all(x.reductions for xs in plan.leaves.values() for x in xs)
+    # With nothing due (every > 1) the pass skips the sums: a loop without them, chosen by `due`.
+    gated = ["} else {" in program.body for program in plan.programs.values()]
+    assert gated == [every > 1] * len(gated)
     step = jax.jit(lambda p, s, g, tx: adamx.step(tx, g, s, p, fused=True), static_argnums=3)
     for k in range(3):
         grads = jax.tree.map(lambda g, k=k: g * (1.0 + k), GRADS)

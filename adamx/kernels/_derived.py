@@ -528,6 +528,7 @@ def lower(
     reads: list[int],
     writes: list[tuple[int, int | None]],
     reductions: tuple[_Eqn, ...] = (),
+    gate: Any = None,
 ) -> tuple[Program, list, list]:
     """The program of one leaf: ``ops`` in order, reading the array nodes ``reads`` and writing
     ``writes``, ``[(node, the input node it overwrites in place, or None)]``; or, given
@@ -749,6 +750,8 @@ def lower(
     # pairwise at the end of the chunk. The accumulators are one vector (GCC's vector
     # extension): the same operations in the same order as a loop over the lanes, which GCC left
     # scalar (10 sums cost 4x AdamW's pass, 1.5x this way).
+    # A scalar that, when 0, says the reductions' results will not be read (`_gate`).
+    gate_name = arg(gate) if gate is not None and reductions and writes else None
     staged = []  # per reduction: an element's value into the block's array
     fold = []  # per reduction: the values v{r}[j .. j + _LANES) into the lanes
     tail = []  # the same, one lane l at a time (a block's last values)
@@ -819,6 +822,7 @@ def lower(
             [arg(e.ins[0]) for e in reductions],
             [np.dtype(dtype_of(e.ins[0])) for e in reductions],
             lines,
+            gate_name,
         )
         head += passes[0]
         passes = passes[1]
@@ -894,7 +898,11 @@ def _in_register(reductions: tuple[_Eqn, ...], dtype_of: Any) -> bool:
 
 
 def _simd_reductions(
-    reductions: tuple[_Eqn, ...], values: list[str], dtypes: list[np.dtype], lines: list[str]
+    reductions: tuple[_Eqn, ...],
+    values: list[str],
+    dtypes: list[np.dtype],
+    lines: list[str],
+    gate: str | None = None,
 ) -> tuple[tuple[list[str], list[str]], list[str]]:
     """Reductions inside an elementwise pass (the statistics of `adamx.monitor`): per block of
     _SIMD_BLOCK elements, each is accumulated in its values' type in the element loop itself,
@@ -905,7 +913,8 @@ def _simd_reductions(
     max, min and int32 sums are exact; a max or min is NaN if a value was (XLA's). Measured
     against AdamW's loop on one core: 10 reductions cost 1.15x with blocks of 2048, 12x with
     blocks of 256 (GCC combines the lanes after each block), 3.3x kept per element in arrays
-    and folded in double (the reduction passes' way, `lower`).
+    and folded in double (the reduction passes' way, `lower`). Given ``gate`` (a scalar's
+    name), the loop without the reductions runs where it is 0 (their results then unread).
 
     Returns ``((declarations, loop), finals)``."""
     before, inside, after, finals, declare = [], [], [], [], []
@@ -955,6 +964,9 @@ def _simd_reductions(
         *after,
         "  }",
     ]
+    if gate is not None:
+        plain = ["#pragma GCC ivdep", "  for (size_t i = begin; i < end; ++i) {", *lines, "  }"]
+        loop = [f"  if ({gate} != 0) {{", *loop, "  } else {", *plain, "  }"]
     return (declare, loop), finals
 
 
@@ -1207,6 +1219,36 @@ def _terminal(flat: _Flat, reductions: list[_Eqn], outputs: list) -> list[_Eqn]:
     return [e for e in reductions if id(e) not in kept]
 
 
+def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
+    """The index of the one ``cond`` all ``terminal`` reductions' results flow into, if its
+    first branch (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing
+    else does (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where
+    it is 0, the pass may skip the reductions. ``None`` otherwise."""
+    if not terminal:
+        return None
+    derived = {e.outs[0] for e in terminal}
+    conds = []
+    for eqn in sorted(flat.binds, key=lambda e: e.index):
+        if not any(isinstance(r, int) and r in derived for r in eqn.ins):
+            continue
+        if eqn.primitive.name == "cond":
+            conds.append(eqn)
+        else:
+            derived.update(eqn.outs)
+    if len(conds) != 1 or any(isinstance(r, int) and r in derived for r in outputs):
+        return None
+    (cond,) = conds
+    index, *operands = cond.ins
+    if isinstance(index, int) and index in derived:
+        return None
+    skipped = cond.params["branches"][0].jaxpr
+    used = {id(v) for e in skipped.eqns for v in e.invars} | {id(v) for v in skipped.outvars}
+    for var, ref in zip(skipped.invars, operands, strict=True):
+        if isinstance(ref, int) and ref in derived and id(var) in used:
+            return None
+    return index
+
+
 def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Plan:
     """Trace ``fn`` (flat leaves in, ``(new params leaves, new state leaves)`` out) and lower it,
     or raise `_Unsupported` saying what cannot be lowered. With ``in_pass``, the terminal
@@ -1230,6 +1272,7 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
                 "matrix product): not elementwise"
             )
     terminal = _terminal(flat, reductions, outputs) if in_pass else []
+    gate = _gate(flat, terminal, outputs)
     passes = [e for e in reductions if all(e is not t for t in terminal)]
     flat.jax_ops = sorted(
         _needed(flat.ops, [r for e in passes for r in e.ins]) + passes,
@@ -1309,7 +1352,7 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
                 raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
             if kind == "sum" and flat.dtypes[x] not in (np.float32, np.int32):
                 raise _Unsupported(f"a sum of {flat.dtypes[x]}")
-        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group)
+        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, gate)
         programs[program.key] = program
         blocks = _blocks(flat, ops)
         units = 0 if blocks is None else blocks.layers * blocks.blocks
