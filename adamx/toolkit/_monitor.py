@@ -209,10 +209,11 @@ def monitor(
     Keys: global statistics plain (``grad_norm``), per-leaf ones ``<statistic>/<key path>`` with
     ``/`` between keys (``update_ratio/head/w``), so TensorBoard and similar loggers group them.
 
-    Cost: the sums are taken every step, also when nothing is due (on the fused kernel, inside
-    its one pass over the params; on the jnp path, XLA's loops); a step with nothing due
-    (``count % every != 0``) skips deriving the statistics from them (``lax.cond``) and keeps the
-    last ones.
+    Cost: through `adamx.step` on CPU, the sums the statistics need are accumulated inside the
+    fused kernel's one pass over the params, and a step with nothing due (``count % every !=
+    0``) runs the pass without them; the statistics are derived from the sums in a ``lax.cond``
+    that keeps the last ones. On the jnp path (``update`` and `apply_updates`, or another
+    backend) XLA takes the sums every step.
 
     Args:
       tx: the transformation to watch.
