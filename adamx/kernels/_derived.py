@@ -817,15 +817,14 @@ def lower(
     simd = writes and not induction and _in_register(reductions, dtype_of)
     if layout is None and simd:
         head = [h for h in head if h not in inits]
-        passes, finals = _simd_reductions(
+        (declarations, passes), finals = _simd_reductions(
             reductions,
             [arg(e.ins[0]) for e in reductions],
             [np.dtype(dtype_of(e.ins[0])) for e in reductions],
             lines,
             gate_name,
         )
-        head += passes[0]
-        passes = passes[1]
+        head += declarations
     elif layout is None and reductions:
         passes = [
             f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
