@@ -93,9 +93,10 @@ API_PAGES = {
         ["toolkit/_schedules"],
     ),
     "toolkit": (
-        "Toolkit: clipping, groups, wrappers, hyperparameters",
+        "Toolkit: clipping, groups, wrappers, hyperparameters, diagnostics",
         "Gradient preprocessing, parameter groups, wrappers around an optimizer (accumulation, "
-        "lookahead, averaging), hyperparameters in the state, Kahan summation and optax states.",
+        "lookahead, averaging), hyperparameters in the state, Kahan summation, optax states and "
+        "diagnostics recorded inside the step (`monitor`).",
         ["toolkit"],
     ),
     "storage": (

@@ -204,6 +204,8 @@ FUSED = {  # the derived kernel per shard: scalar equations, a sign, a reduction
     ),
     # Stochastic rounding hashes each element's index in its whole leaf: the jnp path.
     "adamw_sr": lambda: adamx.adamw(1e-2, weight_decay=0.1, **adamx.low_bit_moments(16)),
+    # Its statistics are reduced by JAX over the mesh, the step per shard.
+    "monitored_adamw": lambda: adamx.monitor(adamx.adamw(1e-2, weight_decay=0.1)),
 }
 _WHY_NOT = lambda tx, g, s, p: _derived.why_not(tx, adamx.apply_updates, g, s, p)  # noqa: E731
 
@@ -263,6 +265,22 @@ def fused(host, grads_host) -> dict:
                         if differs(a, b.sharding)
                     ]
                     entry["max_rel"] = scaled_difference((fused_p, fused_s), (jnp_p, jnp_s))
+                    if name == "monitored_adamw":  # the whole mesh's, as on one device
+                        one = jax.tree.map(jnp.asarray, host)
+                        _, one_s = run_steps_unfused(
+                            tx,
+                            one,
+                            tx.init(one),
+                            [jax.tree.map(jnp.asarray, g) for g in grads_host],
+                        )
+                        entry["statistics_max_rel"] = max(
+                            abs(float(a) - float(b)) / max(abs(float(b)), 1e-30)
+                            for a, b in zip(
+                                adamx.diagnostics(fused_s).values(),
+                                adamx.diagnostics(one_s).values(),
+                                strict=True,
+                            )
+                        )
                     if kind == "explicit":
                         entry["why_not_eager"] = _WHY_NOT(tx, grads[0], state, params)
                         fused = entry["why_not_eager"] is None

@@ -44,6 +44,7 @@ pytestmark = pytest.mark.xdist_group("sharding")
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 600  # measured: ~3 minutes on 2 cores
 TOLERANCE = 1e-6  # of each leaf's largest magnitude (tests/sharding_worker.py, scaled_difference)
+STATISTICS_TOLERANCE = 1e-5  # `monitor`'s statistics on the mesh against one device's (relative)
 
 # Optimizers whose state is not dominated by parameter-shaped moments: Adafactor's factored
 # statistics and SOAP's d x d statistics are small or replicated by rule, so ZeRO-1 saves less.
@@ -63,6 +64,7 @@ FUSED_KEYS = [
             "lamb",
             "adamw_bf16_moments",
             "adamw_sr",
+            "monitored_adamw",
         )
         for layout in ("model", "zero1")
         if (name, layout) != ("adamw_sr", "zero1")
@@ -184,6 +186,8 @@ def test_fused_step_on_eight_devices(report, key):
     assert entry["state"] == [], f"the state left its sharding: {entry['state']}"
     assert entry["params"] == [], f"the params left their sharding: {entry['params']}"
     assert entry["max_rel"] <= TOLERANCE, entry["max_rel"]
+    if "/monitored_adamw/" in key:  # global over the mesh: one device's statistics
+        assert entry["statistics_max_rel"] <= STATISTICS_TOLERANCE, entry["statistics_max_rel"]
     if key.startswith("explicit/adamw_sr/"):
         # Stochastic rounding hashes each element's index in its leaf: the jnp path, which says so.
         assert "index in its whole leaf" in entry["why_not_traced"], entry["why_not_traced"]

@@ -426,7 +426,13 @@ BUILDERS: dict[str, Callable[[float], Any]] = {
     ),
     "sgd_momentum": lambda lr: adamx.sgd(lr, 0.9),
     "sgd_nesterov": lambda lr: adamx.sgd(lr, 0.9, nesterov=True),
+    # AdamW with its diagnostics recorded in the step (`--monitor`, docs/diagnostics.md).
+    "monitored_adamw": lambda lr: adamx.monitor(adamx.adamw(lr, weight_decay=WEIGHT_DECAY)),
+    "monitored_adamw_every100": lambda lr: adamx.monitor(
+        adamx.adamw(lr, weight_decay=WEIGHT_DECAY), every=100
+    ),
 }
+MONITORED = "monitored_adamw,monitored_adamw_every100"  # `--monitor`
 
 # The optimizers whose step is elementwise, all fused on CPU (`--compare elementwise`).
 ELEMENTWISE = (
@@ -676,6 +682,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "5.24M params; 256 with --quick)",
     )
     parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="`adamx.monitor(adamw)` recording every step and every 100 steps against the plain "
+        "AdamW, both through `adamx.step`, as ratios (`--compare` of the two; --size as there: "
+        "2000 is 20M params, 3164 50M)",
+    )
+    parser.add_argument(
         "--memory",
         action="store_true",
         help="per optimizer and moment storage (float32, bfloat16, stochastic bfloat16, 8-bit, "
@@ -686,6 +699,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.size is not None and (args.size < 4 or args.size % 4):
         parser.error(f"--size must be a positive multiple of 4 (the stacked leaf); got {args.size}")
+    if args.monitor:
+        args.compare = ",".join(filter(None, [args.compare, MONITORED]))
     if (args.compare or args.memory) and not args.configs:
         configs: list[Config] = []
     else:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ..core._base import GradientTransformation, MomentTransformation
 from ..core._chain import chain
 from ..core._dtypes import Hyperparameters, as_hyperparameter, cast, compute_dtype
+from ..core._probe import record
 from ..core._validate import check_decay, check_non_negative
 from ..storage._storage import MomentStorage
 from ._moments import bias_correction as _bias_correction
@@ -177,6 +178,9 @@ def scale_by_second_moment(
 
         roots = _sqrt(jax.tree.map(radicand, updates, v_hat))
         scaled = jax.tree.map(divide, updates, roots)
+        # For `adamx.monitor` (nothing unless a monitor is open): the estimate, the denominators'
+        # roots, eps and the direction, the step's own values.
+        record("second_moment", v_hat=v_hat, roots=roots, eps=eps, direction=scaled)
         return scaled, SecondMomentState(estimator=estimator_state)
 
     return MomentTransformation(init_fn, update_fn)

@@ -212,7 +212,15 @@ _REDUCERS = {
     "reduce_or": "or",
 }
 _LANES = 8  # a reduction's accumulators per chunk
+# The type a reduction keeps a block of values in, and its vector of _LANES (typedefs of the
+# generated source), by the values' dtype; other dtypes are kept as double.
+_STAGES = {
+    np.dtype(np.float32): ("float", "floats"),
+    np.dtype(np.int32): ("int32_t", "ints"),
+    np.dtype(np.uint32): ("uint32_t", "uints"),
+}
 _BLOCK = 256  # elements whose values a reduction program keeps before accumulating them
+_SIMD_BLOCK = 2048  # elements per partial result of a reduction in the pass (`_simd_reductions`)
 _REDUCED = {
     np.dtype(np.float32): 0,
     np.dtype(np.int32): 1,
@@ -415,6 +423,8 @@ def _convert(x: str, source: np.dtype, target: np.dtype) -> str:
         return f"(float){x}"
     if t == "bool":
         return f"({x} != 0)"
+    if s == "bool" and t in _INTS:
+        return f"({x} ? 1 : 0)" if t == "i32" else f"({x} ? 1u : 0u)"  # (as for f32, below)
     if {s, t} <= {"i32", "u32", "bool"}:
         return f"({_TYPES[target][0]}){x}"
     raise _Unsupported(f"a conversion from {source} to {target}")
@@ -518,6 +528,7 @@ def lower(
     reads: list[int],
     writes: list[tuple[int, int | None]],
     reductions: tuple[_Eqn, ...] = (),
+    gate: Any = None,
 ) -> tuple[Program, list, list]:
     """The program of one leaf: ``ops`` in order, reading the array nodes ``reads`` and writing
     ``writes``, ``[(node, the input node it overwrites in place, or None)]``; or, given
@@ -733,29 +744,48 @@ def lower(
         names[out] = _name("t", temps)
         temps += 1
         lines.append(f"    const {_TYPES[flat.dtypes[out]][0]} {names[out]} = {expression};")
-    # A reduction: each block of _LANES * 32 elements' values go to a small array (the element
-    # loop stays vectorised), then into _LANES double accumulators per reduction (a fixed order,
-    # the same whatever the threads), summed pairwise at the end of the chunk.
-    fold = []  # per reduction: the accumulation of one value v{r}[j] into lane l
+    # A reduction: each block of _LANES * 32 elements' values go to a small array, kept in their
+    # own type (the element loop stays vectorised), then into _LANES double accumulators per
+    # reduction, lane l taking v[j + l] (a fixed order, the same whatever the threads), summed
+    # pairwise at the end of the chunk. The accumulators are one vector (GCC's vector
+    # extension): the same operations in the same order as a loop over the lanes, which GCC left
+    # scalar (10 sums cost 4x AdamW's pass, 1.5x this way).
+    # A scalar that, when 0, says the reductions' results will not be read (`_gate`).
+    gate_name = arg(gate) if gate is not None and reductions and writes else None
+    staged = []  # per reduction: an element's value into the block's array
+    fold = []  # per reduction: the values v{r}[j .. j + _LANES) into the lanes
+    tail = []  # the same, one lane l at a time (a block's last values)
     finals = []
     inits = []
     for r, eqn in enumerate(reductions):
         kind = _REDUCERS[eqn.primitive.name]
-        lines.append(f"    v{r}[i - base] = (double){arg(eqn.ins[0])};")
-        inits.append(f"  double v{r}[{_BLOCK}];")
+        # (The conversion to double is exact, so it may wait until the values are folded.)
+        stage, vector = _STAGES.get(np.dtype(dtype_of(eqn.ins[0])), ("double", "lanes"))
+        staged.append(f"    v{r}[i - base] = ({stage}){arg(eqn.ins[0])};")
+        inits.append(f"  alignas(64) {stage} v{r}[{_BLOCK}];")
         start_value = {"sum": "0.0", "max": "-INFINITY", "min": "INFINITY", "and": "1.0"}
-        inits.append(f"  double a{r}[{_LANES}];")
-        inits.append(f"  bool nan{r}[{_LANES}];")
+        inits.append(f"  lanes a{r}; lane_mask nan{r} = {{}};")
         inits.append(
-            f"  for (int l = 0; l < {_LANES}; ++l) {{ a{r}[l] = {start_value.get(kind, '0.0')}; "
-            f"nan{r}[l] = false; }}"
+            f"  for (int l = 0; l < {_LANES}; ++l) a{r}[l] = {start_value.get(kind, '0.0')};"
         )
-        v = f"v{r}[j + l]"
+        v = f"x{r}"
         fold.append(
+            f"{vector} {v}_; std::memcpy(&{v}_, v{r} + j, sizeof {v}_); "
+            f"const lanes {v} = __builtin_convertvector({v}_, lanes); "
+            + {
+                "sum": f"a{r} = a{r} + {v};",
+                "max": f"a{r} = {v} > a{r} ? {v} : a{r}; nan{r} |= {v} != {v};",
+                "min": f"a{r} = {v} < a{r} ? {v} : a{r}; nan{r} |= {v} != {v};",
+                "and": f"a{r} = (a{r} != 0.0 & {v} != 0.0) ? one : zero;",
+                "or": f"a{r} = (a{r} != 0.0 | {v} != 0.0) ? one : zero;",
+            }[kind]
+        )
+        v = f"(double)v{r}[j + l]"
+        tail.append(
             {
                 "sum": f"a{r}[l] = a{r}[l] + {v};",
-                "max": f"a{r}[l] = {v} > a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v};",
-                "min": f"a{r}[l] = {v} < a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v};",
+                "max": f"a{r}[l] = {v} > a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v} ? -1 : 0;",
+                "min": f"a{r}[l] = {v} < a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v} ? -1 : 0;",
                 "and": f"a{r}[l] = (a{r}[l] != 0.0 && {v} != 0.0) ? 1.0 : 0.0;",
                 "or": f"a{r}[l] = (a{r}[l] != 0.0 || {v} != 0.0) ? 1.0 : 0.0;",
             }[kind]
@@ -784,21 +814,33 @@ def lower(
         head.append(f"  uint32_t {variable} = (uint32_t)begin * {m}u;")
     head += inits
     steps = "".join(f", {variable} += {m}u" for m, variable in induction.items())
-    if layout is None and reductions:
+    simd = writes and not induction and _in_register(reductions, dtype_of)
+    if layout is None and simd:
+        head = [h for h in head if h not in inits]
+        (declarations, passes), finals = _simd_reductions(
+            reductions,
+            [arg(e.ins[0]) for e in reductions],
+            [np.dtype(dtype_of(e.ins[0])) for e in reductions],
+            lines,
+            gate_name,
+        )
+        head += declarations
+    elif layout is None and reductions:
         passes = [
             f"  for (size_t base = begin; base < end; base += {_BLOCK}) {{",
             f"    const size_t stop = std::min(end, base + {_BLOCK});",
             "  #pragma GCC ivdep",
             f"  for (size_t i = base; i < stop; ++i{steps}) {{",
             *lines,
+            *staged,
             "  }",
             "    const size_t n = stop - base;",
             "    size_t j = 0;",
-            f"    for (; j + {_LANES} <= n; j += {_LANES})",
-            f"      for (int l = 0; l < {_LANES}; ++l) {{ {' '.join(fold)} }}",
-            "    for (int l = 0; j + l < n; ++l) { " + " ".join(fold) + " }",
+            f"    for (; j + {_LANES} <= n; j += {_LANES}) {{ {' '.join(fold)} }}",
+            "    for (int l = 0; j + l < n; ++l) { " + " ".join(tail) + " }",
             "  }",
         ]
+    if layout is None and reductions:
         return (
             Program(tuple(slots), scalar_dtypes, "\n".join([*head, *passes, *finals])),
             scalars,
@@ -844,6 +886,89 @@ def lower(
     return program, scalars, nodes
 
 
+def _in_register(reductions: tuple[_Eqn, ...], dtype_of: Any) -> bool:
+    """Whether `_simd_reductions` can take ``reductions``: sums, maxima and minima of float32 or
+    int32 values."""
+    return bool(reductions) and all(
+        _REDUCERS[e.primitive.name] in ("sum", "max", "min")
+        and np.dtype(dtype_of(e.ins[0])) in (np.dtype(np.float32), np.dtype(np.int32))
+        for e in reductions
+    )
+
+
+def _simd_reductions(
+    reductions: tuple[_Eqn, ...],
+    values: list[str],
+    dtypes: list[np.dtype],
+    lines: list[str],
+    gate: str | None = None,
+) -> tuple[tuple[list[str], list[str]], list[str]]:
+    """Reductions inside an elementwise pass (the statistics of `adamx.monitor`): per block of
+    _SIMD_BLOCK elements, each is accumulated in its values' type in the element loop itself,
+    which GCC vectorises with one partial result per vector lane (``omp simd reduction``:
+    nothing is stored per element, and the loop's own arithmetic is unchanged), then added into
+    a double. A float sum is thus taken in float32 over _SIMD_BLOCK / (vector width) values per
+    lane (128 with AVX-512), then in double: not XLA's order (measured within 1e-6 of the sum);
+    max, min and int32 sums are exact; a max or min is NaN if a value was (XLA's). Measured
+    against AdamW's loop on one core: 10 reductions cost 1.15x with blocks of 2048, 12x with
+    blocks of 256 (GCC combines the lanes after each block), 3.3x kept per element in arrays
+    and folded in double (the reduction passes' way, `lower`). Given ``gate`` (a scalar's
+    name), the loop without the reductions runs where it is 0 (their results then unread).
+
+    Returns ``((declarations, loop), finals)``."""
+    before, inside, after, finals, declare = [], [], [], [], []
+    clauses: dict[str, list[str]] = collections.defaultdict(list)
+    for r, (eqn, x, dtype) in enumerate(zip(reductions, values, dtypes, strict=True)):
+        kind = _REDUCERS[eqn.primitive.name]
+        ctype = "float" if dtype == np.float32 else "int32_t"
+        start = {
+            ("sum", "float"): "0.0f",
+            ("sum", "int32_t"): "0",
+            ("max", "float"): "-INFINITY",
+            ("min", "float"): "INFINITY",
+            ("max", "int32_t"): "INT32_MIN",
+            ("min", "int32_t"): "INT32_MAX",
+        }[kind, ctype]
+        declare.append(f"  double d{r} = {'0.0' if kind == 'sum' else start};")
+        before.append(f"    {ctype} r{r} = {start};")
+        if kind == "sum":
+            inside.append(f"    r{r} += {x};")
+            after.append(f"    d{r} += (double)r{r};")
+            clauses["+"].append(f"r{r}")
+            finals.append(f"  acc[{r}] = d{r};")
+            continue
+        op = ">" if kind == "max" else "<"
+        inside.append(f"    r{r} = {x} {op} r{r} ? {x} : r{r};")
+        after.append(f"    d{r} = (double)r{r} {op} d{r} ? (double)r{r} : d{r};")
+        clauses[kind].append(f"r{r}")
+        if ctype == "float":
+            declare.append(f"  int64_t n{r} = 0;")
+            before.append(f"    int32_t q{r} = 0;")
+            inside.append(f"    q{r} += {x} != {x} ? 1 : 0;")
+            after.append(f"    n{r} += q{r};")
+            clauses["+"].append(f"q{r}")
+            finals.append(f"  acc[{r}] = n{r} ? NAN : d{r};")
+        else:
+            finals.append(f"  acc[{r}] = d{r};")
+    pragma = " ".join(f"reduction({op}:{','.join(names)})" for op, names in clauses.items())
+    loop = [
+        f"  for (size_t base = begin; base < end; base += {_SIMD_BLOCK}) {{",
+        f"    const size_t stop = std::min(end, base + {_SIMD_BLOCK});",
+        *before,
+        f"  #pragma omp simd {pragma}",
+        "  for (size_t i = base; i < stop; ++i) {",
+        *lines,
+        *inside,
+        "  }",
+        *after,
+        "  }",
+    ]
+    if gate is not None:
+        plain = ["#pragma GCC ivdep", "  for (size_t i = begin; i < end; ++i) {", *lines, "  }"]
+        loop = [f"  if ({gate} != 0) {{", *loop, "  } else {", *plain, "  }"]
+    return (declare, loop), finals
+
+
 _SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr: one leaf's elementwise step,
 // run by adamx/kernels/_native/derived.cc over the elements [begin, end) of one leaf.
 #include "elements.h"
@@ -864,24 +989,31 @@ inline void store_exact(uint16_t* x, size_t i, float f) {{
   uint32_t bits; std::memcpy(&bits, &f, 4); x[i] = static_cast<uint16_t>(bits >> 16);
 }}
 inline float sign_of(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : a); }}
-// A reduction's lanes, folded: sums pairwise; a max or min is NaN if a lane saw a NaN (XLA's).
-inline double fold_sum(const double* a, const bool*) {{
+// A reduction's 8 lanes, one vector (a lane's NaN flag: all bits set), and their fold: sums
+// pairwise; a max or min is NaN if a lane saw a NaN (XLA's).
+typedef double lanes __attribute__((vector_size(64)));
+typedef long long lane_mask __attribute__((vector_size(64)));
+typedef float floats __attribute__((vector_size(32)));
+typedef int32_t ints __attribute__((vector_size(32)));
+typedef uint32_t uints __attribute__((vector_size(32)));
+const lanes one = {{1, 1, 1, 1, 1, 1, 1, 1}}, zero = {{}};
+inline double fold_sum(const lanes& a, const lane_mask&) {{
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }}
-inline double fold_max(const double* a, const bool* nan) {{
-  double m = a[0]; bool any = nan[0];
-  for (int l = 1; l < 8; ++l) {{ m = a[l] > m ? a[l] : m; any = any || nan[l]; }}
+inline double fold_max(const lanes& a, const lane_mask& nan) {{
+  double m = a[0]; bool any = nan[0] != 0;
+  for (int l = 1; l < 8; ++l) {{ m = a[l] > m ? a[l] : m; any = any || nan[l] != 0; }}
   return any ? NAN : m;
 }}
-inline double fold_min(const double* a, const bool* nan) {{
-  double m = a[0]; bool any = nan[0];
-  for (int l = 1; l < 8; ++l) {{ m = a[l] < m ? a[l] : m; any = any || nan[l]; }}
+inline double fold_min(const lanes& a, const lane_mask& nan) {{
+  double m = a[0]; bool any = nan[0] != 0;
+  for (int l = 1; l < 8; ++l) {{ m = a[l] < m ? a[l] : m; any = any || nan[l] != 0; }}
   return any ? NAN : m;
 }}
-inline double fold_and(const double* a, const bool*) {{
+inline double fold_and(const lanes& a, const lane_mask&) {{
   bool all = true; for (int l = 0; l < 8; ++l) all = all && a[l] != 0.0; return all ? 1.0 : 0.0;
 }}
-inline double fold_or(const double* a, const bool*) {{
+inline double fold_or(const lanes& a, const lane_mask&) {{
   bool any = false; for (int l = 0; l < 8; ++l) any = any || a[l] != 0.0; return any ? 1.0 : 0.0;
 }}
 // XLA's shifts: 0 for a shift of 32 or more. Branch-free, so that the loop vectorises.
@@ -908,6 +1040,9 @@ class _Leaf:
     scalars: list
     size: int
     units: int = 0  # blocks of all layers (a program over quantised moments), the tasks' unit
+    reductions: list = dataclasses.field(default_factory=list)  # terminal, in the pass (`plan`)
+    types: tuple[int, ...] = ()  # each reduction's result dtype code (`_REDUCED`)
+    kinds: tuple[int, ...] = ()  # each reduction's kind (index in `_REDUCERS`)
 
 
 @dataclasses.dataclass
@@ -1042,9 +1177,81 @@ def _reduction_passes(flat: _Flat, reductions: list[_Eqn]) -> tuple[dict, list, 
     return programs, instances, sorted(unique.values(), key=lambda e: e.index)
 
 
-def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
+def _terminal(flat: _Flat, reductions: list[_Eqn], outputs: list) -> list[_Eqn]:
+    """The reductions whose results feed nothing elementwise and no other reduction (statistics:
+    they flow to scalar outputs only), and whose inputs need no reduction's result: each can be
+    accumulated inside its leaf's elementwise pass rather than in a pass of its own."""
+    producer = {out: eqn for eqn in [*flat.binds, *flat.ops] for out in eqn.outs}
+    is_reduction = {id(e) for e in reductions}
+
+    def reached(nodes: list) -> set[int]:
+        """The reductions the scalar operands of ``nodes``' computation depend on."""
+        found: set[int] = set()
+        seen: set[int] = set()
+        stack = [n for n in nodes if isinstance(n, int)]
+        while stack:
+            eqn = producer.get(stack.pop())
+            if eqn is None or id(eqn) in seen:
+                continue
+            seen.add(id(eqn))
+            if id(eqn) in is_reduction:
+                found.add(id(eqn))
+            stack.extend(r for r in eqn.ins if isinstance(r, int))
+        return found
+
+    elementwise = _needed(
+        [e for e in flat.ops if id(e) not in is_reduction],
+        [r for r in outputs if isinstance(r, int)],
+    )
+    kept = reached([r for e in elementwise for r in e.ins if not flat.is_leafwise(r)])
+    changed = True
+    while changed:
+        changed = False
+        for eqn in reductions:
+            needs = reached(eqn.ins) - {id(eqn)}
+            if needs and not needs <= kept:
+                kept |= needs
+                changed = True
+            if needs and id(eqn) not in kept:
+                kept.add(id(eqn))
+                changed = True
+    return [e for e in reductions if id(e) not in kept]
+
+
+def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
+    """The index of the one ``cond`` all ``terminal`` reductions' results flow into, if its
+    first branch (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing
+    else does (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where
+    it is 0, the pass may skip the reductions. ``None`` otherwise."""
+    if not terminal:
+        return None
+    derived = {e.outs[0] for e in terminal}
+    conds = []
+    for eqn in sorted(flat.binds, key=lambda e: e.index):
+        if not any(isinstance(r, int) and r in derived for r in eqn.ins):
+            continue
+        if eqn.primitive.name == "cond":
+            conds.append(eqn)
+        else:
+            derived.update(eqn.outs)
+    if len(conds) != 1 or any(isinstance(r, int) and r in derived for r in outputs):
+        return None
+    (cond,) = conds
+    index, *operands = cond.ins
+    if isinstance(index, int) and index in derived:
+        return None
+    skipped = cond.params["branches"][0].jaxpr
+    used = {id(v) for e in skipped.eqns for v in e.invars} | {id(v) for v in skipped.outvars}
+    for var, ref in zip(skipped.invars, operands, strict=True):
+        if isinstance(ref, int) and ref in derived and id(var) in used:
+            return None
+    return index
+
+
+def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Plan:
     """Trace ``fn`` (flat leaves in, ``(new params leaves, new state leaves)`` out) and lower it,
-    or raise `_Unsupported` saying what cannot be lowered."""
+    or raise `_Unsupported` saying what cannot be lowered. With ``in_pass``, the terminal
+    reductions (`_terminal`) are accumulated in their leaf's elementwise pass."""
     closed = jax.make_jaxpr(fn)(*flat_args)
     flat = _Flat()
     inputs = [flat.new(v.aval) for v in closed.jaxpr.invars]
@@ -1063,14 +1270,17 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
                 f"`{eqn.primitive.name}` reduces a leaf to an array (per row, per block, a "
                 "matrix product): not elementwise"
             )
+    terminal = _terminal(flat, reductions, outputs) if in_pass else []
+    gate = _gate(flat, terminal, outputs)
+    passes = [e for e in reductions if all(e is not t for t in terminal)]
     flat.jax_ops = sorted(
-        _needed(flat.ops, [r for e in reductions for r in e.ins]) + reductions,
+        _needed(flat.ops, [r for e in passes for r in e.ins]) + passes,
         key=lambda e: e.index,
     )
-    reducer_programs, reducers, flat.jax_ops = _reduction_passes(flat, reductions)
+    reducer_programs, reducers, flat.jax_ops = _reduction_passes(flat, passes)
     flat.ops = _needed(
         [e for e in flat.ops if not _is_reduction(e.primitive.name)],
-        [r for r in outputs if isinstance(r, int)],
+        [r for r in outputs if isinstance(r, int)] + [r for e in terminal for r in e.ins],
     )
     # The input each output overwrites: new params <- params, new state <- state (grads are not).
     source_of = {o: (o if o < n_params else o + n_params) for o in range(len(outputs))}
@@ -1088,6 +1298,14 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
             for r in eqn.ins:
                 if flat.is_leafwise(r):
                     users[r].add(c)
+    # Each terminal reduction joins the pass of the leaf whose arrays it reads.
+    in_pass_of: dict[int, list[_Eqn]] = collections.defaultdict(list)
+    for eqn in terminal:
+        (x,) = eqn.ins
+        homes = {produced[x]} if x in produced else users.get(x, set())
+        if len(homes) != 1:
+            raise _Unsupported("a reduction of an array no single leaf's pass reads")
+        in_pass_of[homes.pop()].append(eqn)
     outputs_of: dict[int, list] = collections.defaultdict(list)  # component -> its outputs
     passed: dict[int, set] = collections.defaultdict(set)  # component -> inputs it passes on
     for o, ref in enumerate(outputs):
@@ -1121,13 +1339,34 @@ def plan(fn: Any, flat_args: list, treedefs: tuple) -> Plan:
         taken = [s for _, s in writes if s is not None]
         if len(taken) != len(set(taken)):
             writes = [(n, None) for n, _ in writes]
+        group = tuple(in_pass_of.get(c, []))
+        if not writes and group:
+            raise _Unsupported("a reduction in the pass of a leaf the step does not update")
         if not writes:
             continue  # computes nothing the step returns
-        program, scalars, slot_nodes = lower(flat, ops, reads, writes)
+        for eqn in group:
+            kind = _REDUCERS.get(eqn.primitive.name)
+            x, out = eqn.ins[0], eqn.outs[0]
+            if kind is None or flat.dtypes[out] not in _REDUCED:
+                raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
+            if kind == "sum" and flat.dtypes[x] not in (np.float32, np.int32):
+                raise _Unsupported(f"a sum of {flat.dtypes[x]}")
+        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, gate)
         programs[program.key] = program
         blocks = _blocks(flat, ops)
         units = 0 if blocks is None else blocks.layers * blocks.blocks
-        leaves[program.key].append(_Leaf(ops, slot_nodes, scalars, sizes.pop(), units))
+        leaves[program.key].append(
+            _Leaf(
+                ops,
+                slot_nodes,
+                scalars,
+                sizes.pop(),
+                units,
+                list(group),
+                tuple(_REDUCED[flat.dtypes[e.outs[0]]] for e in group),
+                tuple(list(_REDUCERS.values()).index(_REDUCERS[e.primitive.name]) for e in group),
+            )
+        )
     programs.update(reducer_programs)
     return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers)
 
@@ -1172,6 +1411,14 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
     else:
         events += [e for _, x in pending if x.size == 0 for e in x.ops]
         pending = [(k, x) for k, x in pending if x.size > 0]
+    # The equations reading a reduction accumulated in an elementwise pass run after the passes.
+    late_nodes = {e.outs[0] for xs in p.leaves.values() for x in xs for e in x.reductions}
+    late = []
+    for eqn in sorted(events, key=lambda e: e.index):
+        if any(isinstance(r, int) and r in late_nodes for r in eqn.ins):
+            late.append(eqn)
+            late_nodes.update(eqn.outs)
+    events = [e for e in events if all(e is not x for x in late)]
     # Demand-driven, in the jaxpr's order otherwise: a scalar equation that needs a reduction's
     # result first runs the program computing it (with every other one whose scalars are known).
     producer = {out: eqn for eqn in events for out in eqn.outs}
@@ -1211,13 +1458,16 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         compiled = [x for x in instances if x.size > 0]
         for x in instances:
             if x.size == 0:  # nothing to update (and jaxlib <= 0.9 hands a kernel no pointer)
-                for eqn in x.ops:
+                for eqn in sorted([*x.ops, *x.reductions], key=lambda e: e.index):
                     outs = _bind(eqn, [read(r) for r in eqn.ins])
                     for node, value in zip(eqn.outs, outs, strict=True):
                         env[node] = value
         _native.program(key, program.source)
         for start in range(0, len(compiled), _GROUP):
             _call(p.flat, key, program, compiled[start : start + _GROUP], env, read, where)
+    for eqn in late:
+        for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
+            env[node] = value
     return [read(ref) for ref in p.outputs]
 
 
@@ -1269,14 +1519,25 @@ def _reduce_call(key: str, program: Program, group: list[_Reducer], env, read, f
         types=np.asarray(group[0].types, np.int64),
     )
     for x, out in zip(group, outs, strict=True):
-        for r, node in enumerate(x.outs):
-            dtype = flat.dtypes[node]
-            value = out[r]
-            if dtype == np.bool_:
-                value = value != 0
-            else:
-                value = jax.lax.bitcast_convert_type(value, dtype)
-            env[node] = jnp.reshape(value, flat.shapes[node])
+        _reduced(flat, [x.outs], out, env)
+
+
+def _reduced(flat: _Flat, reductions: list, out: jax.Array, env: dict) -> None:
+    """Each reduction's result (its 32 bits in ``out``, from derived.cc) into ``env`` as a scalar
+    of its dtype; ``reductions``: the equations, or ``[their result nodes]``."""
+    nodes = (
+        reductions[0]
+        if reductions and isinstance(reductions[0], list)
+        else [e.outs[0] for e in reductions]
+    )
+    for r, node in enumerate(nodes):
+        dtype = flat.dtypes[node]
+        value = out[r]
+        if dtype == np.bool_:
+            value = value != 0
+        else:
+            value = jax.lax.bitcast_convert_type(value, dtype)
+        env[node] = jnp.reshape(value, flat.shapes[node])
 
 
 def _shards(where: Layout, partition: Any) -> int:
@@ -1315,6 +1576,8 @@ def _call(
                     aliases[len(operands)] = len(results)  # operand 0 is the scalars
                 results.append(jax.ShapeDtypeStruct(flat.shapes[result], flat.dtypes[result]))
                 targets.append(result)
+    width = len(group[0].reductions)  # reductions in the pass: one result per leaf, at the end
+    results += [jax.ShapeDtypeStruct((width,), jnp.uint32) for _ in group if width]
     # A program over quantised moments runs over blocks, whole blocks a task (derived.cc).
     units = np.asarray([x.units for x in group] if program.block else [], np.int64)
     chunk = np.int64(max(1, _CHUNK // program.block) if program.block else 0)
@@ -1331,14 +1594,19 @@ def _call(
             scalars=np.int64(count),
             units=units,
             chunk=chunk,
+            kinds=np.asarray(group[0].kinds, np.int64),
+            types=np.asarray(group[0].types, np.int64),
         )
 
     if where is None or where.mesh is None:
         outs = call(scalars, *operands)
     else:
+        assert not width, "a reduction in the pass of a shard would be the shard's alone"
         outs = _per_shard(where, group, call, results, scalars, operands, env)
-    for node, value in zip(targets, outs, strict=True):
+    for node, value in zip(targets, outs[: len(targets)], strict=True):
         env[node] = value
+    for x, out in zip(group if width else [], outs[len(targets) :], strict=True):
+        _reduced(flat, x.reductions, out, env)
 
 
 def _local(where: Layout, shape: tuple, partition: Any) -> tuple:
@@ -1429,13 +1697,20 @@ def _prepare(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[
     where = layout(flat_args)
     if isinstance(where, str):
         return where, flat_args, None
-    key = (tx.init, tx.update, apply, p_def, s_def, tuple(map(_signature, flat_args)))
+    in_pass = where.mesh is None  # on a mesh a norm is the whole mesh's: JAX reduces
+    key = (tx.init, tx.update, apply, p_def, s_def, tuple(map(_signature, flat_args)), in_pass)
     cached = _PLANS.get(key)
     if cached is not None:
         _PLANS.move_to_end(key)
         return cached, flat_args, where
+    fn = _flat_step(tx, apply, (p_def, s_def))
     try:
-        result: Any = plan(_flat_step(tx, apply, (p_def, s_def)), flat_args, (p_def, s_def))
+        try:
+            result: Any = plan(fn, flat_args, (p_def, s_def), in_pass)
+        except _Unsupported:
+            if not in_pass:
+                raise
+            result = plan(fn, flat_args, (p_def, s_def), False)  # each reduction in its pass
     except _Unsupported as error:
         result = str(error)
     except Exception as error:  # the update could not be traced abstractly: the jnp path runs it

@@ -38,6 +38,9 @@ from ._hyperparams import map_state as map_state
 from ._hyperparams import set_hyperparam as set_hyperparam
 from ._kahan import KahanState as KahanState
 from ._kahan import kahan_summation as kahan_summation
+from ._monitor import MonitorState as MonitorState
+from ._monitor import diagnostics as diagnostics
+from ._monitor import monitor as monitor
 from ._optax_compat import from_optax_state as from_optax_state
 from ._optax_compat import to_optax_state as to_optax_state
 from ._schedules import constant_schedule as constant_schedule
@@ -63,6 +66,7 @@ __all__ = [
     "LookaheadState",
     "MaskedNode",
     "MaskedState",
+    "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "PartitionState",
@@ -78,6 +82,7 @@ __all__ = [
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
+    "diagnostics",
     "ema_params",
     "exponential_decay",
     "freeze",
@@ -92,6 +97,7 @@ __all__ = [
     "lookahead",
     "map_state",
     "masked",
+    "monitor",
     "multi_steps",
     "partition",
     "piecewise_constant_schedule",

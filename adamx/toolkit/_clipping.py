@@ -23,6 +23,7 @@ from ..core._base import (
 )
 from ..core._dtypes import as_hyperparameter, compute_dtype, real_dtype
 from ..core._layers import BatchDims, batch_count, path_name
+from ..core._probe import record
 from ..core._structural import structural
 from ..core._trees import check_not_flat
 from ..core._validate import check_non_negative
@@ -56,14 +57,22 @@ def _refusing_flat(who: str, why: str) -> Any:
     return init_fn
 
 
+def _clipped(before: Any, after: Any) -> Any:
+    """``after``, recorded for `adamx.monitor` as a clip of ``before`` (its clip fraction)."""
+    record("clip", before=before, after=after)
+    return after
+
+
 def _leafwise(
-    one: Callable[[jax.Array], jax.Array], init: Any = _empty_init
+    one: Callable[[jax.Array], jax.Array], init: Any = _empty_init, *, clips: bool = True
 ) -> GradientTransformation:
-    """A transformation without state: ``one`` on every leaf of the updates."""
+    """A transformation without state: ``one`` on every leaf of the updates (a clip, recorded
+    for `adamx.monitor`, unless ``clips`` is false)."""
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return jax.tree.map(one, updates), state
+        result = jax.tree.map(one, updates)
+        return (_clipped(updates, result) if clips else result), state
 
     return GradientTransformation(init, update_fn)
 
@@ -198,7 +207,7 @@ def clip_by_global_norm(
             cdt = compute_dtype(u.dtype, norm.dtype)
             return (u.astype(cdt) * factor.astype(cdt)).astype(u.dtype)
 
-        return jax.tree.map(one, updates), state
+        return _clipped(updates, jax.tree.map(one, updates)), state
 
     return GradientTransformation(_empty_init, update_fn)
 
@@ -313,7 +322,7 @@ def adaptive_grad_clip(
             factor = jnp.where(g_norm < limit, jnp.ones_like(g_norm), limit / guard)
             return (g * factor.astype(cdt)).astype(u.dtype)
 
-        return jax.tree.map(one, updates, params), state
+        return _clipped(updates, jax.tree.map(one, updates, params)), state
 
     return GradientTransformation(
         _refusing_flat("adaptive_grad_clip", "its units are rows of each parameter"), update_fn
@@ -441,7 +450,9 @@ def centralize(*, keep_axis: int | None = None) -> GradientTransformation:
         return (x - jnp.mean(x, axis=axes, keepdims=True)).astype(u.dtype)
 
     return _leafwise(
-        one, _refusing_flat("centralize", "it subtracts means over each parameter's axes")
+        one,
+        _refusing_flat("centralize", "it subtracts means over each parameter's axes"),
+        clips=False,
     )
 
 
@@ -481,6 +492,6 @@ def clip_by_block_norm(
             factor = _shrink(as_hyperparameter(max_norm, norm.dtype), norm)
             return (x * factor.astype(cdt)).astype(u.dtype)
 
-        return jax.tree_util.tree_map_with_path(one, updates), state
+        return _clipped(updates, jax.tree_util.tree_map_with_path(one, updates)), state
 
     return GradientTransformation(init_fn, update_fn)

@@ -36,6 +36,7 @@ FLAGS = (
     "-fno-math-errno",  # sqrt vectorises only without errno
     "-ffp-contract=off",  # no fused multiply-add: the jnp path's rounding, bit for bit
     "-fopenmp",
+    "-fopenmp-simd",  # `omp simd reduction` in the generated programs (no OpenMP runtime)
     "-shared",
     "-fPIC",
     "-std=c++17",

@@ -16,6 +16,11 @@
 // over units of one block of one layer, not elements: `units` holds each leaf's count of them and
 // `chunk` how many make a task, so a task never splits a block. (Empty `units`: the programs over
 // elements, whose count is their buffers' and whose task is kChunk of them.)
+//
+// A program may also accumulate reductions of its leaf in the same pass (`kinds` and `types`, as
+// for a reduction pass below; empty: none): each task's partial results go to `acc`, and the
+// tasks of a leaf are combined in their order into one more result per leaf, after every leaf's
+// written buffers, so the values do not depend on the threads.
 
 #include <mutex>
 #include <string>
@@ -45,80 +50,6 @@ Leaf find(std::string_view key) {
 struct Task {
   size_t leaf, begin, end;
 };
-
-ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
-                           ffi::RemainingRets rets, std::string_view program,
-                           ffi::Span<const int64_t> slots, int64_t scalar_count,
-                           ffi::Span<const int64_t> units, int64_t chunk) {
-  const Leaf leaf_step = find(program);
-  if (leaf_step == nullptr)
-    return ffi::Error::InvalidArgument("adamx derived step: the program is not registered");
-  const size_t width = slots.size();
-  size_t operands = 0, results = 0;
-  for (int64_t flags : slots) {
-    operands += (flags & kOperand) ? 1 : 0;
-    results += (flags & kWritten) ? 1 : 0;
-  }
-  if (results == 0) return ffi::Error::InvalidArgument("adamx derived step: nothing to write");
-  const size_t leaves = rets.size() / results;
-  const size_t per_leaf = static_cast<size_t>(scalar_count);
-  if (args.size() != leaves * operands || rets.size() != leaves * results ||
-      scalars.element_count() != leaves * per_leaf)
-    return ffi::Error::InvalidArgument("adamx derived step: wrong number of buffers");
-  if (!(units.size() == 0) && (units.size() != leaves || chunk < 1))
-    return ffi::Error::InvalidArgument("adamx derived step: wrong number of block counts");
-  const size_t task = (units.size() == 0) ? kChunk : static_cast<size_t>(chunk);
-  std::vector<void*> buffers(leaves * width);
-  std::vector<Task> tasks;
-  for (size_t leaf = 0; leaf < leaves; ++leaf) {
-    size_t count = 0, arg = leaf * operands, ret = leaf * results;
-    bool seen = false;
-    for (size_t k = 0; k < width; ++k) {
-      void* data = nullptr;
-      size_t n = 0;
-      if (slots[k] & kOperand) {
-        auto in = args.get<ffi::AnyBuffer>(arg++);
-        if (!in.has_value())
-          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
-        data = in->untyped_data();
-        n = in->element_count();
-        if (slots[k] & kWritten) {  // in place: the donated buffer, or a copy of the operand
-          auto out = rets.get<ffi::AnyBuffer>(ret++);
-          if (!out.has_value())
-            return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
-          void* into = (*out)->untyped_data();
-          if (into != data) std::memcpy(into, data, in->size_bytes());
-          data = into;
-        }
-      } else {
-        auto out = rets.get<ffi::AnyBuffer>(ret++);
-        if (!out.has_value())
-          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
-        data = (*out)->untyped_data();
-        n = (*out)->element_count();
-      }
-      buffers[leaf * width + k] = data;
-      if (slots[k] & kBlock) continue;  // codes or scales: a layout of their own
-      if (seen && n != count)
-        return ffi::Error::InvalidArgument("adamx derived step: a leaf's buffers differ in size");
-      count = n;
-      seen = true;
-    }
-    if (!(units.size() == 0)) count = static_cast<size_t>(units[leaf]);
-    for (size_t begin = 0; begin < count; begin += task)
-      tasks.push_back({leaf, begin, std::min(begin + task, count)});
-  }
-  const uint32_t* s = scalars.typed_data();
-  const long total = static_cast<long>(tasks.size());
-  // Threads only past a few chunks; dynamic, so a slow core takes fewer.
-#pragma omp parallel for schedule(dynamic) if (total > 4)
-  for (long t = 0; t < total; ++t) {
-    const Task& task = tasks[t];
-    leaf_step(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end,
-              nullptr);
-  }
-  return ffi::Error::Success();
-}
 
 // A reduction pass: the program accumulates each of its leaf's reductions over a chunk into a
 // double (`acc`, one per reduction); the chunks of a leaf are then combined in their order, so
@@ -159,6 +90,103 @@ uint32_t bits(int64_t type, double value) {
     out = value != 0.0 ? 1u : 0u;
   }
   return out;
+}
+
+ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
+                           ffi::RemainingRets rets, std::string_view program,
+                           ffi::Span<const int64_t> slots, int64_t scalar_count,
+                           ffi::Span<const int64_t> units, int64_t chunk,
+                           ffi::Span<const int64_t> kinds, ffi::Span<const int64_t> types) {
+  const Leaf leaf_step = find(program);
+  if (leaf_step == nullptr)
+    return ffi::Error::InvalidArgument("adamx derived step: the program is not registered");
+  const size_t width = slots.size();
+  size_t operands = 0, results = 0;
+  for (int64_t flags : slots) {
+    operands += (flags & kOperand) ? 1 : 0;
+    results += (flags & kWritten) ? 1 : 0;
+  }
+  if (results == 0) return ffi::Error::InvalidArgument("adamx derived step: nothing to write");
+  // Reductions accumulated in the pass itself (`kinds`, `types`: as for a reduction pass): their
+  // values, per leaf, in one more result after every leaf's written buffers.
+  const size_t count = kinds.size(), extra = count > 0 ? 1 : 0;
+  if (types.size() != count)
+    return ffi::Error::InvalidArgument("adamx derived step: wrong number of reduction types");
+  const size_t leaves = rets.size() / (results + extra);
+  const size_t per_leaf = static_cast<size_t>(scalar_count);
+  if (args.size() != leaves * operands || rets.size() != leaves * (results + extra) ||
+      scalars.element_count() != leaves * per_leaf)
+    return ffi::Error::InvalidArgument("adamx derived step: wrong number of buffers");
+  if (!(units.size() == 0) && (units.size() != leaves || chunk < 1))
+    return ffi::Error::InvalidArgument("adamx derived step: wrong number of block counts");
+  const size_t task = (units.size() == 0) ? kChunk : static_cast<size_t>(chunk);
+  std::vector<void*> buffers(leaves * width);
+  std::vector<Task> tasks;
+  std::vector<size_t> first(leaves + 1, 0);  // each leaf's first task
+  for (size_t leaf = 0; leaf < leaves; ++leaf) {
+    first[leaf] = tasks.size();
+    size_t size = 0, arg = leaf * operands, ret = leaf * results;
+    bool seen = false;
+    for (size_t k = 0; k < width; ++k) {
+      void* data = nullptr;
+      size_t n = 0;
+      if (slots[k] & kOperand) {
+        auto in = args.get<ffi::AnyBuffer>(arg++);
+        if (!in.has_value())
+          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+        data = in->untyped_data();
+        n = in->element_count();
+        if (slots[k] & kWritten) {  // in place: the donated buffer, or a copy of the operand
+          auto out = rets.get<ffi::AnyBuffer>(ret++);
+          if (!out.has_value())
+            return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+          void* into = (*out)->untyped_data();
+          if (into != data) std::memcpy(into, data, in->size_bytes());
+          data = into;
+        }
+      } else {
+        auto out = rets.get<ffi::AnyBuffer>(ret++);
+        if (!out.has_value())
+          return ffi::Error::InvalidArgument("adamx derived step: a buffer could not be decoded");
+        data = (*out)->untyped_data();
+        n = (*out)->element_count();
+      }
+      buffers[leaf * width + k] = data;
+      if (slots[k] & kBlock) continue;  // codes or scales: a layout of their own
+      if (seen && n != size)
+        return ffi::Error::InvalidArgument("adamx derived step: a leaf's buffers differ in size");
+      size = n;
+      seen = true;
+    }
+    if (!(units.size() == 0)) size = static_cast<size_t>(units[leaf]);
+    for (size_t begin = 0; begin < size; begin += task)
+      tasks.push_back({leaf, begin, std::min(begin + task, size)});
+  }
+  first[leaves] = tasks.size();
+  std::vector<double> acc(tasks.size() * count);
+  const uint32_t* s = scalars.typed_data();
+  const long total = static_cast<long>(tasks.size());
+  // Threads only past a few chunks; dynamic, so a slow core takes fewer.
+#pragma omp parallel for schedule(dynamic) if (total > 4)
+  for (long t = 0; t < total; ++t) {
+    const Task& task = tasks[t];
+    leaf_step(s + task.leaf * per_leaf, buffers.data() + task.leaf * width, task.begin, task.end,
+              count > 0 ? acc.data() + t * count : nullptr);
+  }
+  // The chunks' partial results combined in their order: the same whatever the threads.
+  for (size_t leaf = 0; leaf < leaves && count > 0; ++leaf) {
+    auto out = rets.get<ffi::Buffer<ffi::U32>>(leaves * results + leaf);
+    if (!out.has_value() || (*out)->element_count() != count)
+      return ffi::Error::InvalidArgument("adamx derived step: a reduction could not be decoded");
+    uint32_t* into = (*out)->typed_data();
+    for (size_t r = 0; r < count; ++r) {
+      double value = identity(kinds[r]);
+      for (size_t t = first[leaf]; t < first[leaf + 1]; ++t)
+        value = combine(kinds[r], value, acc[t * count + r]);
+      into[r] = bits(types[r], value);
+    }
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error DerivedReduceImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
@@ -232,7 +260,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedStep, DerivedStepImpl,
                                   .Attr<ffi::Span<const int64_t>>("slots")
                                   .Attr<int64_t>("scalars")
                                   .Attr<ffi::Span<const int64_t>>("units")
-                                  .Attr<int64_t>("chunk"));
+                                  .Attr<int64_t>("chunk")
+                                  .Attr<ffi::Span<const int64_t>>("kinds")
+                                  .Attr<ffi::Span<const int64_t>>("types"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxDerivedReduce, DerivedReduceImpl,
                               ffi::Ffi::Bind()
