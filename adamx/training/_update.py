@@ -18,7 +18,8 @@ from ..core._trees import (
     structure_mismatch,
     wrong_shape,
 )
-from ..kernels import _derived
+from ..core._chain import _jit_traced
+from ..kernels import _bounded, _derived
 
 __all__ = ["apply_updates", "step"]
 
@@ -108,6 +109,12 @@ def step(
                 f"`step(..., fused=True)` cannot fuse this step: {reason()}. "
                 "Pass `fused=None` (the default) to fall back to the jnp path."
             )
+        if _bounded.has_low_bit(state) and _jit_traced(grads):
+            # Low-bit moments where the kernel does not run (GPU, TPU, no compiler): the same
+            # plan run by XLA, a chunk of each leaf at a time (adamx/kernels/_bounded.py).
+            result = _bounded.step(tx, apply_updates, grads, state, params)
+            if result is not None:
+                return result
     elif fused is True:
         raise ValueError(
             "`step(..., fused=True)` cannot pass extra keyword arguments to the kernel; "
