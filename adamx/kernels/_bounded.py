@@ -43,6 +43,13 @@ __all__: list[str] = []  # internal
 CHUNK = 1 << 16  # elements a loop iteration updates (whole blocks of 256 and of 128)
 
 
+# 16-bit floats. XLA:CPU widens a `dynamic_update_slice` of one to float32 (the whole buffer
+# converted, updated and converted back, per chunk: measured 100x slower than the step), and
+# viewing the buffer as uint16 copies it (2 bytes per element, measured). So on CPU a leaf that
+# writes a 16-bit float buffer (stochastic-bfloat16 moments, bfloat16 params) runs in one piece,
+# as the jnp path runs it: XLA fuses such a step with one float32 temporary, the updates (4 bytes
+# per parameter, measured), and `adamx.step` takes the kernel there. Other backends update
+# 16-bit buffers in place.
 _NARROW = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
@@ -154,7 +161,11 @@ def _chunks(flat: Any, x: Any, chunk: int) -> tuple[int, list, int] | None:
 def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
     """One leaf's elementwise equations, chunk by chunk; results into ``env``."""
     cut = _chunks(flat, x, chunk)
-    if cut is None:  # small: as the jnp path runs it
+    if cut is not None and jax.default_backend() == "cpu":
+        written = [flat.dtypes[r] for o, r in x.slots if r is not None]
+        if any(dtype in _NARROW for dtype in written):
+            cut = None  # see `_NARROW`
+    if cut is None:  # small, or see above: as the jnp path runs it
         for eqn in x.ops:
             outs = _derived._bind(eqn, [read(r) for r in eqn.ins])
             for node, value in zip(eqn.outs, outs, strict=True):
@@ -185,32 +196,34 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
         if isinstance(r, int) and r not in made and flat.is_leafwise(r) and r not in carry_of
     }
 
-    def piece(bufs: list, start: Any, g0: Any, count: int, nblocks: int) -> list:
-        def load(node: int) -> Any:
-            buf = bufs[carry_of[node]] if node in carry_of else fixed[node]
-            if node in flat.blocked:
-                sizes = (nblocks, *buf.shape[1:])
-                return jax.lax.dynamic_slice(buf, (g0,) + (0,) * (buf.ndim - 1), sizes)
-            return jax.lax.dynamic_slice(buf, (start,), (count,))
-
-        # The chunk's inputs, read before anything is written and kept apart from the buffers
-        # (`optimization_barrier`): else a fusion that reads a buffer's old chunk may be ordered
-        # after the one that writes it, and XLA copies the whole buffer to keep it.
-        reads = sorted({
+    reads = sorted(
+        {
             r
             for eqn in x.ops
             for r in eqn.ins
             if isinstance(r, int) and r not in made and flat.is_leafwise(r)
-        } | {r for _, r in carried if r not in made})
-        local: dict[int, Any] = dict(
-            zip(reads, jax.lax.optimization_barrier([load(r) for r in reads]), strict=True)
-        )
+        }
+        | {r for _, r in carried if r not in made}
+    )
+    own = [r for r in reads if r in carry_of]  # read from a buffer the leaf writes
+
+    def load(bufs: list, node: int, start: Any, g0: Any, count: int, nblocks: int) -> Any:
+        buf = bufs[carry_of[node]] if node in carry_of else fixed[node]
+        if node in flat.blocked:
+            sizes = (nblocks, *buf.shape[1:])
+            return jax.lax.dynamic_slice(buf, (g0,) + (0,) * (buf.ndim - 1), sizes)
+        return jax.lax.dynamic_slice(buf, (start,), (count,))
+
+    def piece(bufs: list, start: Any, g0: Any, count: int, nblocks: int, ahead: list) -> list:
+        """The chunk from ``start`` (block ``g0``) written into ``bufs``; ``ahead``: its slices of
+        the buffers it writes, read before (see `_leaf`'s loop)."""
+        local: dict[int, Any] = dict(zip(own, ahead, strict=True))
 
         def get(ref: Any) -> Any:
             if isinstance(ref, int) and ref in local:
                 return local[ref]
             if isinstance(ref, int) and ref not in made and flat.is_leafwise(ref):
-                local[ref] = load(ref)
+                local[ref] = load(bufs, ref, start, g0, count, nblocks)
                 return local[ref]
             value = read(ref)
             if np.ndim(value) > 0 and math.prod(np.shape(value)) == 1:
@@ -222,8 +235,9 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
             for node, value in zip(eqn.outs, outs, strict=True):
                 local[node] = value
         new = list(bufs)
-        # The results too: else XLA moves a conversion to bfloat16 through the update of the
-        # buffer (the whole buffer converted to float32 and back per chunk, measured).
+        # The results are kept (`optimization_barrier`): else XLA moves a conversion to
+        # bfloat16 through the update of the buffer (the whole buffer converted to float32 and
+        # back per chunk, measured).
         values = jax.lax.optimization_barrier([get(r) for _, r in carried])
         for k, ((_, result), value) in enumerate(zip(carried, values, strict=True)):
             if result in flat.blocked:
@@ -235,16 +249,29 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
         return new
 
     for iterations, count, nblocks, first in pieces:
+        g_first = first // block if block else 0
         if iterations == 1:
-            buffers = piece(buffers, first, first // block if block else 0, count, nblocks)
+            ahead = [load(buffers, r, first, g_first, count, nblocks) for r in own]
+            buffers = piece(buffers, first, g_first, count, nblocks, ahead)
             continue
 
-        def body(i, bufs, count=count, nblocks=nblocks, first=first):
-            start = first + i * count
-            g0 = first // block + i * nblocks if block else 0
-            return tuple(piece(list(bufs), start, g0, count, nblocks))
+        # The chunk a buffer gives to iteration i is sliced at the end of iteration i - 1 and
+        # carried: read inside iteration i, XLA fuses the slice into every fusion that reads it,
+        # some after the one that writes the buffer, and copies the whole buffer each iteration
+        # to keep the old chunk (measured: 4-bit moments, 5x slower).
+        def at(i, count=count, nblocks=nblocks, first=first, g_first=g_first):
+            return first + i * count, (g_first + i * nblocks if block else 0)
 
-        buffers = list(jax.lax.fori_loop(0, iterations, body, tuple(buffers)))
+        def body(i, carry, count=count, nblocks=nblocks, at=at, iterations=iterations):
+            bufs, ahead = carry
+            start, g0 = at(i)
+            new = piece(list(bufs), start, g0, count, nblocks, list(ahead))
+            start, g0 = at(jnp.minimum(i + 1, iterations - 1))
+            return tuple(new), tuple(load(new, r, start, g0, count, nblocks) for r in own)
+
+        start0, g00 = at(0)
+        ahead0 = tuple(load(buffers, r, start0, g00, count, nblocks) for r in own)
+        buffers = list(jax.lax.fori_loop(0, iterations, body, (tuple(buffers), ahead0))[0])
     for (_, result), buf in zip(carried, buffers, strict=True):
         env[result] = buf.reshape(flat.shapes[result])
 
@@ -256,11 +283,16 @@ def _evaluate(
     name = eqn.primitive.name
     if eqn.codec is not None:
         kind, config = eqn.codec
+        # The decoded moment and the value to encode are kept (`optimization_barrier`, a chunk
+        # each): else XLA recomputes the whole update from the codes in every fusion that reads
+        # it (the block maxima, the codes, the params), measured 3x slower with 4-bit moments.
         if kind == "decode":
             codes, scales = args[-2:]
-            return [config._decode(codes[None], scales[None], (count,))]
+            decoded = config._decode(codes[None], scales[None], (count,))
+            return [jax.lax.optimization_barrier(decoded)]
         width = block // 2 if config.bits == 4 else block
-        codes, scales = config._encode(args[-1], (count,), (1, nblocks, width), (1, nblocks))
+        value = jax.lax.optimization_barrier(args[-1])
+        codes, scales = config._encode(value, (count,), (1, nblocks, width), (1, nblocks))
         return [codes[0], scales[0]]
     out = eqn.outs[0]
     if name == "iota":
