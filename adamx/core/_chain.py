@@ -38,7 +38,7 @@ def unbounded() -> Iterator[None]:
         _OFF.reset(token)
 
 
-def _jit_traced(tree: Any) -> bool:
+def jit_traced(tree: Any) -> bool:
     """Whether ``tree``'s leaves are being traced into a jaxpr (``jit``, ``make_jaxpr``), not
     concrete (the eager path stays op by op) nor batched or differentiated."""
     return any(type(x).__name__ == "DynamicJaxprTracer" for x in jax.tree.leaves(tree))
@@ -176,7 +176,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         # An outermost chain under `jit`: its step a chunk of each leaf at a time where the state
         # holds low-bit moments (else, or where the step does not plan, as written).
         if gradient is None and not extra_args and params is not None and _BOUNDED:
-            if not _OFF.get() and _jit_traced(updates):
+            if not _OFF.get() and jit_traced(updates):
                 with unbounded():
                     result = _BOUNDED[0](plain, updates, state, params)
                 if result is not None:

@@ -123,7 +123,9 @@ def run(p: Any, flat_args: list, chunk: int | None = None) -> list:
         if id(eqn) in seen:
             continue
         seen.add(id(eqn))
-        for node, value in zip(eqn.outs, _derived._bind(eqn, [read(r) for r in eqn.ins]), strict=True):
+        for node, value in zip(
+            eqn.outs, _derived._bind(eqn, [read(r) for r in eqn.ins]), strict=True
+        ):
             env[node] = value
     for instances in p.leaves.values():
         for x in instances:
