@@ -38,16 +38,7 @@ def _like(leaves: int = 1) -> dict:
     return {f"w{i:02d}": jax.ShapeDtypeStruct((N // leaves,), jnp.float32) for i in range(leaves)}
 
 
-_NOT_A_CHAIN = "its `update` is not a `chain`'s, which is where the bounded path is taken"
-REGISTRY = [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_NOT_A_CHAIN))
-    if n == "schedule_free_adamw"
-    else n
-    for n in QUANTISED
-]
-
-
-@pytest.mark.parametrize("name", REGISTRY)
+@pytest.mark.parametrize("name", QUANTISED)
 def test_update_with_8bit_moments_keeps_its_temporaries_to_a_chunk(name):
     """``update`` + ``apply_updates`` of every optimizer of the registry with 8-bit moments: at
     most one float32 buffer (the updates) beyond 0.25 bytes per param + 8 MiB (the jnp path had

@@ -91,8 +91,11 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     if isinstance(result, str):
         return None
     p_def, s_def = result.treedefs
-    outputs = run(result, flat_args)
     n = p_def.num_leaves
+    # The updates of `update` are written over the gradients, not over a copy of the params:
+    # inside a train step the gradients die here, so XLA updates them in place.
+    over = dict(zip(result.inputs[:n], result.inputs[n : 2 * n], strict=True))
+    outputs = run(result, flat_args, over=over if apply is _updates else None)
     return p_def.unflatten(outputs[:n]), s_def.unflatten(outputs[n:])
 
 
@@ -106,9 +109,11 @@ def update(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | No
 # ---- running a plan a chunk at a time ------------------------------------------------------------
 
 
-def run(p: Any, flat_args: list, chunk: int | None = None) -> list:
+def run(p: Any, flat_args: list, chunk: int | None = None, over: dict | None = None) -> list:
     """The outputs of the planned function: its scalar part and reductions as JAX runs them, each
-    leaf's elementwise part in a loop over chunks of ``chunk`` elements (`CHUNK`; `_leaf`)."""
+    leaf's elementwise part in a loop over chunks of ``chunk`` elements (`CHUNK`; `_leaf`).
+    ``over``: an input node -> the input whose buffer its result is written over instead (of the
+    same shape and dtype)."""
     chunk = CHUNK if chunk is None else chunk
     env: dict[int, Any] = dict(zip(p.inputs, flat_args, strict=True))
     env.update(p.flat.consts)
@@ -129,7 +134,7 @@ def run(p: Any, flat_args: list, chunk: int | None = None) -> list:
             env[node] = value
     for instances in p.leaves.values():
         for x in instances:
-            _leaf(p.flat, x, env, read, chunk)
+            _leaf(p.flat, x, env, read, chunk, over or {})
     return [jnp.asarray(read(ref)) for ref in p.outputs]
 
 
@@ -160,7 +165,7 @@ def _chunks(flat: Any, x: Any, chunk: int) -> tuple[int, list, int] | None:
     return B, pieces, 0
 
 
-def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
+def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> None:
     """One leaf's elementwise equations, chunk by chunk; results into ``env``."""
     cut = _chunks(flat, x, chunk)
     if cut is not None and jax.default_backend() == "cpu":
@@ -176,6 +181,15 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int) -> None:
     block, pieces, _ = cut
     made = {o for eqn in x.ops for o in eqn.outs}
     carried: list[tuple[int | None, int]] = [(o, r) for o, r in x.slots if r is not None]
+    for k, (operand, result) in enumerate(carried):
+        other = over.get(operand)
+        if (
+            other is not None
+            and other not in {o for o, _ in carried}
+            and flat.shapes[other] == flat.shapes[result]
+            and flat.dtypes[other] == flat.dtypes[result]
+        ):
+            carried[k] = (other, result)  # read from this buffer until a chunk is written
     carry_of = {o: k for k, (o, _) in enumerate(carried) if o is not None}
 
     def flat_buffer(node: int, value: Any) -> Any:
