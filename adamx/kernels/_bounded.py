@@ -53,6 +53,16 @@ CHUNK = 1 << 16  # elements a loop iteration updates (whole blocks of 256 and of
 _NARROW = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
+# The primitives a chunk computes as its leaf would (`_evaluate`); the derived kernel's
+# (`_derived._expression`).
+_ELEMENTWISE = {
+    *_derived._BINARY, *_derived._COMPARE, *_derived._BITWISE, *_derived._IDENTITY,
+    "max", "min", "not", "shift_left", "shift_right_logical", "neg", "abs", "sign", "sqrt",
+    "square", "integer_pow", "is_finite", "select_n", "convert_element_type",
+    "bitcast_convert_type", "iota", "div",
+}  # fmt: skip
+
+
 def _updates(params: Any, updates: Any) -> Any:
     """The "apply" of a planned ``update``: the updates themselves (one float32 buffer a leaf)."""
     del params
@@ -76,6 +86,14 @@ def _plan(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any
         return "the step updates no array", flat_args
     if where.mesh is not None:
         return "the leaves are sharded over a mesh", flat_args
+    for instances in result.leaves.values():
+        for x in instances:
+            if getattr(x, "reductions", None):  # reduced in the kernel's own pass
+                return "a leaf's program reduces it in the same pass", flat_args
+            for eqn in x.ops:  # a chunk holds part of a leaf: only elementwise equations
+                name = eqn.primitive.name
+                if eqn.codec is None and (_derived._is_reduction(name) or name not in _ELEMENTWISE):
+                    return f"`{name}` in a leaf's program is not elementwise", flat_args
     return result, flat_args
 
 
