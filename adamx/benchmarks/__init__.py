@@ -25,6 +25,7 @@ from different runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -36,13 +37,15 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import adamx
-from adamx.kernels import _native
+from adamx.core._chain import unbounded
+from adamx.kernels import _derived, _native
 
 # The peers are optional: the `bench` extra installs them (`pip install -e ".[bench]"`).
 NOT_INSTALLED = 'not installed; `pip install -e ".[bench]"` (optax and torch) to compare against it'
@@ -568,16 +571,24 @@ def step_memory(params: int = 1 << 24, leaves: int = 1) -> dict[str, Any]:
         tx = make()
         state = jax.eval_shape(tx.init, like)
 
-        def plain(p, s, g, tx=tx):
-            updates, s = tx.update(g, s, p)
-            return adamx.apply_updates(p, updates), s
-
-        def fused(p, s, g, tx=tx):
-            return adamx.step(tx, g, s, p)
-
         temps = {}
-        for label, fn in (("update_apply", plain), ("step", fused)):
-            compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(like, state, like).compile()
+        # Each compiled from a function of its own: the path is chosen when `jit` traces, and a
+        # traced function is cached by identity.
+        for label in ("update_apply", "written", "step", "step_without_kernel"):
+            context: Any = contextlib.nullcontext()
+            if label == "written":  # the chain op by op (the reference), not its bounded form
+                context = unbounded()
+            elif label == "step_without_kernel":  # as on GPU and TPU
+                context = mock.patch.object(_derived, "_unavailable", lambda: "off")
+
+            def fn(p, s, g, tx=tx, label=label):
+                if label.startswith("step"):
+                    return adamx.step(tx, g, s, p)
+                updates, s = tx.update(g, s, p)
+                return adamx.apply_updates(p, updates), s
+
+            with context:
+                compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(like, state, like).compile()
             memory = compiled.memory_analysis()
             temps[label] = int(getattr(memory, "temp_size_in_bytes", 0)) if memory else 0
         state_bytes = _tree_bytes(state)
@@ -586,8 +597,11 @@ def step_memory(params: int = 1 << 24, leaves: int = 1) -> dict[str, Any]:
             {
                 "name": name,
                 "state_bytes_per_param": state_bytes / total,
+                "temp_bytes_per_param_written": temps["written"] / total,
                 "temp_bytes_per_param_update_apply": temps["update_apply"] / total,
                 "temp_bytes_per_param_step": temps["step"] / total,
+                "temp_bytes_per_param_step_without_kernel": temps["step_without_kernel"] / total,
+                "peak_bytes_per_param_update_apply": (state_bytes + temps["update_apply"]) / total,
                 "peak_bytes_per_param_step": (state_bytes + temps["step"]) / total,
                 "step_path": path,
             }
@@ -601,16 +615,18 @@ def _format_memory(record: dict[str, Any]) -> str:
         "leaves (bytes per param; temporaries from memory_analysis, params and state donated)"
     ]
     header = (
-        f"{'optimizer, storage':<30}{'state':>7}{'temp update+apply':>19}{'temp step':>11}"
-        f"{'step peak':>11}{'path':>7}"
+        f"{'optimizer, storage':<30}{'state':>7}{'temp op by op':>15}{'temp update+apply':>19}"
+        f"{'peak':>7}{'temp step':>11}{'peak':>7}{'no kernel':>11}{'path':>7}"
     )
     lines += [header, "-" * len(header)]
     for row in record["results"]:
         lines.append(
             f"{row['name']:<30}{row['state_bytes_per_param']:>7.2f}"
+            f"{row['temp_bytes_per_param_written']:>15.2f}"
             f"{row['temp_bytes_per_param_update_apply']:>19.2f}"
-            f"{row['temp_bytes_per_param_step']:>11.2f}{row['peak_bytes_per_param_step']:>11.2f}"
-            f"{row['step_path']:>7}"
+            f"{row['peak_bytes_per_param_update_apply']:>7.2f}"
+            f"{row['temp_bytes_per_param_step']:>11.2f}{row['peak_bytes_per_param_step']:>7.2f}"
+            f"{row['temp_bytes_per_param_step_without_kernel']:>11.2f}{row['step_path']:>7}"
         )
     return "\n".join(lines)
 

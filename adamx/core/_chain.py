@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, overload
 
 import jax
@@ -13,6 +15,33 @@ from ._dtypes import cast, upcast
 from ._trees import check_like
 
 __all__ = ["chain"]
+
+# The bounded step (adamx/kernels/_bounded.py), which the floor above registers: an outermost
+# chain's `update`, traced with low-bit moments in its state, runs through it (docs/design.md,
+# section 8). Off while a plan traces the chain itself.
+_BOUNDED: list[Callable[..., Any]] = []
+_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("adamx_unbounded", default=False)
+
+
+def set_bounded_update(fn: Callable[..., Any]) -> None:
+    """Register ``fn(plain_chain, updates, state, params) -> (updates, state) or None``."""
+    _BOUNDED[:] = [fn]
+
+
+@contextlib.contextmanager
+def unbounded() -> Iterator[None]:
+    """Chains' ``update`` as written, op by op, inside this context (the reference)."""
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
+
+
+def jit_traced(tree: Any) -> bool:
+    """Whether ``tree``'s leaves are being traced into a jaxpr (``jit``, ``make_jaxpr``), not
+    concrete (the eager path stays op by op) nor batched or differentiated."""
+    return any(type(x).__name__ == "DynamicJaxprTracer" for x in jax.tree.leaves(tree))
 
 
 def _keyword_filter(update: Callable[..., Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -141,4 +170,17 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return updates, tuple(new_state)
 
     kind = MomentTransformation if members and all(is_moment) else GradientTransformation
-    return kind(init_fn, update_fn)
+    plain = kind(init_fn, update_fn)
+
+    def bounded_fn(updates, state, params=None, *, gradient=None, **extra_args):
+        # An outermost chain under `jit`: its step a chunk of each leaf at a time where the state
+        # holds low-bit moments (else, or where the step does not plan, as written).
+        if gradient is None and not extra_args and params is not None and _BOUNDED:
+            if not _OFF.get() and jit_traced(updates):
+                with unbounded():
+                    result = _BOUNDED[0](plain, updates, state, params)
+                if result is not None:
+                    return result
+        return update_fn(updates, state, params, gradient=gradient, **extra_args)
+
+    return kind(init_fn, bounded_fn)

@@ -48,6 +48,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from ..core._chain import unbounded
 from ..storage._quantize import code_constants
 from . import _native
 from ._mesh import Layout, layout, reshard, spec
@@ -1672,7 +1673,8 @@ def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:
         params = p_def.unflatten(leaves[:n])
         grads = p_def.unflatten(leaves[n : 2 * n])
         state = s_def.unflatten(leaves[2 * n :])
-        updates, new_state = tx.update(grads, state, params)
+        with unbounded():  # the chain as written (not its bounded form)
+            updates, new_state = tx.update(grads, state, params)
         new_leaves, new_def = jax.tree.flatten(new_state)
         if new_def != s_def:
             raise _Unsupported("the new state has another structure than the state")

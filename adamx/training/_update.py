@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core._base import GradientTransformation, OptState, Params, Updates
+from ..core._chain import jit_traced
 from ..core._dtypes import cast, is_inexact, wider
 from ..core._trees import (
     _is_structure_error,
@@ -18,7 +19,7 @@ from ..core._trees import (
     structure_mismatch,
     wrong_shape,
 )
-from ..kernels import _derived
+from ..kernels import _bounded, _derived
 
 __all__ = ["apply_updates", "step"]
 
@@ -108,6 +109,12 @@ def step(
                 f"`step(..., fused=True)` cannot fuse this step: {reason()}. "
                 "Pass `fused=None` (the default) to fall back to the jnp path."
             )
+        if _bounded.has_low_bit(state) and jit_traced(grads):
+            # Low-bit moments where the kernel does not run (GPU, TPU, no compiler): the same
+            # plan run by XLA, a chunk of each leaf at a time (adamx/kernels/_bounded.py).
+            result = _bounded.step(tx, apply_updates, grads, state, params)
+            if result is not None:
+                return result
     elif fused is True:
         raise ValueError(
             "`step(..., fused=True)` cannot pass extra keyword arguments to the kernel; "
