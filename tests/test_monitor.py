@@ -313,3 +313,20 @@ def test_kernel_statistics_over_many_blocks_and_chunks():
         np.testing.assert_allclose(
             float(fused[key]), float(reference[key]), rtol=KERNEL_RTOL, err_msg=key
         )
+
+
+def test_a_monitored_low_bit_optimizer_has_its_second_moment_statistics_under_jit():
+    """16-bit moments (stochastic rounding; 8-bit ones would stay float32 in leaves this small)
+    under `jit` take the bounded path (adamx/kernels/_bounded.py), which replays
+    the chain's plan a chunk at a time and so would skip the blocks' probe: under a monitor the
+    chain runs as written instead, and the second-moment statistics are there on both paths.
+    Reference: the eager step's statistics; tolerance `KERNEL_RTOL` (XLA's fused sums)."""
+    opt = adamx.monitor(adamx.adamw(LR, eps=EPS, weight_decay=WD, **adamx.low_bit_moments(16)))
+    state = opt.init(PARAMS)
+    assert "eps_fraction" in state.statistics
+    _, eager = opt.update(GRADS, state, PARAMS)
+    _, jitted = jax.jit(opt.update)(GRADS, state, PARAMS)
+    want, got = adamx.diagnostics(eager), adamx.diagnostics(jitted)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=KERNEL_RTOL, err_msg=key)

@@ -12,6 +12,7 @@ import jax
 
 from ._base import GradientTransformation, MomentTransformation
 from ._dtypes import cast, upcast
+from ._probe import probing
 from ._trees import check_like
 
 __all__ = ["chain"]
@@ -174,9 +175,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
     def bounded_fn(updates, state, params=None, *, gradient=None, **extra_args):
         # An outermost chain under `jit`: its step a chunk of each leaf at a time where the state
-        # holds low-bit moments (else, or where the step does not plan, as written).
+        # holds low-bit moments (else, or where the step does not plan, as written). Not under a
+        # `monitor`: its blocks hand their values to the monitor's probe as they run, which a
+        # replayed plan would not.
         if gradient is None and not extra_args and params is not None and _BOUNDED:
-            if not _OFF.get() and jit_traced(updates):
+            if not _OFF.get() and not probing() and jit_traced(updates):
                 with unbounded():
                     result = _BOUNDED[0](plain, updates, state, params)
                 if result is not None:

@@ -41,6 +41,11 @@ def probe() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         _OPEN.reset(token)
 
 
+def probing() -> bool:
+    """Whether a probe is open (a `monitor` is watching the step being traced)."""
+    return _OPEN.get() is not None
+
+
 def _live(x: Any, trace: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) or getattr(x, "_trace", None) is trace
 
