@@ -86,6 +86,11 @@ def _plan(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any
         return "the step updates no array", flat_args
     if where.mesh is not None:
         return "the leaves are sharded over a mesh", flat_args
+    if jax.device_count() > 1:
+        # Under `jit` a leaf's sharding is not in its trace (an `Auto` mesh), and a chunk sliced
+        # from a sharded leaf would gather it: with several devices the step stays as written,
+        # which XLA partitions (and the numbers equal on every mesh, tests/test_sharding.py).
+        return "more than one device: the leaves may be sharded", flat_args
     for instances in result.leaves.values():
         for x in instances:
             if getattr(x, "reductions", None):  # reduced in the kernel's own pass

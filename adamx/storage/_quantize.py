@@ -100,7 +100,7 @@ def _pick(table: np.ndarray, y: jax.Array, bounds: np.ndarray) -> jax.Array:
 def _decode_table(table: np.ndarray, codes: jax.Array) -> jax.Array:
     """``table[codes]`` (float32); a table of 16 as selects, which XLA:CPU vectorises where it
     does not a gather (the same values)."""
-    if len(table) > 16 or _explicit_sharding(codes) is not None:
+    if len(table) > 16 or not _one_device(codes):
         return _lookup(table, codes.astype(jnp.int32))
     values = np.asarray(table, np.float32)
     out = jnp.full(codes.shape, values[0], jnp.float32)
@@ -221,7 +221,7 @@ def _absmax(x: jax.Array, axis: int) -> jax.Array:
     patterns is the order of the values), as the fused kernel takes it. A float max reduction
     will not do: XLA:CPU's keeps or drops a NaN depending on where it falls."""
     bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.uint32)
-    if axis in (-1, x.ndim - 1) and _explicit_sharding(x) is None:
+    if axis in (-1, x.ndim - 1) and _one_device(x):
         # Halves folded elementwise first (the same maximum): XLA:CPU's integer reduction of a
         # row of 256 is not vectorised (1M elements: 1.07 ms this way, 0.20 ms folded to 64).
         while bits.shape[-1] > 64 and bits.shape[-1] % 2 == 0:
@@ -266,7 +266,7 @@ def _reshard(x: jax.Array, spec: Any) -> jax.Array:
 
 def _pack4(codes: jax.Array) -> jax.Array:
     """Two 4-bit codes per byte along the last axis (even length)."""
-    if _explicit_sharding(codes) is None:
+    if _one_device(codes):
         pairs = codes.astype(jnp.uint8).reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2)
         word = jax.lax.bitcast_convert_type(pairs, jnp.uint16)
         return ((word & jnp.uint16(15)) | ((word >> 8) << 4)).astype(jnp.uint8)
@@ -277,7 +277,7 @@ def _pack4(codes: jax.Array) -> jax.Array:
 
 
 def _unpack4(packed: jax.Array) -> jax.Array:
-    if _explicit_sharding(packed) is None:
+    if _one_device(packed):
         low, high = packed & jnp.uint8(15), packed >> 4
         word = low.astype(jnp.uint16) | (high.astype(jnp.uint16) << 8)
         pairs = jax.lax.bitcast_convert_type(word, jnp.uint8)
@@ -418,6 +418,15 @@ def _explicit_sharding(x: Any) -> Any:
     if not types or not all(t == jax.sharding.AxisType.Explicit for t in types):
         return None
     return sharding if any(e is not None for e in getattr(sharding, "spec", ())) else None
+
+
+def _one_device(x: Any) -> bool:
+    """Whether ``x`` is on one device, so the codecs may take their faster forms (selects for a
+    small table, a row's maximum folded by halves, 4-bit pairs through 16 bits: the same values).
+    With several devices they keep one form on every mesh, ``Auto`` (where a trace does not say
+    how ``x`` is split) and ``Explicit`` alike, so the fusions XLA makes, and with them where it
+    contracts ``a * b + c``, do not depend on the mesh (tests/test_sharding.py: the same bits)."""
+    return _explicit_sharding(x) is None and jax.device_count() == 1
 
 
 def _layer_count(shape: tuple[int, ...], layers: int) -> int:
