@@ -92,6 +92,18 @@ uint32_t bits(int64_t type, double value) {
   return out;
 }
 
+// A leaf's reductions: the partial results of its chunks [from, to) combined in their order (the
+// same whatever the threads), written as 32-bit patterns.
+void combine_chunks(uint32_t* into, ffi::Span<const int64_t> kinds, ffi::Span<const int64_t> types,
+                    const std::vector<double>& acc, size_t from, size_t to) {
+  const size_t count = kinds.size();
+  for (size_t r = 0; r < count; ++r) {
+    double value = identity(kinds[r]);
+    for (size_t t = from; t < to; ++t) value = combine(kinds[r], value, acc[t * count + r]);
+    into[r] = bits(types[r], value);
+  }
+}
+
 ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs args,
                            ffi::RemainingRets rets, std::string_view program,
                            ffi::Span<const int64_t> slots, int64_t scalar_count,
@@ -178,13 +190,7 @@ ffi::Error DerivedStepImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs arg
     auto out = rets.get<ffi::Buffer<ffi::U32>>(leaves * results + leaf);
     if (!out.has_value() || (*out)->element_count() != count)
       return ffi::Error::InvalidArgument("adamx derived step: a reduction could not be decoded");
-    uint32_t* into = (*out)->typed_data();
-    for (size_t r = 0; r < count; ++r) {
-      double value = identity(kinds[r]);
-      for (size_t t = first[leaf]; t < first[leaf + 1]; ++t)
-        value = combine(kinds[r], value, acc[t * count + r]);
-      into[r] = bits(types[r], value);
-    }
+    combine_chunks((*out)->typed_data(), kinds, types, acc, first[leaf], first[leaf + 1]);
   }
   return ffi::Error::Success();
 }
@@ -233,13 +239,7 @@ ffi::Error DerivedReduceImpl(ffi::Buffer<ffi::U32> scalars, ffi::RemainingArgs a
     auto out = rets.get<ffi::Buffer<ffi::U32>>(leaf);
     if (!out.has_value() || (*out)->element_count() != count)
       return ffi::Error::InvalidArgument("adamx derived reduction: a result could not be decoded");
-    uint32_t* into = (*out)->typed_data();
-    for (size_t r = 0; r < count; ++r) {
-      double value = identity(kinds[r]);
-      for (size_t t = first[leaf]; t < first[leaf + 1]; ++t)
-        value = combine(kinds[r], value, acc[t * count + r]);
-      into[r] = bits(types[r], value);
-    }
+    combine_chunks((*out)->typed_data(), kinds, types, acc, first[leaf], first[leaf + 1]);
   }
   return ffi::Error::Success();
 }
