@@ -433,3 +433,26 @@ def test_every_reduction_kind_matches_numpy_and_keeps_a_nan(where):
             np.testing.assert_array_equal(values[0], want, err_msg=kind)
         else:
             assert abs(values[0] - reference(x)) <= np.spacing(abs(want)), (kind, values[0], want)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e30, np.inf], ids=["plain", "overflowing", "inf"])
+def test_global_norm_clipping_is_fused_with_its_overflow_branch(scale):
+    """`clip_by_global_norm` before AdamW: `global_norm` chooses, in a ``lax.cond``, between the
+    plain sum of squares and, where it overflowed, the sum rescaled by the largest magnitude; the
+    kernel takes both in its reduction passes and the cond's choice as a select of scalars. With
+    gradients of 1e30 (squares overflow: the rescaled branch) and with an infinite element.
+    Reference: the eager jnp path; tolerance 4 ulp of each leaf's magnitude (the sums' order),
+    the same elements NaN."""
+    tx = adamx.chain(adamx.clip_by_global_norm(1.0), adamx.adamw(1e-2, weight_decay=0.1))
+    params = _tree(jnp.float32)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda x: x * np.float32(min(scale, 1e30)), _gradients(params, 1)[0])
+    if np.isinf(scale):
+        grads["long"] = grads["long"].at[7].set(np.inf)
+    plan, _, _ = _derived._prepare(tx, adamx.apply_updates, grads, state, params)
+    assert _derived.why_not(tx, adamx.apply_updates, grads, state, params) is None
+    assert plan.reducers and not plan.flat.jax_ops
+    fused = adamx.step(tx, grads, state, params, fused=True)
+    with jax.disable_jit():
+        want = adamx.step(tx, grads, state, params, fused=False)
+    assert _ulps_apart(fused, want) <= 4

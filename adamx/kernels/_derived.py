@@ -59,6 +59,7 @@ _CHUNK = 1 << 15  # elements per task of derived.cc (fused_common.h: kChunk)
 _GROUP = 32  # leaves per custom call (XLA's aliasing analysis grows super-linearly with more)
 _CALLS = {"pjit", "jit", "closed_call", "core_call"}  # inlined where they compute arrays
 _CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
+_SELECT_N = jax.make_jaxpr(lambda i, a, b: jax.lax.select_n(i, a, b))(0, 0.0, 0.0).eqns[0].primitive
 
 # ---- the element types ------------------------------------------------------------------------
 
@@ -186,6 +187,31 @@ class _Flat:
                 sub = eqn.params["jaxpr"]
             elif computes_arrays and name in _CUSTOM:
                 sub = eqn.params[_CUSTOM[name]]
+            elif (
+                computes_arrays
+                and name == "cond"
+                and not any(int(np.prod(getattr(v.aval, "shape", ()))) > 1 for v in eqn.outvars)
+            ):
+                # A choice of scalars computed from the leaves (`global_norm`: the plain sum of
+                # squares, or where it overflowed, the sum rescaled by the largest magnitude):
+                # both branches, then the index's; the scalars are equal to the taken branch's.
+                index, *operands = args
+                cases = [
+                    self.inline(b.jaxpr, [self.const(c) for c in b.consts], operands)
+                    for b in eqn.params["branches"]
+                ]
+                outs = []
+                for var, values in zip(eqn.outvars, zip(*cases, strict=True), strict=True):
+                    (out,) = [self.new(var.aval)]
+                    self.binds.append(
+                        _Eqn(
+                            _SELECT_N, {}, [index, *values], [out], len(self.binds) + len(self.ops)
+                        )
+                    )
+                    outs.append(out)
+                for var, ref in zip(eqn.outvars, outs, strict=True):
+                    env[var] = ref
+                continue
             if sub is not None:
                 closed = sub if hasattr(sub, "consts") else jex.ClosedJaxpr(sub, ())
                 outs = self.inline(closed.jaxpr, [self.const(c) for c in closed.consts], args)
