@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
         donate_argnums=(0, 1),
     )
 
+    # Which path the step takes: adamx's CPU kernel (its custom call, per shard) or the jnp path.
+    x0, y0 = batches[0]
+    lowered = train_step.lower(params, state, global_array(x0, split), global_array(y0, split))
+    kernel = "adamx_derived_step" in lowered.as_text()
+
     start = time.perf_counter()
     losses = []
     for x, y in batches:
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         "state_bytes": sum(leaf.nbytes for leaf in jax.tree.leaves(state)),
         "state_bytes_per_device": max(per_device.values()),
         "seconds": seconds,
+        "kernel": kernel,
     }
     print(
         f"process {result['process_id']}/{result['num_processes']}, {result['devices']} devices: "

@@ -435,11 +435,40 @@ def test_every_reduction_kind_matches_numpy_and_keeps_a_nan(where):
             assert abs(values[0] - reference(x)) <= np.spacing(abs(want)), (kind, values[0], want)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+def test_integer_max_and_min_are_exact_at_the_extremes(dtype):
+    """A max and a min of integers over a leaf longer than a task, compared in the integers' own
+    type (no conversion), with the type's lowest and highest values inside: the step adds each
+    result, as float32, to zero params. Reference: numpy's max and min of the same integers,
+    exact."""
+    info = np.iinfo(dtype)
+    ints = np.random.default_rng(3).integers(info.min // 4, info.max // 4, 40_000).astype(dtype)
+    ints[17_000], ints[39_999] = info.min, info.max
+
+    def update(grads, state, params=None):
+        i = jax.lax.bitcast_convert_type(grads["max"], dtype)
+        out = {"max": jnp.max(i), "min": jnp.min(i)}
+        return {
+            k: jnp.broadcast_to(v.astype(jnp.float32), (40_000,)) for k, v in out.items()
+        }, state
+
+    tx = adamx.GradientTransformation(lambda params: (), update)
+    x = jax.lax.bitcast_convert_type(jnp.asarray(ints), jnp.float32)
+    grads = {"max": x, "min": x}
+    params = {k: jnp.zeros(40_000, jnp.float32) for k in grads}
+    plan, _, _ = _derived._prepare(tx, adamx.apply_updates, grads, (), params)
+    assert not plan.flat.jax_ops and plan.reducers
+    got, _ = adamx.step(tx, grads, (), params, fused=True)
+    assert np.all(np.asarray(got["max"]) == np.float32(ints.max()))
+    assert np.all(np.asarray(got["min"]) == np.float32(ints.min()))
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e30, np.inf], ids=["plain", "overflowing", "inf"])
 def test_global_norm_clipping_is_fused_with_its_overflow_branch(scale):
     """`clip_by_global_norm` before AdamW: `global_norm` chooses, in a ``lax.cond``, between the
     plain sum of squares and, where it overflowed, the sum rescaled by the largest magnitude; the
-    kernel takes both in its reduction passes and the cond's choice as a select of scalars. With
+    kernel takes the plain sum (and the maximum, in the same pass) before the step and the
+    rescaled sum's pass inside a ``lax.switch``, run only where the squares overflowed. With
     gradients of 1e30 (squares overflow: the rescaled branch) and with an infinite element.
     Reference: the eager jnp path; tolerance 4 ulp of each leaf's magnitude (the sums' order),
     the same elements NaN."""
@@ -456,3 +485,10 @@ def test_global_norm_clipping_is_fused_with_its_overflow_branch(scale):
     with jax.disable_jit():
         want = adamx.step(tx, grads, state, params, fused=False)
     assert _ulps_apart(fused, want) <= 4
+    # The rescaled sum's pass is inside the switch (a region, indented deeper than the step's
+    # own operations), the plain sum's outside it.
+    text = jax.jit(lambda g, s, p: adamx.step(tx, g, s, p, fused=True)).lower(grads, state, params)
+    before, switch = text.as_text().split('"stablehlo.case"', 1)
+    calls = [line for line in switch.splitlines() if "adamx_derived_reduce" in line]
+    assert "adamx_derived_reduce" in before and calls
+    assert all(line.startswith("      %") for line in calls), calls

@@ -345,10 +345,19 @@ def test_benchmark_compares_optimizers_against_adamw(tmp_path):
     assert rows["adafactor"]["state_bytes_per_param"] < 1.0
     with pytest.raises(ValueError, match="adamx does not have"):
         benchmark_main(["--quick", "--compare", "nosuch", "--json", str(out)])
-    benchmark_main(["--compare", "lion", "--size", "64", "--rounds", "1", "--steps", "1",
-                    "--json", str(out)])  # fmt: skip
+    benchmark_main(["--compare", "lion,clipped_adamw,clipped_adamw@jnp", "--size", "64",
+                    "--rounds", "1", "--steps", "1", "--json", str(out)])  # fmt: skip
     record = json.loads(out.read_text())["optimizers"]
     assert record["tree"] == "matrix_tree(size=64)" and record["params"] == 5 * 64 * 64 + 2 * 64
+    # `@jnp`: the same optimizer on the jnp path. Clipping's per-byte ratio counts one pass over
+    # the gradients (4 of AdamW's 28 bytes a parameter), not the overflow branch's two.
+    rows = {row["name"]: row for row in record["results"]}
+    assert rows["clipped_adamw"]["path"] == "kernel" and rows["clipped_adamw@jnp"]["path"] == "jnp"
+    for name in ("clipped_adamw", "clipped_adamw@jnp"):
+        row = rows[name]
+        assert row["per_byte_to_adamw"] == pytest.approx(row["ratio_to_adamw"] / (32 / 28), 1e-3)
+    with pytest.raises(ValueError, match="ending in `@jnp`"):
+        benchmark_main(["--compare", "lion@gpu", "--size", "64", "--json", str(out)])
     with pytest.raises(SystemExit):
         benchmark_main(["--compare", "lion", "--size", "30", "--json", str(out)])
 

@@ -427,6 +427,10 @@ BUILDERS: dict[str, Callable[[float], Any]] = {
         adamx.add_decayed_weights(WEIGHT_DECAY),
         adamx.scale_by_learning_rate(lr),
     ),
+    # AdamW after clipping by the global norm: a reduction pass, then the elementwise one.
+    "clipped_adamw": lambda lr: adamx.chain(
+        adamx.clip_by_global_norm(1.0), adamx.adamw(lr, weight_decay=WEIGHT_DECAY)
+    ),
     "sgd_momentum": lambda lr: adamx.sgd(lr, 0.9),
     "sgd_nesterov": lambda lr: adamx.sgd(lr, 0.9, nesterov=True),
     # AdamW with its diagnostics recorded in the step (`--monitor`, docs/diagnostics.md).
@@ -456,7 +460,8 @@ def _path(tx: Any, params: Any, state: Any, grads: Any) -> str:
 def _moved_bytes(params: Any, state: Any, tx: Any = None, grads: Any = None) -> int:
     """What the step must move: params read and written, gradients read, state read and written
     in its elementwise pass, and what each reduction pass before it reads (LAMB's norms: a pass
-    for the max, one for the sum of squares; `tx` and `grads` given, on the kernel's path)."""
+    for the max, one for the sum of squares; `tx` and `grads` given, on the kernel's path;
+    clipping's rescaled sum, taken only where the squares overflow, not counted)."""
     moved = 3 * _tree_bytes(params) + 2 * _tree_bytes(state)
     if tx is None:
         return moved
@@ -465,7 +470,7 @@ def _moved_bytes(params: Any, state: Any, tx: Any = None, grads: Any = None) -> 
     plan, leaves, _ = _derived._prepare(tx, adamx.apply_updates, grads, state, params)
     if isinstance(plan, str):
         return moved
-    for _, reducer in plan.reducers:
+    for reducer in _derived.eager_passes(plan):  # not a pass only a cond's other branch runs
         for node, _ in reducer.slots:
             moved += math.prod(plan.flat.shapes[node]) * plan.flat.dtypes[node].itemsize
     return moved
@@ -490,7 +495,9 @@ def matrix_tree(seed: int = 0, size: int = 1024, dtype: Any = jnp.float32) -> di
 def compare_optimizers(
     names: list[str], rounds: int = 7, steps: int = 5, seed: int = 0, size: int = 1024
 ) -> dict[str, Any]:
-    """Step time of each optimizer relative to AdamW on `matrix_tree`, and its state bytes/param."""
+    """Step time of each optimizer relative to AdamW on `matrix_tree`, and its state bytes/param.
+
+    A name ending in ``@jnp`` (``lamb@jnp``) times that optimizer's jnp path (``fused=False``)."""
     params = matrix_tree(seed, size)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     rng = np.random.default_rng(seed + 1)
@@ -501,7 +508,13 @@ def compare_optimizers(
     impls = []
     paths, moved = {}, {}
     names = [m for n in names for m in (ELEMENTWISE.split(",") if n == "elementwise" else [n])]
-    for name in ["adamw", *[n for n in names if n != "adamw"]]:
+    for label in ["adamw", *[n for n in names if n != "adamw"]]:
+        name, _, forced = label.partition("@")
+        if forced not in ("", "jnp"):
+            raise ValueError(
+                f"`--compare` takes names, or names ending in `@jnp` for the jnp path; "
+                f"got {label!r}. Write, e.g., `lamb@jnp`."
+            )
         if name in BUILDERS:
             tx = BUILDERS[name](LEARNING_RATE)
         elif callable(getattr(adamx, name, None)):
@@ -511,14 +524,15 @@ def compare_optimizers(
                 f"`--compare` takes adamx optimizer names; got {name!r}, which adamx does not have."
             )
         state = tx.init(params)
-        paths[name] = _path(tx, params, state, grads)
-        moved[name] = _moved_bytes(params, state, tx, grads)
+        fused = False if forced else None
+        paths[label] = "jnp" if forced else _path(tx, params, state, grads)
+        moved[label] = _moved_bytes(params, state, tx, grads)  # the same work on either path
 
-        def opt_step(p, s, g, tx=tx):
-            return adamx.step(tx, g, s, p)
+        def opt_step(p, s, g, tx=tx, fused=fused):
+            return adamx.step(tx, g, s, p, fused=fused)
 
         run, compile_s, temp = _jax_step(opt_step, _copy(params), state, grads)
-        impls.append(Implementation(name, run, compile_s, _tree_bytes(state), temp))
+        impls.append(Implementation(label, run, compile_s, _tree_bytes(state), temp))
     times = measure(impls, rounds, steps)
     median = {name: statistics.median(values) for name, values in times.items()}
     rows = [

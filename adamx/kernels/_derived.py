@@ -123,6 +123,8 @@ class _Flat:
     leafwise: set = dataclasses.field(default_factory=set)
     jax_ops: list = dataclasses.field(default_factory=list)  # array equations JAX runs (below)
     blocked: set = dataclasses.field(default_factory=set)  # a codec's codes and scales (`_codec`)
+    # id of a select of an inlined `cond` -> the selects of that cond (`run` takes them lazily)
+    lazy: dict = dataclasses.field(default_factory=dict)
 
     def new(self, aval: Any) -> int:
         self.shapes.append(tuple(aval.shape))
@@ -194,21 +196,23 @@ class _Flat:
             ):
                 # A choice of scalars computed from the leaves (`global_norm`: the plain sum of
                 # squares, or where it overflowed, the sum rescaled by the largest magnitude):
-                # both branches, then the index's; the scalars are equal to the taken branch's.
+                # both branches inlined and a select of their scalars per output. `run` takes
+                # the selects of one cond together as a `lax.switch` whose branches run their
+                # own reduction passes (`lazy`), so a branch not taken costs nothing.
                 index, *operands = args
                 cases = [
                     self.inline(b.jaxpr, [self.const(c) for c in b.consts], operands)
                     for b in eqn.params["branches"]
                 ]
-                outs = []
+                outs, selects = [], []
                 for var, values in zip(eqn.outvars, zip(*cases, strict=True), strict=True):
                     (out,) = [self.new(var.aval)]
-                    self.binds.append(
-                        _Eqn(
-                            _SELECT_N, {}, [index, *values], [out], len(self.binds) + len(self.ops)
-                        )
-                    )
+                    position = len(self.binds) + len(self.ops)
+                    selects.append(_Eqn(_SELECT_N, {}, [index, *values], [out], position))
                     outs.append(out)
+                self.binds.extend(selects)
+                for select in selects:
+                    self.lazy[id(select)] = selects
                 for var, ref in zip(eqn.outvars, outs, strict=True):
                     env[var] = ref
                 continue
@@ -480,7 +484,7 @@ class Program:
 
     @functools.cached_property
     def source(self) -> str:
-        return _SOURCE.format(body=self.body, constants=self.constants)
+        return _SOURCE.format(body=self.body, constants=self.constants, **_LANE_SOURCE)
 
     @functools.cached_property
     def key(self) -> str:
@@ -790,6 +794,32 @@ def lower(
         stage, vector = _STAGES.get(np.dtype(dtype_of(eqn.ins[0])), ("double", "lanes"))
         staged.append(f"    v{r}[i - base] = ({stage}){arg(eqn.ins[0])};")
         inits.append(f"  alignas(64) {stage} v{r}[{_BLOCK}];")
+        if kind in ("max", "min") and stage != "double":
+            # Exact in the values' own type: compared there, 8 to a vector with no conversion
+            # (a max of float32 in double lanes cost as much as the rest of LAMB's max pass).
+            limit = "lowest" if kind == "max" else "max"
+            inits.append(f"  {vector} a{r}; ints nan{r} = {{}};")
+            inits.append(
+                f"  for (int l = 0; l < {_LANES}; ++l) "
+                f"a{r}[l] = std::numeric_limits<{stage}>::{limit}();"
+            )
+            if stage == "float":  # -inf and inf, as in double
+                inits[-1] = inits[-1].replace(f"std::numeric_limits<{stage}>::{limit}()", "")
+                inits[-1] = inits[-1].rstrip(";") + ("-INFINITY;" if kind == "max" else "INFINITY;")
+            better = ">" if kind == "max" else "<"
+            fold.append(
+                f"{vector} x{r}; std::memcpy(&x{r}, v{r} + j, sizeof x{r}); "
+                f"a{r} = x{r} {better} a{r} ? x{r} : a{r}; nan{r} |= x{r} != x{r};"
+            )
+            v = f"v{r}[j + l]"
+            tail.append(
+                f"a{r}[l] = {v} {better} a{r}[l] ? {v} : a{r}[l]; nan{r}[l] |= {v} != {v} ? -1 : 0;"
+            )
+            finals.append(
+                f"  acc[{r}] = fold_{kind}(__builtin_convertvector(a{r}, lanes), "
+                f"__builtin_convertvector(nan{r}, lane_mask));"
+            )
+            continue
         start_value = {"sum": "0.0", "max": "-INFINITY", "min": "INFINITY", "and": "1.0"}
         inits.append(f"  lanes a{r}; lane_mask nan{r} = {{}};")
         inits.append(
@@ -996,8 +1026,25 @@ def _simd_reductions(
     return (declare, loop), finals
 
 
+def _pairwise(first: int, count: int) -> str:
+    """``a[first] + ... + a[first + count - 1]``, summed pairwise (C)."""
+    if count == 1:
+        return f"a[{first}]"
+    half = count // 2
+    return f"({_pairwise(first, half)} + {_pairwise(first + half, count - half)})"
+
+
+_LANE_SOURCE = {
+    "lanes": _LANES,
+    "lane_bytes": 8 * _LANES,
+    "stage_bytes": 4 * _LANES,
+    "ones": ", ".join(["1"] * _LANES),
+    "pairwise": _pairwise(0, _LANES),
+}
+
 _SOURCE = """// Generated by adamx/kernels/_derived.py from an optimizer's jaxpr: one leaf's elementwise step,
 // run by adamx/kernels/_native/derived.cc over the elements [begin, end) of one leaf.
+#include <limits>
 #include "elements.h"
 {constants}
 
@@ -1016,32 +1063,32 @@ inline void store_exact(uint16_t* x, size_t i, float f) {{
   uint32_t bits; std::memcpy(&bits, &f, 4); x[i] = static_cast<uint16_t>(bits >> 16);
 }}
 inline float sign_of(float a) {{ return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : a); }}
-// A reduction's 8 lanes, one vector (a lane's NaN flag: all bits set), and their fold: sums
+// A reduction's {lanes} lanes, one vector (a lane's NaN flag: all bits set), and their fold: sums
 // pairwise; a max or min is NaN if a lane saw a NaN (XLA's).
-typedef double lanes __attribute__((vector_size(64)));
-typedef long long lane_mask __attribute__((vector_size(64)));
-typedef float floats __attribute__((vector_size(32)));
-typedef int32_t ints __attribute__((vector_size(32)));
-typedef uint32_t uints __attribute__((vector_size(32)));
-const lanes one = {{1, 1, 1, 1, 1, 1, 1, 1}}, zero = {{}};
+typedef double lanes __attribute__((vector_size({lane_bytes})));
+typedef long long lane_mask __attribute__((vector_size({lane_bytes})));
+typedef float floats __attribute__((vector_size({stage_bytes})));
+typedef int32_t ints __attribute__((vector_size({stage_bytes})));
+typedef uint32_t uints __attribute__((vector_size({stage_bytes})));
+const lanes one = {{{ones}}}, zero = {{}};
 inline double fold_sum(const lanes& a, const lane_mask&) {{
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  return {pairwise};
 }}
 inline double fold_max(const lanes& a, const lane_mask& nan) {{
   double m = a[0]; bool any = nan[0] != 0;
-  for (int l = 1; l < 8; ++l) {{ m = a[l] > m ? a[l] : m; any = any || nan[l] != 0; }}
+  for (int l = 1; l < {lanes}; ++l) {{ m = a[l] > m ? a[l] : m; any = any || nan[l] != 0; }}
   return any ? NAN : m;
 }}
 inline double fold_min(const lanes& a, const lane_mask& nan) {{
   double m = a[0]; bool any = nan[0] != 0;
-  for (int l = 1; l < 8; ++l) {{ m = a[l] < m ? a[l] : m; any = any || nan[l] != 0; }}
+  for (int l = 1; l < {lanes}; ++l) {{ m = a[l] < m ? a[l] : m; any = any || nan[l] != 0; }}
   return any ? NAN : m;
 }}
 inline double fold_and(const lanes& a, const lane_mask&) {{
-  bool all = true; for (int l = 0; l < 8; ++l) all = all && a[l] != 0.0; return all ? 1.0 : 0.0;
+  bool all = true; for (int l = 0; l < {lanes}; ++l) all = all && a[l] != 0.0; return all ? 1.0 : 0.0;
 }}
 inline double fold_or(const lanes& a, const lane_mask&) {{
-  bool any = false; for (int l = 0; l < 8; ++l) any = any || a[l] != 0.0; return any ? 1.0 : 0.0;
+  bool any = false; for (int l = 0; l < {lanes}; ++l) any = any || a[l] != 0.0; return any ? 1.0 : 0.0;
 }}
 // XLA's shifts: 0 for a shift of 32 or more. Branch-free, so that the loop vectorises.
 inline uint32_t shl(uint32_t a, uint32_t b) {{ return (a << (b & 31u)) & (b < 32u ? ~0u : 0u); }}
@@ -1439,33 +1486,65 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         events += [e for _, x in pending if x.size == 0 for e in x.ops]
         pending = [(k, x) for k, x in pending if x.size > 0]
     # The equations reading a reduction accumulated in an elementwise pass run after the passes.
-    late_nodes = {e.outs[0] for xs in p.leaves.values() for x in xs for e in x.reductions}
-    late = []
-    for eqn in sorted(events, key=lambda e: e.index):
-        if any(isinstance(r, int) and r in late_nodes for r in eqn.ins):
-            late.append(eqn)
-            late_nodes.update(eqn.outs)
+    late = _late(p, events)
     events = [e for e in events if all(e is not x for x in late)]
     # Demand-driven, in the jaxpr's order otherwise: a scalar equation that needs a reduction's
     # result first runs the program computing it (with every other one whose scalars are known).
     producer = {out: eqn for eqn in events for out in eqn.outs}
     reducer_of = {out: (k, x) for k, x in pending for out in x.outs}
+    # What a branch of an inlined `cond` alone needs (`_Flat.lazy`) runs inside its branch of a
+    # `lax.switch`, reduction passes included: only the branch taken runs.
+    eager = _reached(p, producer, reducer_of, _roots(p, late), lazy=False)
     done: set[int] = set()
-    state = {"pending": pending}
+    state = {"pending": [(k, x) for k, x in pending if any(o in eager for o in x.outs)]}
 
     def ensure(ref):
         if not isinstance(ref, int) or ref in env:
             return
         if ref in reducer_of:
-            _, x = reducer_of[ref]
+            key, x = reducer_of[ref]
             for r in x.scalars:
                 ensure(r)
+            if all(x is not y for _, y in state["pending"]):  # needed by a branch alone
+                state["pending"] = [*state["pending"], (key, x)]
             state["pending"] = _reduce_ready(p, state["pending"], env, read)
         else:
             execute(producer[ref])
 
+    def branch(values: list, dtypes: list) -> Any:
+        def taken():
+            saved = dict(env), set(done), state["pending"]
+            needed = _reached(p, producer, reducer_of, values, lazy=True)
+            state["pending"] = [
+                (k, x)
+                for k, x in pending
+                if any(o in needed for o in x.outs) and x.outs[0] not in env  # not yet run
+            ]
+            for r in values:
+                ensure(r)
+            result = [jnp.asarray(read(r), d) for r, d in zip(values, dtypes, strict=True)]
+            env.clear()
+            env.update(saved[0])
+            done.clear()
+            done.update(saved[1])
+            state["pending"] = saved[2]
+            return result
+
+        return taken
+
     def execute(eqn):
         if id(eqn) in done:
+            return
+        selects = p.flat.lazy.get(id(eqn))
+        if selects is not None:
+            ensure(eqn.ins[0])
+            outs = [e.outs[0] for e in selects]
+            dtypes = [p.flat.dtypes[o] for o in outs]
+            cases = list(zip(*[e.ins[1:] for e in selects], strict=True))
+            values = jax.lax.switch(read(eqn.ins[0]), [branch(list(c), dtypes) for c in cases])
+            for select, node, value in zip(selects, outs, values, strict=True):
+                env[node] = jnp.reshape(value, p.flat.shapes[node])
+                done.add(id(select))
             return
         for r in eqn.ins:
             ensure(r)
@@ -1474,7 +1553,8 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         done.add(id(eqn))
 
     for eqn in sorted(events, key=lambda e: e.index):
-        execute(eqn)
+        if any(o in eager for o in eqn.outs):
+            execute(eqn)
     for _, reducer in list(state["pending"]):
         for r in reducer.scalars:
             ensure(r)
@@ -1496,6 +1576,60 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
             env[node] = value
     return [read(ref) for ref in p.outputs]
+
+
+def _late(p: Plan, events: list) -> list:
+    """The equations of ``events`` that read a reduction accumulated in an elementwise pass (or
+    such an equation's result): they run after the passes."""
+    late_nodes = {e.outs[0] for xs in p.leaves.values() for x in xs for e in x.reductions}
+    late = []
+    for eqn in sorted(events, key=lambda e: e.index):
+        if any(isinstance(r, int) and r in late_nodes for r in eqn.ins):
+            late.append(eqn)
+            late_nodes.update(eqn.outs)
+    return late
+
+
+def _roots(p: Plan, late: list) -> list:
+    """What a step reads in the end: its outputs, the ``late`` equations' operands, and each
+    leaf program's scalars and operands."""
+    roots = [*p.outputs, *(r for e in late for r in e.ins)]
+    for instances in p.leaves.values():
+        for x in instances:
+            roots += [*x.scalars, *(r for e in [*x.ops, *x.reductions] for r in e.ins)]
+    return roots
+
+
+def eager_passes(p: Plan) -> list[_Reducer]:
+    """The reduction passes a step runs whichever branch its inlined conds take (with the native
+    library, on one device): not those a branch alone needs (`run`)."""
+    events = [*p.flat.binds, *p.flat.jax_ops]
+    late = _late(p, events)
+    events = [e for e in events if all(e is not x for x in late)]
+    producer = {out: eqn for eqn in events for out in eqn.outs}
+    reducer_of = {out: (k, x) for k, x in p.reducers for out in x.outs}
+    eager = _reached(p, producer, reducer_of, _roots(p, late), lazy=False)
+    return [x for _, x in p.reducers if any(o in eager for o in x.outs)]
+
+
+def _reached(p: Plan, producer: dict, reducer_of: dict, roots: list, lazy: bool) -> set[int]:
+    """The nodes ``roots`` need, through the equations of ``producer`` and the reduction passes of
+    ``reducer_of``. Not ``lazy``: a select of an inlined ``cond`` (`_Flat.lazy`) needs only its
+    index (its branches run in `run`'s switch)."""
+    seen: set[int] = set()
+    stack = [r for r in roots if isinstance(r, int)]
+    while stack:
+        ref = stack.pop()
+        if ref in seen:
+            continue
+        seen.add(ref)
+        if ref in reducer_of:
+            stack += [r for r in reducer_of[ref][1].scalars if isinstance(r, int)]
+        elif ref in producer:
+            eqn = producer[ref]
+            ins = eqn.ins[:1] if not lazy and id(eqn) in p.flat.lazy else eqn.ins
+            stack += [r for r in ins if isinstance(r, int)]
+    return seen
 
 
 def _scalar_buffer(group: list, read) -> jax.Array:
