@@ -385,6 +385,23 @@ def test_the_benchmark_names_the_extra_that_brings_the_peers(tmp_path, monkeypat
     assert 'pip install -e ".[bench]"' in capsys.readouterr().out
 
 
+def test_the_benchmark_times_each_storages_step_beside_its_peak(monkeypatch):
+    """``--memory`` with rounds: each storage's ``update`` + ``apply_updates`` and `adamx.step`
+    timed in the same rounds, as ratios to float32 AdamW's ``update`` + ``apply_updates`` (its
+    own ratio 1); two of the cases, tiny, for the test's time."""
+    import adamx.benchmarks as bench
+
+    cases = {k: bench.MEMORY_CASES[k] for k in ("adamw float32", "adamw 8-bit")}
+    monkeypatch.setattr(bench, "MEMORY_CASES", cases)
+    record = bench.step_memory(1 << 14, 2, rounds=2, steps=1)
+    rows = {r["name"]: r for r in record["results"]}
+    assert set(rows) == set(cases)
+    assert rows["adamw float32"]["x_update_apply"] == 1.0
+    for row in rows.values():
+        assert row["ms_update_apply"] > 0 and row["ms_step"] > 0 and row["x_step"] > 0
+    assert "time u+a" in bench._format_memory(record)
+
+
 def test_the_benchmark_reports_each_storages_step_peak():
     """``--memory``: per optimizer and storage, the state and the compiled step's temporaries
     (memory_analysis, compiled only). float32 AdamW's fused step needs no temporary, and the jnp

@@ -572,18 +572,38 @@ MEMORY_CASES: dict[str, Callable[[], Any]] = {
 }
 
 
-def step_memory(params: int = 1 << 24, leaves: int = 1) -> dict[str, Any]:
+def step_memory(
+    params: int = 1 << 24, leaves: int = 1, rounds: int = 0, steps: int = 1
+) -> dict[str, Any]:
     """Per optimizer and storage: the state's bytes per parameter and the temporaries of the
     compiled step (``memory_analysis().temp_size_in_bytes``, params and state donated), for
-    ``update`` + ``apply_updates`` and for `adamx.step`; compiled only, nothing is run, so the
-    numbers are exact and any machine gives them."""
+    ``update`` + ``apply_updates`` and for `adamx.step`; compiled, so the numbers are exact and
+    any machine gives them. With ``rounds``, beside them each of the two steps' time, in
+    interleaved rounds of ``steps`` steps, and its ratio to float32 AdamW's ``update`` +
+    ``apply_updates`` in the same round."""
     sizes = [params // leaves] * leaves
     like = {f"leaf{i:03d}": jax.ShapeDtypeStruct((n,), jnp.float32) for i, n in enumerate(sizes)}
     total = sum(sizes)
     rows = []
+    impls: list[Implementation] = []
+    rng = np.random.default_rng(0)
+    values = {
+        k: jnp.asarray(rng.standard_normal(x.shape, dtype=np.float32)) for k, x in like.items()
+    }
+    grads = jax.tree.map(lambda x: 1e-2 * x, values) if rounds else None
     for name, make in MEMORY_CASES.items():
         tx = make()
         state = jax.eval_shape(tx.init, like)
+        for label in ("update_apply", "step") if rounds else ():
+
+            def timed(p, s, g, tx=tx, label=label):
+                if label == "step":
+                    return adamx.step(tx, g, s, p)
+                updates, s = tx.update(g, s, p)
+                return adamx.apply_updates(p, updates), s
+
+            run, _, _ = _jax_step(timed, _copy(values), tx.init(values), grads)
+            impls.append(Implementation(f"{name}: {label}", run))
 
         temps = {}
         # Each compiled from a function of its own: the path is chosen when `jit` traces, and a
@@ -620,6 +640,14 @@ def step_memory(params: int = 1 << 24, leaves: int = 1) -> dict[str, Any]:
                 "step_path": path,
             }
         )
+    if rounds:
+        times = measure(impls, rounds, steps)
+        base = f"{next(iter(MEMORY_CASES))}: update_apply"
+        for row in rows:
+            for label in ("update_apply", "step"):
+                key = f"{row['name']}: {label}"
+                row[f"ms_{label}"] = 1e3 * statistics.median(times[key])
+                row[f"x_{label}"] = paired_ratio(times, key, base)
     return {"params": total, "leaves": leaves, "results": rows}
 
 
@@ -632,6 +660,9 @@ def _format_memory(record: dict[str, Any]) -> str:
         f"{'optimizer, storage':<30}{'state':>7}{'temp op by op':>15}{'temp update+apply':>19}"
         f"{'peak':>7}{'temp step':>11}{'peak':>7}{'no kernel':>11}{'path':>7}"
     )
+    if record["results"] and "x_step" in record["results"][0]:
+        header += f"{'time u+a':>10}{'step':>8}"
+        lines[0] += "; times over float32 update+apply, same rounds"
     lines += [header, "-" * len(header)]
     for row in record["results"]:
         lines.append(
@@ -641,6 +672,7 @@ def _format_memory(record: dict[str, Any]) -> str:
             f"{row['peak_bytes_per_param_update_apply']:>7.2f}"
             f"{row['temp_bytes_per_param_step']:>11.2f}{row['peak_bytes_per_param_step']:>7.2f}"
             f"{row['temp_bytes_per_param_step_without_kernel']:>11.2f}{row['step_path']:>7}"
+            + (f"{row['x_update_apply']:>10.2f}{row['x_step']:>8.2f}" if "x_step" in row else "")
         )
     return "\n".join(lines)
 
@@ -723,8 +755,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         action="store_true",
         help="per optimizer and moment storage (float32, bfloat16, stochastic bfloat16, 8-bit, "
         "4-bit), the state's bytes and the compiled step's temporaries and peak per param, 16M "
-        "params in 1 and in 16 leaves (compiled, not run: seconds); skips the AdamW "
-        "configurations unless --configs is also given",
+        "params in 1 and in 16 leaves, beside each step's time over float32 AdamW's update + "
+        "apply_updates (in --rounds interleaved rounds); skips the AdamW configurations unless "
+        "--configs is also given",
     )
     args = parser.parse_args(argv)
     if args.size is not None and (args.size < 4 or args.size % 4):
@@ -756,9 +789,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(_format_comparison(comparison), flush=True)
         output["optimizers"] = comparison
     if args.memory:
-        output["memory"] = [step_memory(1 << 24, leaves) for leaves in (1, 16)]
-        for record in output["memory"]:
-            print(_format_memory(record), flush=True)
+        output["memory"] = []
+        for leaves in (1, 16):
+            output["memory"].append(step_memory(1 << 24, leaves, args.rounds, args.steps))
+            print(_format_memory(output["memory"][-1]), flush=True)
     with open(args.json, "w") as f:
         json.dump(output, f, indent=1)
     print(f"\nwrote {args.json}")
