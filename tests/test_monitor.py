@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -157,6 +158,24 @@ def test_every_keeps_the_last_statistics_between_due_steps():
         seen.append(float(adamx.diagnostics(state)["grad_norm"]))
     norm = lambda k: float(adamx.global_norm(GRADS)) * (1.0 + k)  # noqa: E731
     assert seen == pytest.approx([norm(0), norm(0), norm(2)], rel=RTOL)
+
+
+def test_the_kernel_unpacks_and_derives_the_statistics_only_on_due_steps():
+    # Every equation reading the kernel's in-pass sums is inside the `cond` of `every`.
+    opt = adamx.monitor(_adamw(), every=2)
+    step = lambda p, s, g: adamx.step(opt, g, s, p, fused=True)  # noqa: E731
+    jaxpr = jax.make_jaxpr(step)(PARAMS, opt.init(PARAMS), GRADS).jaxpr
+    sums = {
+        v
+        for e in jaxpr.eqns
+        if e.primitive.name == "ffi_call"
+        for v in e.outvars
+        if v.aval.dtype == np.uint32 and v.aval.ndim == 1
+    }
+    assert len(sums) == len(PARAMS["head"]) + 1  # one vector of sums per leaf
+    reads = lambda e: any(not isinstance(v, jex.Literal) and v in sums for v in e.invars)  # noqa: E731
+    readers = [e.primitive.name for e in jaxpr.eqns if reads(e)]
+    assert readers == ["cond"]
 
 
 def test_keys_are_key_paths_and_foreign_transformations_get_the_basic_statistics():

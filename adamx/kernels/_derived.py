@@ -1069,6 +1069,7 @@ class Plan:
     leaves: dict[str, list[_Leaf]]  # program key -> its instances
     treedefs: tuple
     reducers: list[tuple[str, _Reducer]] = dataclasses.field(default_factory=list)
+    gate: _Eqn | None = None  # the cond the in-pass reductions' results flow into (`_gate`)
 
 
 def _components(flat: _Flat, ops: list[_Eqn] | None = None) -> list[list[_Eqn]]:
@@ -1219,11 +1220,12 @@ def _terminal(flat: _Flat, reductions: list[_Eqn], outputs: list) -> list[_Eqn]:
     return [e for e in reductions if id(e) not in kept]
 
 
-def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
-    """The index of the one ``cond`` all ``terminal`` reductions' results flow into, if its
-    first branch (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing
-    else does (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where
-    it is 0, the pass may skip the reductions. ``None`` otherwise."""
+def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> _Eqn | None:
+    """The one ``cond`` all ``terminal`` reductions' results flow into, if its first branch
+    (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing else does
+    (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where its index
+    is 0, the pass may skip the reductions, and `run` skips the scalar equations that read
+    them. ``None`` otherwise."""
     if not terminal:
         return None
     derived = {e.outs[0] for e in terminal}
@@ -1246,7 +1248,7 @@ def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
     for var, ref in zip(skipped.invars, operands, strict=True):
         if isinstance(ref, int) and ref in derived and id(var) in used:
             return None
-    return index
+    return cond
 
 
 def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Plan:
@@ -1352,7 +1354,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
                 raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
             if kind == "sum" and flat.dtypes[x] not in (np.float32, np.int32):
                 raise _Unsupported(f"a sum of {flat.dtypes[x]}")
-        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, gate)
+        index = gate.ins[0] if gate is not None else None
+        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, index)
         programs[program.key] = program
         blocks = _blocks(flat, ops)
         units = 0 if blocks is None else blocks.layers * blocks.blocks
@@ -1369,7 +1372,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
             )
         )
     programs.update(reducer_programs)
-    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers)
+    gated = gate if any(x.reductions for xs in leaves.values() for x in xs) else None
+    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers, gated)
 
 
 # ---- running a plan ---------------------------------------------------------------------------
@@ -1415,6 +1419,7 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
     # The equations reading a reduction accumulated in an elementwise pass run after the passes.
     late_nodes = {e.outs[0] for xs in p.leaves.values() for x in xs for e in x.reductions}
     late = []
+    raw: list = []  # with a gate, the in-pass reductions' result vectors, unpacked in `_gated`
     for eqn in sorted(events, key=lambda e: e.index):
         if any(isinstance(r, int) and r in late_nodes for r in eqn.ins):
             late.append(eqn)
@@ -1465,11 +1470,57 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
                         env[node] = value
         _native.program(key, program.source)
         for start in range(0, len(compiled), _GROUP):
-            _call(p.flat, key, program, compiled[start : start + _GROUP], env, read, where)
+            group = compiled[start : start + _GROUP]
+            _call(p.flat, key, program, group, env, read, where, raw if p.gate else None)
+    if p.gate is not None:
+        _gated(p, [e for e in late if e.index < p.gate.index], raw, env, read)
+        late = [e for e in late if e.index > p.gate.index]
     for eqn in late:
+        if any(isinstance(r, int) and r not in env for r in eqn.ins):
+            continue  # reads a value of the gate's taken branch alone: reaches no output (`_gate`)
         for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
             env[node] = value
     return [read(ref) for ref in p.outputs]
+
+
+def _gated(p: Plan, before: list[_Eqn], raw: list, env: dict, read) -> None:
+    """The gate's ``cond`` (`_gate`), its outputs into ``env``, with everything that reads the
+    in-pass reductions' results inside its taken branches: the kernel's result vectors
+    (``raw``, ``(reductions, out)`` per leaf) are unpacked there, and the scalar equations
+    ``before`` it that read them run there, so a step that skips the reductions skips them
+    too (a monitor's per-leaf statistics: some 80 scalar operations XLA would run every step)."""
+    cond = p.gate
+    assert cond is not None
+    index, *operands = cond.ins
+    branches = cond.params["branches"]
+
+    def taken(k: int):
+        def branch(vectors: list) -> list:
+            local = dict(env)
+            for (reductions, _), out in zip(raw, vectors, strict=True):
+                _reduced(p.flat, reductions, out, local)
+            for eqn in before:
+                values = _bind(eqn, [r.value if isinstance(r, Lit) else local[r] for r in eqn.ins])
+                local.update(zip(eqn.outs, values, strict=True))
+            args = [r.value if isinstance(r, Lit) else local[r] for r in operands]
+            return jex.jaxpr_as_fun(branches[k])(*args)
+
+        return branch
+
+    def skipped(vectors: list) -> list:
+        # Branch 0 reads none of the reductions' results: zeros stand in for them.
+        args = [
+            read(r)
+            if not isinstance(r, int) or r in env
+            else jnp.zeros(p.flat.shapes[r], p.flat.dtypes[r])
+            for r in operands
+        ]
+        return jex.jaxpr_as_fun(branches[0])(*args)
+
+    vectors = [out for _, out in raw]
+    branch_fns = [skipped, *(taken(k) for k in range(1, len(branches)))]
+    outs = jax.lax.switch(read(index), branch_fns, vectors)
+    env.update(zip(cond.outs, outs, strict=True))
 
 
 def _scalar_buffer(group: list, read) -> jax.Array:
@@ -1556,8 +1607,10 @@ def _call(
     env: dict,
     read,
     where: Layout | None = None,
+    raw: list | None = None,
 ) -> None:
-    """One custom call: ``program`` over the leaves of ``group``, results into ``env``.
+    """One custom call: ``program`` over the leaves of ``group``, results into ``env`` (its
+    in-pass reductions' result vectors, given ``raw``, into it instead, with their equations).
 
     On a mesh the call runs once per shard, inside ``jax.shard_map``: each leaf's operands and
     results in the partition of its most finely split operand (under ZeRO-1, the state's: each
@@ -1607,7 +1660,10 @@ def _call(
     for node, value in zip(targets, outs[: len(targets)], strict=True):
         env[node] = value
     for x, out in zip(group if width else [], outs[len(targets) :], strict=True):
-        _reduced(flat, x.reductions, out, env)
+        if raw is not None:
+            raw.append((x.reductions, out))
+        else:
+            _reduced(flat, x.reductions, out, env)
 
 
 def _local(where: Layout, shape: tuple, partition: Any) -> tuple:
