@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core._chain import unbounded
+from ..core._probe import kernel_trace
 from ..storage._quantize import code_constants
 from . import _native
 from ._mesh import Layout, layout, reshard, spec
@@ -1729,7 +1730,8 @@ def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:
         params = p_def.unflatten(leaves[:n])
         grads = p_def.unflatten(leaves[n : 2 * n])
         state = s_def.unflatten(leaves[2 * n :])
-        with unbounded():  # the chain as written (not its bounded form)
+        # The chain as written (not its bounded form); a monitor's sums where the kernel takes them.
+        with unbounded(), kernel_trace():
             updates, new_state = tx.update(grads, state, params)
         new_leaves, new_def = jax.tree.flatten(new_state)
         if new_def != s_def:
