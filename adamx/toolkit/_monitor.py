@@ -231,9 +231,11 @@ def monitor(
 
     Cost: through `adamx.step` on CPU, the sums the statistics need are accumulated inside the
     fused kernel's one pass over the params, and a step with nothing due (``count % every !=
-    0``) runs the pass without them; the statistics are derived from the sums in a ``lax.cond``
-    that keeps the last ones. On the jnp path (``update`` and `apply_updates`, or another
-    backend) XLA takes the sums every step.
+    0``) runs the pass without them; the statistics are derived from the sums in the taken
+    branch of a ``lax.cond`` whose other branch keeps the last ones. On the jnp path
+    (``update`` and `apply_updates`, or another backend), with ``every > 1``, the sums are
+    taken in that branch too, from the step's inputs (the wrapped ``update`` computed again
+    there), so a step with nothing due takes none; with ``every=1`` XLA takes them every step.
 
     Args:
       tx: the transformation to watch.
