@@ -9,9 +9,11 @@ state against the plain optimizer's, bit for bit.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -157,6 +159,85 @@ def test_every_keeps_the_last_statistics_between_due_steps():
         seen.append(float(adamx.diagnostics(state)["grad_norm"]))
     norm = lambda k: float(adamx.global_norm(GRADS)) * (1.0 + k)  # noqa: E731
     assert seen == pytest.approx([norm(0), norm(0), norm(2)], rel=RTOL)
+
+
+def test_the_kernel_unpacks_and_derives_the_statistics_only_on_due_steps():
+    # Every equation reading the kernel's in-pass sums is inside the `cond` of `every`.
+    opt = adamx.monitor(_adamw(), every=2)
+    step = lambda p, s, g: adamx.step(opt, g, s, p, fused=True)  # noqa: E731
+    jaxpr = jax.make_jaxpr(step)(PARAMS, opt.init(PARAMS), GRADS).jaxpr
+    sums = {
+        v
+        for e in jaxpr.eqns
+        if e.primitive.name == "ffi_call"
+        for v in e.outvars
+        if v.aval.dtype == np.uint32 and v.aval.ndim == 1
+    }
+    assert len(sums) == len(PARAMS["head"]) + 1  # one vector of sums per leaf
+    reads = lambda e: any(not isinstance(v, jex.Literal) and v in sums for v in e.invars)  # noqa: E731
+    readers = [e.primitive.name for e in jaxpr.eqns if reads(e)]
+    assert readers == ["cond"]
+
+
+def _outside_branches(text: str) -> tuple[list[str], list[str]]:
+    """In a compiled module's text: the reductions XLA runs outside every conditional's branches
+    (in the entry computation and what it calls, fusions included), and the arrays the entry
+    computation copies."""
+    bodies = {}
+    for block in text.split("\n\n"):
+        head = re.match(r"\s*(ENTRY )?%?([\w.-]+)", block)
+        if head:
+            bodies["ENTRY" if head.group(1) else head.group(2)] = block
+    reductions, seen, todo = [], set(), ["ENTRY"]
+    while todo:
+        body = bodies[todo.pop()]
+        reductions += re.findall(r"= \S+ reduce\(", body)
+        for name in re.findall(r"(?:calls|to_apply)=%([\w.-]+)", body):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    copies = re.findall(r"= \w+\[\d[\d,]*\]\S* copy\(", bodies["ENTRY"])
+    return reductions, copies
+
+
+def test_on_the_jnp_path_a_step_with_nothing_due_takes_no_sum():
+    """`update` then `apply_updates` under `jit`, params and state donated: with ``every > 1``
+    the sums are in the `cond`'s taken branch alone, and the step writes the donated buffers in
+    place (no copy of them for the branch). Params and state bit for bit the plain AdamW's; the
+    statistics of a due step the ``every=1`` monitor's (same operations, compiled apart:
+    within `KERNEL_RTOL`)."""
+
+    def jitted(tx):
+        def step(p, s, g):
+            updates, s = tx.update(g, s, p)
+            return adamx.apply_updates(p, updates), s
+
+        return jax.jit(step, donate_argnums=(0, 1))
+
+    plain, every1, every2 = _adamw(), adamx.monitor(_adamw()), adamx.monitor(_adamw(), every=2)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    text = jitted(every2).lower(PARAMS, every2.init(PARAMS), GRADS).compile().as_text()
+    assert _outside_branches(text) == ([], [])
+    text = jitted(every1).lower(PARAMS, every1.init(PARAMS), GRADS).compile().as_text()
+    assert _outside_branches(text)[0]  # (the check sees reductions where there are)
+    runs = {}
+    for name, tx in [("plain", plain), ("every1", every1), ("every2", every2)]:
+        p, s, step, seen = copy(PARAMS), tx.init(PARAMS), jitted(tx), []
+        for k in range(3):
+            p, s = step(p, s, jax.tree.map(lambda g, k=k: g * (1.0 + k), GRADS))
+            seen.append({key: float(v) for key, v in adamx.diagnostics(s).items()})
+        runs[name] = (p, s, seen)
+    bits = lambda x: np.atleast_1d(np.asarray(x)).view(np.uint8)  # noqa: E731
+    (p_plain, s_plain, _), (p_mon, s_mon, _) = runs["plain"], runs["every2"]
+    plain_leaves = jax.tree.leaves((p_plain, s_plain))
+    for a, b in zip(plain_leaves, jax.tree.leaves((p_mon, s_mon.inner)), strict=True):
+        np.testing.assert_array_equal(bits(a), bits(b))
+    (_, _, want), (_, _, got) = runs["every1"], runs["every2"]
+    assert got[1] == got[0]  # kept
+    for k in (0, 2):
+        assert set(got[k]) == set(want[k])
+        for key in want[k]:
+            np.testing.assert_allclose(got[k][key], want[k][key], rtol=KERNEL_RTOL, err_msg=key)
 
 
 def test_keys_are_key_paths_and_foreign_transformations_get_the_basic_statistics():

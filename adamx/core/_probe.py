@@ -7,6 +7,11 @@ same trace, so the statistics built from them are part of the step (under ``jit`
 kernel) and cost no transfer. A value traced inside another trace than the monitor's (a
 ``lax.cond`` or ``lax.scan`` of a wrapper between them, such as ``MultiSteps``) is not recorded:
 it could not leave that trace.
+
+`adamx.step`'s planner traces the step inside `kernel_trace`: there the derived kernel
+accumulates the statistics' sums in its own pass, and skips them on a step whose ``cond`` reads
+none of them (`adamx.kernels._derived._gate`), so `monitor` takes the sums from the step's own
+arrays; on any other trace (the jnp path) it takes them inside that ``cond``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,26 @@ __all__: list[str] = []  # internal: used by the blocks and by `adamx.monitor`
 _OPEN: contextvars.ContextVar[tuple[Any, list] | None] = contextvars.ContextVar(
     "adamx_probe", default=None
 )
+
+
+_KERNEL_TRACE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "adamx_kernel_trace", default=False
+)
+
+
+@contextlib.contextmanager
+def kernel_trace() -> Iterator[None]:
+    """Trace a step for the derived kernel, which takes the reductions of its leaves in its pass."""
+    token = _KERNEL_TRACE.set(True)
+    try:
+        yield
+    finally:
+        _KERNEL_TRACE.reset(token)
+
+
+def kernel_tracing() -> bool:
+    """Whether the step being traced is the derived kernel's (see `kernel_trace`)."""
+    return _KERNEL_TRACE.get()
 
 
 def _current_trace() -> Any:

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core._chain import unbounded
+from ..core._probe import kernel_trace
 from ..storage._quantize import code_constants
 from . import _native
 from ._mesh import Layout, layout, reshard, spec
@@ -1142,6 +1143,7 @@ class Plan:
     leaves: dict[str, list[_Leaf]]  # program key -> its instances
     treedefs: tuple
     reducers: list[tuple[str, _Reducer]] = dataclasses.field(default_factory=list)
+    gate: _Eqn | None = None  # the cond the in-pass reductions' results flow into (`_gate`)
 
 
 def _components(flat: _Flat, ops: list[_Eqn] | None = None) -> list[list[_Eqn]]:
@@ -1292,11 +1294,12 @@ def _terminal(flat: _Flat, reductions: list[_Eqn], outputs: list) -> list[_Eqn]:
     return [e for e in reductions if id(e) not in kept]
 
 
-def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
-    """The index of the one ``cond`` all ``terminal`` reductions' results flow into, if its
-    first branch (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing
-    else does (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where
-    it is 0, the pass may skip the reductions. ``None`` otherwise."""
+def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> _Eqn | None:
+    """The one ``cond`` all ``terminal`` reductions' results flow into, if its first branch
+    (taken at index 0: ``lax.cond``'s false branch) reads none of them and nothing else does
+    (`monitor`'s ``every``: a step with nothing due keeps the last statistics): where its index
+    is 0, the pass may skip the reductions, and `run` skips the scalar equations that read
+    them. ``None`` otherwise."""
     if not terminal:
         return None
     derived = {e.outs[0] for e in terminal}
@@ -1319,7 +1322,7 @@ def _gate(flat: _Flat, terminal: list[_Eqn], outputs: list) -> Any:
     for var, ref in zip(skipped.invars, operands, strict=True):
         if isinstance(ref, int) and ref in derived and id(var) in used:
             return None
-    return index
+    return cond
 
 
 def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Plan:
@@ -1425,7 +1428,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
                 raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
             if kind == "sum" and flat.dtypes[x] not in (np.float32, np.int32):
                 raise _Unsupported(f"a sum of {flat.dtypes[x]}")
-        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, gate)
+        index = gate.ins[0] if gate is not None else None
+        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, index)
         programs[program.key] = program
         blocks = _blocks(flat, ops)
         units = 0 if blocks is None else blocks.layers * blocks.blocks
@@ -1442,7 +1446,8 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
             )
         )
     programs.update(reducer_programs)
-    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers)
+    gated = gate if any(x.reductions for xs in leaves.values() for x in xs) else None
+    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers, gated)
 
 
 # ---- running a plan ---------------------------------------------------------------------------
@@ -1487,6 +1492,7 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
         pending = [(k, x) for k, x in pending if x.size > 0]
     # The equations reading a reduction accumulated in an elementwise pass run after the passes.
     late = _late(p, events)
+    raw: list = []  # with a gate, the in-pass reductions' result vectors, unpacked in `_gated`
     events = [e for e in events if all(e is not x for x in late)]
     # Demand-driven, in the jaxpr's order otherwise: a scalar equation that needs a reduction's
     # result first runs the program computing it (with every other one whose scalars are known).
@@ -1571,8 +1577,14 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
                         env[node] = value
         _native.program(key, program.source)
         for start in range(0, len(compiled), _GROUP):
-            _call(p.flat, key, program, compiled[start : start + _GROUP], env, read, where)
+            group = compiled[start : start + _GROUP]
+            _call(p.flat, key, program, group, env, read, where, raw if p.gate else None)
+    if p.gate is not None:
+        _gated(p, [e for e in late if e.index < p.gate.index], raw, env, read)
+        late = [e for e in late if e.index > p.gate.index]
     for eqn in late:
+        if any(isinstance(r, int) and r not in env for r in eqn.ins):
+            continue  # reads a value of the gate's taken branch alone: reaches no output (`_gate`)
         for node, value in zip(eqn.outs, _bind(eqn, [read(r) for r in eqn.ins]), strict=True):
             env[node] = value
     return [read(ref) for ref in p.outputs]
@@ -1630,6 +1642,46 @@ def _reached(p: Plan, producer: dict, reducer_of: dict, roots: list, lazy: bool)
             ins = eqn.ins[:1] if not lazy and id(eqn) in p.flat.lazy else eqn.ins
             stack += [r for r in ins if isinstance(r, int)]
     return seen
+
+
+def _gated(p: Plan, before: list[_Eqn], raw: list, env: dict, read) -> None:
+    """The gate's ``cond`` (`_gate`), its outputs into ``env``, with everything that reads the
+    in-pass reductions' results inside its taken branches: the kernel's result vectors
+    (``raw``, ``(reductions, out)`` per leaf) are unpacked there, and the scalar equations
+    ``before`` it that read them run there, so a step that skips the reductions skips them
+    too (a monitor's per-leaf statistics: some 80 scalar operations XLA would run every step)."""
+    cond = p.gate
+    assert cond is not None
+    index, *operands = cond.ins
+    branches = cond.params["branches"]
+
+    def taken(k: int):
+        def branch(vectors: list) -> list:
+            local = dict(env)
+            for (reductions, _), out in zip(raw, vectors, strict=True):
+                _reduced(p.flat, reductions, out, local)
+            for eqn in before:
+                values = _bind(eqn, [r.value if isinstance(r, Lit) else local[r] for r in eqn.ins])
+                local.update(zip(eqn.outs, values, strict=True))
+            args = [r.value if isinstance(r, Lit) else local[r] for r in operands]
+            return jex.jaxpr_as_fun(branches[k])(*args)
+
+        return branch
+
+    def skipped(vectors: list) -> list:
+        # Branch 0 reads none of the reductions' results: zeros stand in for them.
+        args = [
+            read(r)
+            if not isinstance(r, int) or r in env
+            else jnp.zeros(p.flat.shapes[r], p.flat.dtypes[r])
+            for r in operands
+        ]
+        return jex.jaxpr_as_fun(branches[0])(*args)
+
+    vectors = [out for _, out in raw]
+    branch_fns = [skipped, *(taken(k) for k in range(1, len(branches)))]
+    outs = jax.lax.switch(read(index), branch_fns, vectors)
+    env.update(zip(cond.outs, outs, strict=True))
 
 
 def _scalar_buffer(group: list, read) -> jax.Array:
@@ -1716,8 +1768,10 @@ def _call(
     env: dict,
     read,
     where: Layout | None = None,
+    raw: list | None = None,
 ) -> None:
-    """One custom call: ``program`` over the leaves of ``group``, results into ``env``.
+    """One custom call: ``program`` over the leaves of ``group``, results into ``env`` (its
+    in-pass reductions' result vectors, given ``raw``, into it instead, with their equations).
 
     On a mesh the call runs once per shard, inside ``jax.shard_map``: each leaf's operands and
     results in the partition of its most finely split operand (under ZeRO-1, the state's: each
@@ -1767,7 +1821,10 @@ def _call(
     for node, value in zip(targets, outs[: len(targets)], strict=True):
         env[node] = value
     for x, out in zip(group if width else [], outs[len(targets) :], strict=True):
-        _reduced(flat, x.reductions, out, env)
+        if raw is not None:
+            raw.append((x.reductions, out))
+        else:
+            _reduced(flat, x.reductions, out, env)
 
 
 def _local(where: Layout, shape: tuple, partition: Any) -> tuple:
@@ -1833,7 +1890,8 @@ def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:
         params = p_def.unflatten(leaves[:n])
         grads = p_def.unflatten(leaves[n : 2 * n])
         state = s_def.unflatten(leaves[2 * n :])
-        with unbounded():  # the chain as written (not its bounded form)
+        # The chain as written (not its bounded form); a monitor's sums where the kernel takes them.
+        with unbounded(), kernel_trace():
             updates, new_state = tx.update(grads, state, params)
         new_leaves, new_def = jax.tree.flatten(new_state)
         if new_def != s_def:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core._base import GradientTransformation, safe_increment, zero_count
-from ..core._probe import probe
+from ..core._probe import kernel_tracing, probe
 
 __all__ = ["MonitorState", "diagnostics", "monitor"]
 
@@ -157,6 +157,26 @@ def _statistics(sums: dict[str, dict[str, Any]], per_leaf: bool) -> dict[str, ja
     return {key: jnp.asarray(value, _F32) for key, value in sorted(out.items())}
 
 
+def _after(tree: Any, statistics: dict[str, jax.Array]) -> Any:
+    """``tree``'s arrays as they are, each a select on a predicate computed from ``statistics``
+    that no value satisfies (a 32-bit word with more than 32 bits set), which XLA cannot fold:
+    what reads them runs after the ``cond`` that made ``statistics``.
+
+    The monitor passes the wrapped transformation's state through it, so the step writes its
+    donated moments (and, reading them, the params) after the ``cond`` has read them: else
+    XLA:CPU copies every buffer the ``cond`` reads before the step overwrites it in place
+    (measured, jaxlib 0.10: three leaf-sized copies per leaf for AdamW, 5x its step at 20M
+    params; ``optimization_barrier`` did not spare them). XLA:CPU contracts ``a * b + c`` into
+    an FMA or not by the shape of a fusion: with the select on the moments AdamW's jitted step
+    is the plain one's bit for bit (tests/test_monitor.py); with it on the gradient it was not.
+    """
+    bits = jax.lax.bitcast_convert_type(next(iter(statistics.values())), jnp.uint32)
+    never = jax.lax.population_count(bits) > 32
+    return jax.tree.map(
+        lambda x: jnp.where(never, jnp.zeros_like(x), x) if isinstance(x, jax.Array) else x, tree
+    )
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
@@ -211,9 +231,11 @@ def monitor(
 
     Cost: through `adamx.step` on CPU, the sums the statistics need are accumulated inside the
     fused kernel's one pass over the params, and a step with nothing due (``count % every !=
-    0``) runs the pass without them; the statistics are derived from the sums in a ``lax.cond``
-    that keeps the last ones. On the jnp path (``update`` and `apply_updates`, or another
-    backend) XLA takes the sums every step.
+    0``) runs the pass without them; the statistics are derived from the sums in the taken
+    branch of a ``lax.cond`` whose other branch keeps the last ones. On the jnp path
+    (``update`` and `apply_updates`, or another backend), with ``every > 1``, the sums are
+    taken in that branch too, from the step's inputs (the wrapped ``update`` computed again
+    there), so a step with nothing due takes none; with ``every=1`` XLA takes them every step.
 
     Args:
       tx: the transformation to watch.
@@ -238,9 +260,9 @@ def monitor(
             f"got {every!r}. Pass, e.g., `every=100`."
         )
 
-    def measure(grads, inner_state, params):
+    def measure(grads, inner_state, params, **extra_args):
         with probe() as records:
-            updates, new_inner = tx.update(grads, inner_state, params)
+            updates, new_inner = tx.update(grads, inner_state, params, **extra_args)
         return updates, new_inner, _statistics(_sums(grads, updates, params, records), per_leaf)
 
     def init_fn(params):
@@ -262,20 +284,32 @@ def monitor(
                 "`monitor` needs the params (the update-to-parameter ratio and the parameter "
                 "norm): call `update(grads, state, params)`, or `adamx.step`."
             )
-        with probe() as records:
-            new_updates, inner = tx.update(updates, state.inner, params, **extra_args)
-        new = _statistics(_sums(updates, new_updates, params, records), per_leaf)
+        grads, inner_state = updates, state.inner
+        new = jax.eval_shape(lambda: measure(grads, inner_state, params, **extra_args)[2])
         if set(new) != set(state.statistics):
             raise ValueError(
                 f"`monitor` expected the statistics its `init` found ({sorted(state.statistics)}), "
                 f"got {sorted(new)}: the state was made for another transformation or params. "
                 "Make the state with this monitor's `init`."
             )
+        due = state.count % every == 0
+        kept = lambda: state.statistics  # noqa: E731
+        if every > 1 and not kernel_tracing():
+            # The jnp path: the statistics from the step's inputs, inside the branch taken when
+            # `due` (the update computed again there), so a step with nothing due takes no sum
+            # and keeps no array for one; the step then reads its state after the branch.
+            taken = lambda: measure(grads, inner_state, params, **extra_args)[2]  # noqa: E731
+            statistics = jax.lax.cond(due, taken, kept)
+            inner_state = _after(inner_state, statistics)
+        with probe() as records:
+            new_updates, inner = tx.update(grads, inner_state, params, **extra_args)
         if every == 1:
-            statistics = new
-        else:
-            due = state.count % every == 0
-            statistics = jax.lax.cond(due, lambda: new, lambda: state.statistics)
+            statistics = _statistics(_sums(grads, new_updates, params, records), per_leaf)
+        elif kernel_tracing():
+            # The derived kernel takes the sums in its pass, and skips them (and the equations
+            # reading them) where `due` is false (`adamx.kernels._derived._gate`).
+            sums = _sums(grads, new_updates, params, records)
+            statistics = jax.lax.cond(due, lambda: _statistics(sums, per_leaf), kept)
         return new_updates, MonitorState(safe_increment(state.count), inner, statistics)
 
     return GradientTransformation(init_fn, update_fn)
