@@ -7,6 +7,8 @@ eager (op-by-op) jnp path, one step at a time from the same state.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,17 +36,29 @@ def _update_apply(tx):
     return fn
 
 
+_MATRIX = {"w": jax.ShapeDtypeStruct((2048, N // 2048), jnp.float32)}  # rank-1 v's layer
+
+
 def _like(leaves: int = 1) -> dict:
     return {f"w{i:02d}": jax.ShapeDtypeStruct((N // leaves,), jnp.float32) for i in range(leaves)}
 
 
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("name", QUANTISED)
-def test_update_with_8bit_moments_keeps_its_temporaries_to_a_chunk(name):
-    """``update`` + ``apply_updates`` of every optimizer of the registry with 8-bit moments: at
-    most one float32 buffer (the updates) beyond 0.25 bytes per param + 8 MiB (the jnp path had
-    8-24 bytes per param)."""
-    tx = _optimizer(name, 8)
-    like = _like()
+def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits):
+    """``update`` + ``apply_updates`` of every optimizer of the registry with 8-bit moments (one
+    leaf) and with `low_bit_moments(4)`'s (block-wise m, rank-1 v: a matrix): at most one float32
+    buffer (the updates) beyond 0.25 bytes per param + 8 MiB (the jnp path had 8-24 bytes per
+    param, 5.06 with rank-1 v)."""
+    if bits == 4 and name == "schedule_free_adamw":
+        # Not rank-1's: with block-wise 4-bit moments too, on a matrix (not on a vector) XLA
+        # takes the update of z and of the updates out of the loop, whole (8.07 bytes per param).
+        pytest.xfail("schedule-free on a matrix: z and the updates computed out of the loop")
+    if bits == 8:
+        tx, like = _optimizer(name, 8), _like()
+    else:
+        moments = adamx.low_bit_moments(4)
+        tx, like = _optimizer(name, 4, (moments["mu_dtype"], moments["nu_dtype"])), _MATRIX
     state = jax.eval_shape(tx.init, like)
     temps = _temporaries(_update_apply(tx), like, state)
     assert temps <= 4 * N + N // 4 + 8 * MIB, (name, temps / N)
@@ -111,13 +125,148 @@ def test_the_bounded_update_is_the_jnp_update_within_2_ulp(monkeypatch, name, bi
             assert np.mean(np.asarray(x) != np.asarray(y)) <= 1e-3
 
 
-def test_rank1_moments_say_why_they_are_not_bounded():
-    """`rank1_4bit` takes its row and column maxima over the whole layer, which no chunk sees:
-    such a step is not planned (the reason names the reduction) and runs as written."""
-    tx = adamx.adamw(1e-3, **adamx.low_bit_moments(4))
-    params = {"w": jnp.ones((128, 64), jnp.float32)}
-    why = _bounded.why_not(tx, adamx.apply_updates, params, tx.init(params), params)
-    assert why is not None and "reduces a leaf to an array" in why, why
+# ---- rank-1 4-bit second moments (`rank1_4bit`, the default of `low_bit_moments(4)`) ----------
+
+
+def _rank1_pair(kind: str) -> dict:
+    """``mu_dtype``/``nu_dtype``: "4bit", `low_bit_moments(4)`'s (block-wise m, rank-1 v);
+    "rank1", a float32 m (chunks of whole rows, no blocks to align to)."""
+    nu = adamx.rank1_4bit(min_size=1000, batch_dims=_stacked)
+    if kind == "rank1":
+        return {"nu_dtype": nu}
+    return {
+        "mu_dtype": adamx.blockwise_4bit(True, min_size=1000, batch_dims=_stacked),
+        "nu_dtype": nu,
+    }
+
+
+def _stacked(leaf) -> int:
+    return 1 if jnp.ndim(leaf) == 3 else 0
+
+
+def _rank1_tree() -> dict:
+    """With chunks of 1024 elements: row chunks with a shorter last one ("rows"), odd columns
+    (codes' pairs across rows, "odd"), stacked layers several a chunk with a rest ("layers") and
+    cut into rows across layers ("stack"), a vector (block-wise linear code), a small matrix in
+    one piece and under ``min_size``, and an empty leaf."""
+    rng = np.random.default_rng(3)
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    return {
+        "rows": normal(100, 80),
+        "odd": normal(70, 129),
+        "layers": normal(5, 8, 40),
+        "stack": normal(2, 60, 48),
+        "vector": normal(5000),
+        "one": normal(30, 34),
+        "small": normal(20, 30),
+        "e": jnp.zeros((0, 3), jnp.float32),
+    }
+
+
+def _rank1_gradients(params: dict, steps: int) -> list:
+    """Random gradients; the second step holds a NaN in "rows" (its row's and its column's scales
+    turn NaN) and an inf in "odd" and in "stack"'s second layer (v overflows to inf)."""
+    rng = np.random.default_rng(4)
+    out = []
+    for t in range(steps):
+        g = {k: jnp.asarray(rng.standard_normal(p.shape), p.dtype) for k, p in params.items()}
+        if t == 1:
+            g["rows"] = g["rows"].at[3, 5].set(np.nan)
+            g["odd"] = g["odd"].at[7, 2].set(np.inf)
+            g["stack"] = g["stack"].at[1, 40, 9].set(np.inf)
+        out.append(g)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "path"),
+    [
+        ("adamw", "4bit", "update"),
+        ("adamw", "4bit", "step"),
+        ("adamw", "rank1", "update"),
+        ("adopt", "4bit", "update"),
+    ],
+)
+def test_rank1_moments_are_bounded_within_2_ulp_of_the_jnp_path(monkeypatch, name, kind, path):
+    """Rank-1 second moments through the bounded path (two passes over a leaf's chunks: the row
+    and column maxima, then the step), ``update`` and `adamx.step`: each step within 2 ulp of the
+    eager jnp path's, params, float state and scales, the codes equal (here every one: the
+    maxima are exact, so only a value 2 ulp off a code's edge could round otherwise), over
+    leaves of every layout and with a NaN and an inf in a gradient."""
+    monkeypatch.setattr(_bounded, "CHUNK", 1024)
+    tx = _optimizer(name, 4, tuple(_rank1_pair(kind).get(k) for k in ("mu_dtype", "nu_dtype")))
+    params = _rank1_tree()
+    state = tx.init(params)
+    rank1 = [x for x in jax.tree.leaves(state, is_leaf=_is_q) if _is_q(x)]
+    assert sum(isinstance(x.scales, tuple) for x in rank1) == 5  # rows, odd, layers, stack, one
+    assert _bounded.why_not(tx, adamx.apply_updates, params, state, params) is None
+    assert "rank-1" in _derived.unsupported(tx, adamx.apply_updates, params, state, params)
+
+    def fn(p, s, g):
+        if path == "step":
+            return adamx.step(tx, g, s, p)
+        updates, s = tx.update(g, s, p)
+        return adamx.apply_updates(p, updates), s
+
+    grads = _rank1_gradients(params, 3)
+    assert "scan" in str(jax.make_jaxpr(fn)(params, state, grads[0]))  # the bounded path ran
+    jitted = jax.jit(fn)
+    for g in grads:
+        p_b, s_b = jitted(params, state, g)
+        with jax.disable_jit():
+            params, state = fn(params, state, g)  # eager: op by op
+        plain_b, codes_b, scales_b = _decoded((p_b, s_b))
+        plain_r, codes_r, scales_r = _decoded((params, state))
+        with np.errstate(invalid="ignore"):  # inf - inf where both are inf (then 0 apart)
+            assert _ulps_apart((plain_b, scales_b), (plain_r, scales_r)) <= 2
+        for x, y in zip(codes_b, codes_r, strict=True):
+            assert np.array_equal(np.asarray(x), np.asarray(y))
+    # The NaN stayed in the state: the scales of "rows"' row 3 and column 5.
+    (v,) = [
+        x
+        for x in jax.tree.leaves(state, is_leaf=_is_q)
+        if _is_q(x) and isinstance(x.scales, tuple) and x.shape == (100, 80)
+    ]
+    assert np.isnan(v.scales[0][0, 3]) and np.isnan(v.scales[1][0, 5])
+
+
+def _is_q(x) -> bool:
+    return isinstance(x, adamx.QuantizedBuffer)
+
+
+_SHAPES = {
+    "1": _MATRIX,
+    "16": {
+        f"w{i:02d}": jax.ShapeDtypeStruct((512, N // 16 // 512), jnp.float32) for i in range(16)
+    },
+    "stacked": {"w": jax.ShapeDtypeStruct((16, 512, N // 16 // 512), jnp.float32)},
+    "rest": {"w": jax.ShapeDtypeStruct((4100, 1023), jnp.float32)},  # rows: a shorter last chunk
+    "vector": {"w": jax.ShapeDtypeStruct((N + 1000,), jnp.float32)},  # block-wise, linear code
+}
+
+
+@pytest.mark.parametrize("shapes", list(_SHAPES))
+def test_rank1_moments_keep_their_temporaries_to_a_chunk(monkeypatch, shapes):
+    """`low_bit_moments(4)` (rank-1 v): ``update`` + ``apply_updates`` at most the updates' float32
+    buffer beyond 0.25 bytes per param + 8 MiB, `adamx.step` (the kernel declines, the bounded
+    path runs) and `adamx.step` without the kernel 0.25 bytes per param + 8 MiB: one leaf, 16,
+    stacked layers, a leaf whose last chunk is shorter, a vector (before: 5.06 bytes per param
+    on every path)."""
+    like = _SHAPES[shapes]
+    tx = adamx.adamw(1e-3, weight_decay=0.1, **adamx.low_bit_moments(4, batch_dims=_stacked))
+    state = jax.eval_shape(tx.init, like)
+    n = sum(math.prod(x.shape) for x in like.values())
+
+    def step(p, s, g):
+        return adamx.step(tx, g, s, p)
+
+    assert _temporaries(_update_apply(tx), like, state) <= 4 * n + n // 4 + 8 * MIB
+    assert _temporaries(step, like, state) <= n // 4 + 8 * MIB
+    monkeypatch.setattr(_derived, "_unavailable", lambda: "not here")
+    assert _temporaries(lambda p, s, g: step(p, s, g), like, state) <= n // 4 + 8 * MIB
 
 
 def test_eager_update_stays_op_by_op():

@@ -305,7 +305,7 @@ def test_4bit_state_is_not_fused_and_says_why_and_stochastic_bfloat16_is_fused()
 
     params = {"w": jnp.ones((64, 128))}
     reason = why_not(adamx.adamw(1e-2, **adamx.low_bit_moments(4)), params)
-    assert reason is not None and "reduces a leaf to an array" in reason
+    assert reason is not None and "rank-1 4-bit moment" in reason
     # bits=16 (stochastic bfloat16) runs in the derived kernel: tests/test_fused_low_bit.py.
     if _native.status()[0]:
         assert why_not(adamx.adamw(1e-2, **adamx.low_bit_moments(16)), params) is None
@@ -407,7 +407,7 @@ def test_the_fused_low_bit_step_says_why_it_cannot_run():
     adamx.step(opt, params, opt.init(params), params, fused=True)
     four = adamx.adamw(1e-2, **adamx.low_bit_moments(4))
     params = {"w": jnp.ones((64, 128))}
-    with pytest.raises(ValueError, match="reduces a leaf to an array"):
+    with pytest.raises(ValueError, match="rank-1 4-bit moment"):
         adamx.step(four, params, four.init(params), params, fused=True)
 
 

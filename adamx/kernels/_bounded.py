@@ -14,8 +14,14 @@ a chunk (docs/design.md, section 8, "The bounded jnp path"):
   which slices its inputs with ``dynamic_slice`` and writes its results with
   ``dynamic_update_slice`` into buffers carried by the loop: the donated params and state it
   replaces, so they stay in place;
+- a leaf with rank-1 moments (`Rank1`: each element scaled by ``min(row max, column max)`` of
+  the new value) is cut into whole rows and takes two passes: the first computes the value each
+  encode codes (the part of the leaf's program it depends on) and reduces it to its layer's row
+  and column maxima, writing nothing else; the second runs the whole program, encoding with
+  those scales (the old codes and scales it decodes are still intact). A single chunk runs as a
+  loop too, of a count XLA does not know (unrolled, XLA copies the buffers it updates);
 - the equations themselves are the jnp path's, bound to the chunk's arrays: a decode or encode is
-  the storage's own on the chunk's blocks, an element's index (stochastic rounding's hash) is the
+  the storage's own on the chunk's blocks (or rows), an element's index (stochastic rounding's hash) is the
   chunk's offset plus its own index. So the numbers are the reference's, up to XLA's own
   compilation of a loop body (it may contract ``a * b + c``).
 
@@ -27,8 +33,9 @@ float32 buffer per leaf.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +43,7 @@ import numpy as np
 
 from ..core._chain import set_bounded_update
 from ..core._trees import is_stored_moment
+from ..storage._quantize import Rank1, _pack4, _unpack4, rank1_codes, rank1_scales, rank1_values
 from . import _derived
 
 __all__: list[str] = []  # internal
@@ -161,36 +169,158 @@ def run(p: Any, flat_args: list, chunk: int | None = None, over: dict | None = N
     return [jnp.asarray(read(ref)) for ref in p.outputs]
 
 
-def _chunks(flat: Any, x: Any, chunk: int) -> tuple[int, list, int] | None:
-    """How to cut a leaf: ``(block, [(count, elements, blocks, first)], layer)``: ``count`` loop
-    iterations of ``elements`` elements (``blocks`` blocks of the quantised moments) from
-    ``first``; ``block`` is 0 for a leaf without quantised moments. ``None``: in one piece."""
+class _At(NamedTuple):
+    """Where a chunk begins (traced): its first element of the leaf, its first block of the
+    block-quantised moments, and (a leaf with rank-1 moments) its layer and its first row there."""
+
+    start: Any
+    block: Any
+    layer: Any = 0
+    row: Any = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    """``iterations`` chunks of ``count`` elements and ``blocks`` blocks, the ``i``-th at
+    ``at(i)``; a chunk holds ``layers`` whole layers, or ``rows`` rows of one (rank-1)."""
+
+    iterations: int
+    count: int
+    blocks: int
+    at: Any
+    layers: int = 1
+    rows: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rank1:
+    """A leaf's rank-1 moments: ``layers`` layers of ``rows`` x ``cols`` (`Rank1` matrices), their
+    codes and (row, column) scales as nodes."""
+
+    layers: int
+    rows: int
+    cols: int
+    codes: frozenset
+    row: frozenset
+    col: frozenset
+    encodes: tuple  # the encodes (each reduces its value to the scales in a pass of its own)
+
+    def scale_index(self, node: int, at: _At) -> Any:
+        """Where a chunk's codes or scales begin in the flat buffer of ``node``."""
+        if node in self.codes:
+            pairs = -(-self.rows * self.cols // 2)
+            return at.layer * pairs + at.row * self.cols // 2  # (a chunk's rows: whole pairs)
+        if node in self.row:
+            return at.layer * self.rows + at.row
+        return at.layer * self.cols
+
+    def scale_size(self, node: int, p: _Piece) -> int:
+        if node in self.codes:
+            return p.layers * -(-p.rows * self.cols // 2)
+        return p.layers * (p.rows if node in self.row else self.cols)
+
+
+def _rank1(flat: Any, x: Any) -> _Rank1 | None:
+    """The rank-1 moments of a leaf's program (all of one shape), or ``None``."""
+    codecs = [e for e in x.ops if e.codec is not None and isinstance(e.codec[1], Rank1)]
+    if not codecs:
+        return None
+    ends = [e.ins[-3:] if e.codec[0] == "decode" else e.outs for e in codecs]
+    (layers, rows), (_, cols) = flat.shapes[ends[0][1]], flat.shapes[ends[0][2]]
+    encodes = tuple(e for e in codecs if e.codec[0] == "encode")
+    return _Rank1(
+        layers,
+        rows,
+        cols,
+        frozenset(c for c, _, _ in ends),
+        frozenset(r for _, r, _ in ends),
+        frozenset(c for _, _, c in ends),
+        encodes,
+    )
+
+
+def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, list] | None:
+    """How to cut a leaf: ``(block, pieces)``, ``block`` the block of its block-quantised moments
+    (0: none). ``None``: in one piece."""
     layout = _derived._blocks(flat, x.ops)
+    if rank1 is not None:
+        return _rank1_chunks(layout, rank1, chunk)
     if layout is None:
         if x.size <= chunk:
             return None
         full, rest = divmod(x.size, chunk)
-        pieces = [(full, chunk, 0, 0)] + ([(1, rest, 0, full * chunk)] if rest else [])
-        return 0, pieces, 0
+        pieces = [_Piece(full, chunk, 0, lambda i: _At(i * chunk, 0))]
+        if rest:
+            pieces.append(_Piece(1, rest, 0, lambda i: _At(full * chunk, 0)))
+        return 0, pieces
     L, S, n, B = layout.layers, layout.size, layout.blocks, layout.block
     if L * S <= chunk:
         return None
     if L > 1 and S % B:  # blocks restart at each layer: a layer an iteration
-        return B, [(L, S, n, 0)], n
+        return B, [_Piece(L, S, n, lambda i: _At(i * S, i * n))]
     total = L * n  # blocks, the last one partial when S % B (then L == 1)
     k = max(1, chunk // B)
     full, rest = divmod(total, k)
     if S % B and rest == 0:
         full, rest = full - 1, k
-    pieces = [(full, k * B, k, 0)] if full else []
+    pieces = [_Piece(full, k * B, k, lambda i: _At(i * k * B, i * k))] if full else []
     if rest:
-        pieces.append((1, L * S - full * k * B, rest, full * k * B))
-    return B, pieces, 0
+        pieces.append(_Piece(1, L * S - full * k * B, rest, lambda i: _At(full * k * B, full * k)))
+    return B, pieces
+
+
+def _rank1_chunks(layout: Any, r: _Rank1, chunk: int) -> tuple[int, list] | None:
+    """A leaf with rank-1 moments (and perhaps block-quantised ones of the same layers), cut into
+    whole layers, or into whole rows of one layer: as many rows as fit in ``chunk`` elements, a
+    multiple of the rows that make whole pairs of codes and whole blocks (the last rows of a layer
+    excepted). ``None``: in one piece (small, or blocks that do not follow the layers)."""
+    L, R, C = r.layers, r.rows, r.cols
+    S = R * C
+    B = n = 0
+    if layout is not None:
+        B, n = layout.block, layout.blocks
+        if (layout.layers, layout.size) != (L, S):
+            return None  # (a storage of other `batch_dims`)
+    if L * S <= chunk:
+        return None
+    if S <= chunk:  # k whole layers an iteration
+        k = chunk // S
+        full, rest = divmod(L, k)
+        pieces = []
+        if full:
+            pieces.append(
+                _Piece(full, k * S, k * n, lambda i: _At(i * k * S, i * k * n, i * k), k, R)
+            )
+        if rest:
+            last = _At(full * k * S, full * k * n, full * k)
+            pieces.append(_Piece(1, rest * S, rest * n, lambda i: last, rest, R))
+        return B, pieces
+    unit = math.lcm(2, B or 1)  # elements a chunk's rows make whole of
+    step = unit // math.gcd(C, unit)  # rows
+    q = max(step, chunk // C // step * step)
+    if q >= R:  # a layer an iteration
+        return B, [_Piece(L, S, n, lambda i: _At(i * S, i * n, i), 1, R)]
+    full, rest = divmod(R, q)
+
+    def at(layer: Any, row: Any) -> _At:
+        return _At(layer * S + row * C, layer * n + (row * C // B if B else 0), layer, row)
+
+    def blocks(rows: int) -> int:
+        return -(-rows * C // B) if B else 0
+
+    pieces = [_Piece(L * full, q * C, blocks(q), lambda i: at(i // full, i % full * q), 1, q)]
+    if rest:
+        pieces.append(_Piece(L, rest * C, blocks(rest), lambda i: at(i, full * q), 1, rest))
+    return B, pieces
 
 
 def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> None:
-    """One leaf's elementwise equations, chunk by chunk; results into ``env``."""
-    cut = _chunks(flat, x, chunk)
+    """One leaf's elementwise equations, chunk by chunk; results into ``env``. A leaf with rank-1
+    moments takes two passes over its chunks: the first computes each encoded value and reduces
+    it to its layer's row and column maxima (`_scales`), the second runs the whole program,
+    encoding with those scales (the codes the first pass read are still the old ones)."""
+    rank1 = _rank1(flat, x)
+    cut = _chunks(flat, x, chunk, rank1)
     if cut is not None and jax.default_backend() == "cpu":
         written = [flat.dtypes[r] for o, r in x.slots if r is not None]
         if any(dtype in _NARROW for dtype in written):
@@ -201,9 +331,13 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
             for node, value in zip(eqn.outs, outs, strict=True):
                 env[node] = value
         return
-    block, pieces, _ = cut
+    block, pieces = cut
     made = {o for eqn in x.ops for o in eqn.outs}
-    carried: list[tuple[int | None, int]] = [(o, r) for o, r in x.slots if r is not None]
+    # A rank-1 moment's scales are written whole, after the loop (its decode reads the old ones).
+    scales_out = set() if rank1 is None else {o for e in rank1.encodes for o in e.outs[1:]}
+    carried: list[tuple[int | None, int]] = [
+        (o, r) for o, r in x.slots if r is not None and r not in scales_out
+    ]
     for k, (operand, result) in enumerate(carried):
         other = over.get(operand)
         if (
@@ -214,10 +348,11 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
         ):
             carried[k] = (other, result)  # read from this buffer until a chunk is written
     carry_of = {o: k for k, (o, _) in enumerate(carried) if o is not None}
+    rank1_nodes = set() if rank1 is None else rank1.codes | rank1.row | rank1.col
 
     def flat_buffer(node: int, value: Any) -> Any:
-        if node in flat.blocked:  # codes (layers, blocks, width), scales (layers, blocks)
-            shape = flat.shapes[node]
+        if node in flat.blocked and node not in rank1_nodes:
+            shape = flat.shapes[node]  # codes (layers, blocks, width), scales (layers, blocks)
             return value.reshape((shape[0] * shape[1], *shape[2:]))
         return value.reshape(-1)
 
@@ -246,33 +381,54 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
     )
     own = [r for r in reads if r in carry_of]  # read from a buffer the leaf writes
 
-    def load(bufs: list, node: int, start: Any, g0: Any, count: int, nblocks: int) -> Any:
-        buf = bufs[carry_of[node]] if node in carry_of else fixed[node]
+    def index(node: int, at: _At) -> tuple:
+        """Where the chunk at ``at`` begins in the flat buffer of ``node``."""
+        if rank1 is not None and node in rank1_nodes:
+            return (rank1.scale_index(node, at),)
         if node in flat.blocked:
-            sizes = (nblocks, *buf.shape[1:])
-            return jax.lax.dynamic_slice(buf, (g0,) + (0,) * (buf.ndim - 1), sizes)
-        return jax.lax.dynamic_slice(buf, (start,), (count,))
+            return (at.block,) + (0,) * (len(flat.shapes[node]) - 2)
+        return (at.start,)
 
-    def piece(bufs: list, start: Any, g0: Any, count: int, nblocks: int, ahead: list) -> list:
-        """The chunk from ``start`` (block ``g0``) written into ``bufs``; ``ahead``: its slices of
-        the buffers it writes, read before (see `_leaf`'s loop)."""
+    def load(bufs: list, node: int, at: _At, p: _Piece) -> Any:
+        buf = bufs[carry_of[node]] if node in carry_of else fixed[node]
+        if rank1 is not None and node in rank1_nodes:
+            size: tuple = (rank1.scale_size(node, p),)
+        elif node in flat.blocked:
+            size = (p.blocks, *buf.shape[1:])
+        else:
+            size = (p.count,)
+        return jax.lax.dynamic_slice(buf, index(node, at), size)
+
+    def evaluate(ops: list, bufs: list, at: _At, p: _Piece, ahead: list, scales: Any) -> Any:
+        """``ops`` on the chunk at ``at``: the function giving its value of a node. ``ahead``: its slices of the
+        buffers the leaf writes, read before (see `_leaf`'s loop); ``scales``: the flat row and
+        column scales of its rank-1 moments' encodes (the first pass's)."""
         local: dict[int, Any] = dict(zip(own, ahead, strict=True))
 
         def get(ref: Any) -> Any:
             if isinstance(ref, int) and ref in local:
                 return local[ref]
             if isinstance(ref, int) and ref not in made and flat.is_leafwise(ref):
-                local[ref] = load(bufs, ref, start, g0, count, nblocks)
+                local[ref] = load(bufs, ref, at, p)
                 return local[ref]
             value = read(ref)
             if np.ndim(value) > 0 and math.prod(np.shape(value)) == 1:
                 value = jnp.reshape(value, ())  # a size-1 scalar of the scalar part
             return value
 
-        for eqn in x.ops:
-            outs = _evaluate(flat, eqn, [get(r) for r in eqn.ins], start, count, block, nblocks)
+        for eqn in ops:
+            args = [get(r) for r in eqn.ins]
+            if rank1 is not None and eqn.codec is not None and isinstance(eqn.codec[1], Rank1):
+                outs = _rank1_codec(rank1, eqn, args, at, p, scales)
+            else:
+                outs = _evaluate(flat, eqn, args, at.start, p, block)
             for node, value in zip(eqn.outs, outs, strict=True):
                 local[node] = value
+        return get
+
+    def piece(bufs: list, at: _At, p: _Piece, ahead: list, scales: Any) -> list:
+        """The chunk at ``at`` written into ``bufs``."""
+        get = evaluate(x.ops, bufs, at, p, ahead, scales)
         new = list(bufs)
         # The results are kept (`optimization_barrier`): else XLA moves a conversion to
         # bfloat16 through the update of the buffer (the whole buffer converted to float32 and
@@ -280,59 +436,118 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
         values = jax.lax.optimization_barrier([get(r) for _, r in carried])
         for k, ((_, result), value) in enumerate(zip(carried, values, strict=True)):
             if result in flat.blocked:
-                index = (g0,) + (0,) * (new[k].ndim - 1)
-                new[k] = jax.lax.dynamic_update_slice(new[k], value.astype(new[k].dtype), index)
+                value = value.astype(new[k].dtype)
             else:
-                value = jnp.broadcast_to(value, (count,)).astype(flat.dtypes[result])
-                new[k] = jax.lax.dynamic_update_slice(new[k], value, (start,))
+                value = jnp.broadcast_to(value, (p.count,)).astype(flat.dtypes[result])
+            new[k] = jax.lax.dynamic_update_slice(new[k], value, index(result, at))
         return new
 
-    for iterations, count, nblocks, first in pieces:
-        g_first = first // block if block else 0
-        if iterations == 1:
-            ahead = [load(buffers, r, first, g_first, count, nblocks) for r in own]
-            buffers = piece(buffers, first, g_first, count, nblocks, ahead)
-            continue
+    def before(ops: list, at: _At, p: _Piece) -> Any:
+        """``ops`` on the chunk at ``at`` of the buffers as they were (the first pass)."""
+        return evaluate(ops, buffers, at, p, [load(buffers, r, at, p) for r in own], None)
 
+    scales = None if rank1 is None else _scales(rank1, x, pieces, before)
+
+    for p in pieces:
         # The chunk a buffer gives to iteration i is sliced at the end of iteration i - 1 and
         # carried: read inside iteration i, XLA fuses the slice into every fusion that reads it,
         # some after the one that writes the buffer, and copies the whole buffer each iteration
         # to keep the old chunk (measured: 4-bit moments, 5x slower).
-        def at(i, count=count, nblocks=nblocks, first=first, g_first=g_first):
-            return first + i * count, (g_first + i * nblocks if block else 0)
-
-        def body(i, carry, count=count, nblocks=nblocks, at=at, iterations=iterations):
+        def body(i, carry, p=p):
             bufs, ahead = carry
-            start, g0 = at(i)
-            new = piece(list(bufs), start, g0, count, nblocks, list(ahead))
-            start, g0 = at(jnp.minimum(i + 1, iterations - 1))
-            return tuple(new), tuple(load(new, r, start, g0, count, nblocks) for r in own)
+            new = piece(list(bufs), p.at(i), p, list(ahead), scales)
+            at = p.at(jnp.minimum(i + 1, p.iterations - 1))
+            return tuple(new), tuple(load(new, r, at, p) for r in own)
 
-        start0, g00 = at(0)
-        ahead0 = tuple(load(buffers, r, start0, g00, count, nblocks) for r in own)
-        buffers = list(jax.lax.fori_loop(0, iterations, body, (tuple(buffers), ahead0))[0])
+        # A single chunk (a leaf's last, shorter one) is a loop too, of a count XLA does not know:
+        # unrolled, XLA copies the buffers it writes (measured: 4 bytes per parameter more).
+        count = p.iterations if p.iterations > 1 else jax.lax.optimization_barrier(jnp.int32(1))
+        ahead0 = tuple(load(buffers, r, p.at(0), p) for r in own)
+        buffers = list(jax.lax.fori_loop(0, count, body, (tuple(buffers), ahead0))[0])
     for (_, result), buf in zip(carried, buffers, strict=True):
         env[result] = buf.reshape(flat.shapes[result])
+    if rank1 is not None and scales is not None:
+        for eqn, (row, col) in zip(rank1.encodes, scales, strict=True):
+            env[eqn.outs[1]] = row.reshape(flat.shapes[eqn.outs[1]])
+            env[eqn.outs[2]] = col.reshape(flat.shapes[eqn.outs[2]])
 
 
-def _evaluate(
-    flat: Any, eqn: Any, args: list, start: Any, count: int, block: int, nblocks: int
-) -> list:
-    """``eqn`` on a chunk of ``count`` elements from ``start`` (``nblocks`` blocks of ``block``)."""
+def _scales(r: _Rank1, x: Any, pieces: list, evaluate: Any) -> list:
+    """The first pass over a leaf with rank-1 moments: per encode, the flat row and column scales
+    of its value, the row maxima of each chunk's rows and the column maxima of all its layer's
+    rows (a running maximum of the bits, NaN above inf, as `_absmax` takes it: the same values as
+    the whole layer's). ``evaluate(ops, at, piece)``: the chunk's values of ``ops``, by node."""
+    needed = _derived._needed(x.ops, [e.ins[-1] for e in r.encodes])
+    L, R, C = r.layers, r.rows, r.cols
+    zero = jnp.zeros((L * C,), jnp.uint32)
+    scales = [(jnp.zeros((L * R,), jnp.float32), zero) for _ in r.encodes]
+
+    def reduce(scales: list, at: _At, p: _Piece) -> list:
+        values = evaluate(needed, at, p)
+        new = []
+        for eqn, (row, col) in zip(r.encodes, scales, strict=True):
+            v = values(eqn.ins[-1])
+            x = jnp.maximum(jnp.reshape(v, (p.layers, p.rows, C)), 0.0)
+            rows, cols = rank1_scales(x)
+            row = jax.lax.dynamic_update_slice(row, rows.reshape(-1), (at.layer * R + at.row,))
+            seen = jax.lax.dynamic_slice(col, (at.layer * C,), (p.layers * C,))
+            cols = jnp.maximum(seen, jax.lax.bitcast_convert_type(cols, jnp.uint32).reshape(-1))
+            new.append((row, jax.lax.dynamic_update_slice(col, cols, (at.layer * C,))))
+        return new
+
+    for p in pieces:
+        if p.iterations == 1:
+            scales = reduce(scales, p.at(0), p)
+        else:
+            scales = jax.lax.fori_loop(
+                0, p.iterations, lambda i, s, p=p: reduce(s, p.at(i), p), scales
+            )
+    return [(row, jax.lax.bitcast_convert_type(col, jnp.float32)) for row, col in scales]
+
+
+def _rank1_codec(r: _Rank1, eqn: Any, args: list, at: _At, p: _Piece, scales: Any) -> list:
+    """A rank-1 moment's decode or encode on the chunk at ``at``: its ``p.layers`` x ``p.rows``
+    rows of its layer(s), with the scales of the whole layer (the encode's, from ``scales``:
+    the first pass's, `_scales`)."""
+    k, rows, C = p.layers, p.rows, r.cols
+    if eqn.codec[0] == "decode":
+        codes, row, col = args[-3:]
+        codes = _unpack4(codes.reshape(k, -1))[:, : rows * C].reshape(k, rows, C)
+        values = rank1_values(codes, row.reshape(k, rows), col.reshape(k, C))
+        # Kept (`optimization_barrier`), as a block decode is (`_evaluate`).
+        return [jax.lax.optimization_barrier(values.reshape(-1))]
+    row_all, col_all = scales[r.encodes.index(eqn)]
+    row = jax.lax.dynamic_slice(row_all, (at.layer * r.rows + at.row,), (k * rows,))
+    col = jax.lax.dynamic_slice(col_all, (at.layer * C,), (k * C,))
+    x = jnp.maximum(jax.lax.optimization_barrier(args[-1]).reshape(k, rows, C), 0.0)
+    code = rank1_codes(x, row.reshape(k, rows), col.reshape(k, C)).reshape(k, rows * C)
+    code = jnp.pad(code, ((0, 0), (0, (rows * C) % 2)))
+    return [_pack4(code).reshape(-1), row, col]
+
+
+def _evaluate(flat: Any, eqn: Any, args: list, start: Any, p: _Piece, block: int) -> list:
+    """``eqn`` on a chunk of ``p.count`` elements from ``start`` (``p.blocks`` blocks of
+    ``block``, in ``p.layers`` layers)."""
     name = eqn.primitive.name
+    count, nblocks, layers = p.count, p.blocks, p.layers
     if eqn.codec is not None:
         kind, config = eqn.codec
+        if layers > 1:  # whole layers, each with its blocks (the last partial)
+            config = dataclasses.replace(config, batch_dims=1)
+        shape = (layers, count // layers) if layers > 1 else (count,)
+        per = nblocks // layers
         # The decoded moment and the value to encode are kept (`optimization_barrier`, a chunk
         # each): else XLA recomputes the whole update from the codes in every fusion that reads
         # it (the block maxima, the codes, the params), measured 3x slower with 4-bit moments.
         if kind == "decode":
             codes, scales = args[-2:]
-            decoded = config._decode(codes[None], scales[None], (count,))
-            return [jax.lax.optimization_barrier(decoded)]
+            codes = codes.reshape(layers, per, *codes.shape[1:])
+            decoded = config._decode(codes, scales.reshape(layers, per), shape)
+            return [jax.lax.optimization_barrier(decoded.reshape(-1))]
         width = block // 2 if config.bits == 4 else block
-        value = jax.lax.optimization_barrier(args[-1])
-        codes, scales = config._encode(value, (count,), (1, nblocks, width), (1, nblocks))
-        return [codes[0], scales[0]]
+        value = jax.lax.optimization_barrier(args[-1]).reshape(shape)
+        codes, scales = config._encode(value, shape, (layers, per, width), (layers, per))
+        return [codes.reshape(nblocks, width), scales.reshape(nblocks)]
     out = eqn.outs[0]
     if name == "iota":
         dtype = flat.dtypes[out]

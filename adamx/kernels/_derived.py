@@ -50,7 +50,7 @@ import numpy as np
 
 from ..core._chain import unbounded
 from ..core._probe import kernel_trace
-from ..storage._quantize import code_constants
+from ..storage._quantize import Blockwise, Rank1, code_constants
 from . import _native
 from ._mesh import Layout, layout, reshard, spec
 
@@ -524,7 +524,8 @@ class _Blocks:
 
 
 def _blocks(flat: _Flat, ops: list[_Eqn]) -> _Blocks | None:
-    """The block layout shared by the codecs of ``ops`` (``None``: no codec), or `_Unsupported`."""
+    """The block layout shared by the block codecs of ``ops`` (``None``: none), or
+    `_Unsupported`."""
     found = set()
     for eqn in ops:
         if eqn.codec is None:
@@ -532,8 +533,8 @@ def _blocks(flat: _Flat, ops: list[_Eqn]) -> _Blocks | None:
                 raise _Unsupported(f"`{eqn.primitive.name}` on a quantised moment's codes")
             continue
         kind, config = eqn.codec
-        if config.linear:
-            raise _Unsupported("a linear 4-bit code (rank-1 storage's vectors)")
+        if not isinstance(config, Blockwise):
+            continue  # a rank-1 matrix's: its rows, not blocks (`_own_codec`)
         codes = eqn.ins[-2] if kind == "decode" else eqn.outs[0]
         value = eqn.outs[0] if kind == "decode" else eqn.ins[-1]
         layers, blocks, width = flat.shapes[codes]
@@ -547,6 +548,22 @@ def _blocks(flat: _Flat, ops: list[_Eqn]) -> _Blocks | None:
     if layout.layers * layout.size >= 2**32 or layout.block > 4096:
         raise _Unsupported("a quantised leaf of 2**32 elements or more, or a block over 4096")
     return layout
+
+
+def _own_codec(ops: list[_Eqn]) -> str | None:
+    """Why the kernel cannot take a codec of ``ops`` (``None``: it can): a rank-1 matrix's encode
+    reduces the whole layer to its row and column scales before it codes any element, and a
+    linear code (rank-1 storage's vectors) is not blockwise.h's. The bounded jnp path runs them
+    (adamx/kernels/_bounded.py)."""
+    for eqn in ops:
+        if eqn.codec is None:
+            continue
+        config = eqn.codec[1]
+        if isinstance(config, Rank1):
+            return "a rank-1 4-bit moment (`rank1_4bit`'s row and column scales of a whole layer)"
+        if config.linear:
+            return "a linear 4-bit code (`rank1_4bit`'s vectors)"
+    return None
 
 
 def _table(values: Any) -> str:
@@ -571,6 +588,9 @@ def lower(
     Returns the program, its scalar operands (nodes or `Lit`) in the order it reads them, and per
     slot ``(operand node or None, result node or None)``.
     """
+    reason = _own_codec(ops)
+    if reason is not None:
+        raise _Unsupported(reason)
     layout = _blocks(flat, ops)
     slots: list[Slot] = []
     nodes: list[tuple[int | None, int | None]] = []
@@ -944,6 +964,15 @@ def lower(
     return program, scalars, nodes
 
 
+def _slot_nodes(reads: list[int], writes: list[tuple[int, int | None]]) -> list:
+    """Per slot ``(operand node or None, result node or None)``, as `lower` lays out a program
+    reading ``reads`` and writing ``writes`` (a leaf the kernel does not run: `_own_codec`)."""
+    overwritten = {source: node for node, source in writes if source is not None}
+    nodes: list[tuple[int | None, int | None]] = [(r, overwritten.get(r)) for r in reads]
+    nodes += [(source, node) for node, source in writes if source is None or source not in reads]
+    return nodes
+
+
 def _in_register(reductions: tuple[_Eqn, ...], dtype_of: Any) -> bool:
     """Whether `_simd_reductions` can take ``reductions``: sums, maxima and minima of float32 or
     int32 values."""
@@ -1144,6 +1173,9 @@ class Plan:
     treedefs: tuple
     reducers: list[tuple[str, _Reducer]] = dataclasses.field(default_factory=list)
     gate: _Eqn | None = None  # the cond the in-pass reductions' results flow into (`_gate`)
+    # Why the kernel cannot run a leaf's program that the bounded jnp path can (`_own_codec`): its
+    # leaves are kept under keys of no program.
+    declined: str | None = None
 
 
 def _components(flat: _Flat, ops: list[_Eqn] | None = None) -> list[list[_Eqn]]:
@@ -1364,6 +1396,7 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
     programs: dict[str, Program] = {}
     leaves: dict[str, list[_Leaf]] = collections.defaultdict(list)
     produced: dict[int, int] = {}
+    declined: str | None = None
     components = _components(flat)
     for c, ops in enumerate(components):
         for eqn in ops:
@@ -1428,12 +1461,19 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
                 raise _Unsupported(f"`{eqn.primitive.name}` of {flat.dtypes[out]}")
             if kind == "sum" and flat.dtypes[x] not in (np.float32, np.int32):
                 raise _Unsupported(f"a sum of {flat.dtypes[x]}")
-        index = gate.ins[0] if gate is not None else None
-        program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, index)
-        programs[program.key] = program
+        reason = _own_codec(ops)
+        if reason is not None and not group:
+            declined = declined or reason
+            key, slot_nodes = f"jnp{c}", _slot_nodes(reads, writes)
+            scalars: list = []
+        else:
+            index = gate.ins[0] if gate is not None else None
+            program, scalars, slot_nodes = lower(flat, ops, reads, writes, group, index)
+            key = program.key
+            programs[key] = program
         blocks = _blocks(flat, ops)
         units = 0 if blocks is None else blocks.layers * blocks.blocks
-        leaves[program.key].append(
+        leaves[key].append(
             _Leaf(
                 ops,
                 slot_nodes,
@@ -1447,7 +1487,7 @@ def plan(fn: Any, flat_args: list, treedefs: tuple, in_pass: bool = True) -> Pla
         )
     programs.update(reducer_programs)
     gated = gate if any(x.reductions for xs in leaves.values() for x in xs) else None
-    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers, gated)
+    return Plan(flat, inputs, outputs, programs, dict(leaves), treedefs, reducers, gated, declined)
 
 
 # ---- running a plan ---------------------------------------------------------------------------
@@ -1966,6 +2006,8 @@ def _lowered(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[
     """``(plan, flat leaves, Layout)``, or ``(the reason there is none, ...)`` (see
     `unsupported`)."""
     result, flat_args, where = _prepare(tx, apply, grads, state, params)
+    if not isinstance(result, str) and result.declined is not None:
+        result = result.declined
     if not isinstance(result, str) and not result.programs:
         result = "the step updates no array"
     if not isinstance(result, str) and where.mesh is not None:

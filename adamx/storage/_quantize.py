@@ -602,25 +602,29 @@ class Blockwise:
         return _pack4(code) if self.bits == 4 else code, scale.astype(jnp.float32)
 
 
-# ---- the block codecs, marked for the derived kernel ------------------------------------------------
+# ---- the codecs, marked for the derived kernel and the bounded path ---------------------------------
 #
-# A block-quantised moment's decode (codes and scales -> float32 values) and encode (float32 values
-# -> codes and scales) each run as one named call: a `jax.custom_jvp` around the same operations,
+# A quantised moment's decode (codes and scales -> float32 values) and encode (float32 values ->
+# codes and scales) each run as one named call: a `jax.custom_jvp` around the same operations,
 # which JAX runs op by op when eager and inlines under `jit`, so the numbers are those of the
 # operations themselves. The derived kernel (adamx/kernels/_derived.py) recognises the call by its
 # name (`CODECS`) and lowers it as a block operation of the leaf's loop instead of its gather and
-# block reduction.
+# block reduction; the bounded jnp path (adamx/kernels/_bounded.py) runs it a chunk at a time. A
+# rank-1 moment's (`Rank1`, a matrix: codes and the (row, column) scales) is one call too: its
+# encode reduces the whole layer to its scales, which the bounded path takes in a pass of its own.
 
-CODECS: dict[str, tuple[str, Blockwise]] = {}  # name -> ("decode" or "encode", configuration)
+CODECS: dict[str, tuple[str, Any]] = {}  # name -> ("decode" or "encode", `Blockwise` or `Rank1`)
 
 
-def codec_name(kind: str, config: Blockwise) -> str:
+def codec_name(kind: str, config: Any) -> str:
+    if isinstance(config, Rank1):
+        return f"adamx_rank1_{kind}"
     sign = "s" if config.signed else "u"
     linear = "l" if config.linear else ""
     return f"adamx_blockwise_{kind}_{config.bits}{sign}{linear}_{config.block_size}"
 
 
-def _marked(config: Blockwise, *arrays: Any) -> bool:
+def _marked(config: Any, *arrays: Any) -> bool:
     """Whether a read or write runs as a named call: not on an ``Explicit`` mesh (where the
     storage's own resharding runs) and with a hashable configuration (a ``batch_dims`` function
     that cannot be hashed cannot key the calls' cache)."""
@@ -634,25 +638,40 @@ def _marked(config: Blockwise, *arrays: Any) -> bool:
 
 
 @functools.cache
-def _codec(config: Blockwise, kind: str, shape: tuple[int, ...]) -> Any:
-    """The named call that decodes or encodes a moment of ``shape`` stored by ``config``."""
+def _codec(config: Any, kind: str, shape: tuple[int, ...]) -> Any:
+    """The named call that decodes or encodes a moment of ``shape`` stored by ``config`` (a
+    `Blockwise`, or a `Rank1` matrix's)."""
     name = codec_name(kind, config)
+    body: Any
     # What the kernel needs of the configuration (the layout comes with the call's shapes).
-    CODECS[name] = (
-        kind,
-        Blockwise(config.bits, config.signed, config.block_size, linear=config.linear),
-    )
-    if kind == "decode":
+    if isinstance(config, Rank1):
+        CODECS[name] = (kind, Rank1())
+        if kind == "decode":
 
-        def body(codes, scales):
-            return config._decode(codes, scales, shape)
+            def body(codes, row, col):
+                return config._decode(codes, row, col, shape)
+
+        else:
+
+            def body(value):
+                return config._encode(value, shape)
 
     else:
-        layers, _, blocks = config._layout(shape)
-        width = config.block_size // 2 if config.bits == 4 else config.block_size
+        CODECS[name] = (
+            kind,
+            Blockwise(config.bits, config.signed, config.block_size, linear=config.linear),
+        )
+        if kind == "decode":
 
-        def body(value):  # type: ignore[misc]
-            return config._encode(value, shape, (layers, blocks, width), (layers, blocks))
+            def body(codes, scales):
+                return config._decode(codes, scales, shape)
+
+        else:
+            layers, _, blocks = config._layout(shape)
+            width = config.block_size // 2 if config.bits == 4 else config.block_size
+
+            def body(value):
+                return config._encode(value, shape, (layers, blocks, width), (layers, blocks))
 
     body.__name__ = body.__qualname__ = name
     call = jax.custom_jvp(body)
@@ -730,16 +749,21 @@ class Rank1:
             return stored.astype(dtype)
         if not isinstance(stored.scales, tuple):
             return self._vector().read(stored, dtype)
-        layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
-        codes = _unpack4(stored.codes)
+        row, col = stored.scales
+        if _marked(self, stored.codes, row, col):
+            decode = _codec(self, "decode", stored.shape)
+            return decode(stored.codes, row, col).astype(dtype)
+        return self._decode(stored.codes, row, col, stored.shape).astype(dtype)
+
+    def _decode(self, codes: Any, row: Any, col: Any, shape: tuple[int, ...]) -> jax.Array:
+        """The float32 moment of ``shape`` from its packed codes and row and column scales."""
+        layers, rows, cols = self._matrix(shape)  # type: ignore[misc]
+        codes = _unpack4(codes)
         if codes.shape[1] != rows * cols:
             codes = codes[:, : rows * cols]
         spec = _spec_of(codes)
         codes = _reshape(codes, (layers, rows, cols), None if spec is None else (*spec, None))
-        row, col = stored.scales
-        scale = jnp.minimum(row[:, :, None], col[:, None, :])
-        values = (codes.astype(jnp.float32) + 1.0) / 16.0 * scale
-        return _to_param(values, stored.shape).astype(dtype)
+        return _to_param(rank1_values(codes, row, col), shape)
 
     def write(self, value: jax.Array, stored: Any) -> Any:
         if not isinstance(stored, QuantizedBuffer):
@@ -747,22 +771,51 @@ class Rank1:
         _check_real(value, "rank1_4bit")
         if not isinstance(stored.scales, tuple):
             return self._vector().write(value, stored)
-        layers, rows, cols = self._matrix(stored.shape)  # type: ignore[misc]
         value = value.astype(jnp.float32)
-        shape = tuple(value.shape)
+        if _marked(self, value):
+            codes, row, col = _codec(self, "encode", stored.shape)(value)
+        else:
+            codes, row, col = self._encode(value, stored.shape)
+        return QuantizedBuffer(codes, (row, col), stored.shape)
+
+    def _encode(self, value: jax.Array, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """The packed codes and the row and column scales of the float32 moment ``value``."""
+        layers, rows, cols = self._matrix(shape)  # type: ignore[misc]
         scales = ((layers, rows), (layers, cols))
-        layout = _layout_spec(_explicit_sharding(value), shape, tuple(stored.codes.shape), scales)
+        codes_shape = (layers, -(-rows * cols // 2))
+        layout = _layout_spec(_explicit_sharding(value), shape, codes_shape, scales)
         (layer, pairs), ((_, first), (_, last)) = layout or ((None, None), ((None,) * 2,) * 2)
         value = _reshard(value, _kept(shape, layers, layer, first, last))
         x = jnp.maximum(_reshape(value, (layers, rows, cols), (layer, first, last)), 0.0)
-        # NaN-propagating: a NaN element makes its row's and its column's scale NaN.
-        row, col = _absmax(x, 2), _absmax(x, 1)
-        scale = jnp.minimum(row[:, :, None], col[:, None, :])
-        code = _linear_code(x / jnp.where(scale > 0, scale, 1.0))
+        row, col = rank1_scales(x)
+        code = rank1_codes(x, row, col)
         code = _reshard(code, (layer, pairs, None))  # columns, or an odd count per device: whole
         flat = _reshape(code, (layers, rows * cols), (layer, pairs))
         flat = jnp.pad(flat, ((0, 0), (0, (rows * cols) % 2)))
-        return QuantizedBuffer(_pack4(flat), (row, col), stored.shape)
+        return _pack4(flat), row, col
+
+
+# The rank-1 code's equations, over ``(layers, rows, cols)`` arrays: the storage applies them to a
+# whole layer, the bounded jnp path (adamx/kernels/_bounded.py) to a chunk of whole rows, with the
+# scales of the whole layer (the row maxima of the chunk's rows, the column maxima of all rows).
+
+
+def rank1_scales(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The row and column maxima of ``x = max(v, 0)``, NaN-propagating (`_absmax`): a NaN
+    element makes its row's and its column's scale NaN."""
+    return _absmax(x, 2), _absmax(x, 1)
+
+
+def rank1_values(codes: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
+    """``(k + 1) / 16 * min(row max, column max)``: the values of unpacked ``codes``."""
+    scale = jnp.minimum(row[:, :, None], col[:, None, :])
+    return (codes.astype(jnp.float32) + 1.0) / 16.0 * scale
+
+
+def rank1_codes(x: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
+    """The codes (unpacked, ``uint8``) of ``x = max(v, 0)`` under its row and column scales."""
+    scale = jnp.minimum(row[:, :, None], col[:, None, :])
+    return _linear_code(x / jnp.where(scale > 0, scale, 1.0))
 
 
 def _linear_code(y: jax.Array) -> jax.Array:
