@@ -45,15 +45,18 @@ def _like(leaves: int = 1) -> dict:
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("name", QUANTISED)
-def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits):
+def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits, request):
     """``update`` + ``apply_updates`` of every optimizer of the registry with 8-bit moments (one
     leaf) and with `low_bit_moments(4)`'s (block-wise m, rank-1 v: a matrix): at most one float32
     buffer (the updates) beyond 0.25 bytes per param + 8 MiB (the jnp path had 8-24 bytes per
     param, 5.06 with rank-1 v)."""
     if bits == 4 and name == "schedule_free_adamw":
-        # Not rank-1's: with block-wise 4-bit moments too, on a matrix (not on a vector) XLA
-        # takes the update of z and of the updates out of the loop, whole (8.07 bytes per param).
-        pytest.xfail("schedule-free on a matrix: z and the updates computed out of the loop")
+        # Known, open (issue 24): not rank-1's, with block-wise 4-bit moments too, on a matrix
+        # (not on a vector) XLA takes the update of z and of the updates out of the loop, whole
+        # (8.07 bytes per param). Checked all the same: strict, so a fix shows as a failure here
+        # until this mark goes.
+        reason = "schedule-free on a matrix: z and the updates computed out of the loop"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     if bits == 8:
         tx, like = _optimizer(name, 8), _like()
     else:
