@@ -426,3 +426,5 @@ def test_the_benchmark_reports_each_storages_step_peak():
         assert rows[name]["step_path"] == "kernel", name
         assert rows[name]["temp_bytes_per_param_step"] <= 0.25, rows[name]
         assert rows[name]["temp_bytes_per_param_update_apply"] >= 4.0, rows[name]
+    # Rank-1 4-bit v: the kernel declines it, the bounded path takes the step (and says so).
+    assert rows["adamw 4-bit"]["step_path"] == "bounded"

@@ -45,7 +45,7 @@ import numpy as np
 
 import adamx
 from adamx.core._chain import unbounded
-from adamx.kernels import _derived, _native
+from adamx.kernels import _bounded, _derived, _native
 
 # The peers are optional: the `bench` extra installs them (`pip install -e ".[bench]"`).
 NOT_INSTALLED = 'not installed; `pip install -e ".[bench]"` (optax and torch) to compare against it'
@@ -627,6 +627,16 @@ def step_memory(
             temps[label] = int(getattr(memory, "temp_size_in_bytes", 0)) if memory else 0
         state_bytes = _tree_bytes(state)
         path = _path(tx, like, state, like) if jax.default_backend() == "cpu" else "jnp"
+        if path == "jnp" and _bounded.has_low_bit(state):
+            # the step without the kernel: the bounded path where it takes the step (traced)
+            reasons: list = []
+
+            def check(p, s, g, tx=tx, reasons=reasons):
+                reasons.append(_bounded.why_not(tx, adamx.apply_updates, g, s, p))
+                return p
+
+            jax.eval_shape(check, like, state, like)
+            path = "bounded" if reasons[0] is None else path
         rows.append(
             {
                 "name": name,
@@ -658,7 +668,7 @@ def _format_memory(record: dict[str, Any]) -> str:
     ]
     header = (
         f"{'optimizer, storage':<30}{'state':>7}{'temp op by op':>15}{'temp update+apply':>19}"
-        f"{'peak':>7}{'temp step':>11}{'peak':>7}{'no kernel':>11}{'path':>7}"
+        f"{'peak':>7}{'temp step':>11}{'peak':>7}{'no kernel':>11}{'path':>8}"
     )
     if record["results"] and "x_step" in record["results"][0]:
         header += f"{'time u+a':>10}{'step':>8}"
@@ -671,7 +681,7 @@ def _format_memory(record: dict[str, Any]) -> str:
             f"{row['temp_bytes_per_param_update_apply']:>19.2f}"
             f"{row['peak_bytes_per_param_update_apply']:>7.2f}"
             f"{row['temp_bytes_per_param_step']:>11.2f}{row['peak_bytes_per_param_step']:>7.2f}"
-            f"{row['temp_bytes_per_param_step_without_kernel']:>11.2f}{row['step_path']:>7}"
+            f"{row['temp_bytes_per_param_step_without_kernel']:>11.2f}{row['step_path']:>8}"
             + (f"{row['x_update_apply']:>10.2f}{row['x_step']:>8.2f}" if "x_step" in row else "")
         )
     return "\n".join(lines)
