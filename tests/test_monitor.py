@@ -411,3 +411,15 @@ def test_a_monitored_low_bit_optimizer_has_its_second_moment_statistics_under_ji
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=KERNEL_RTOL, err_msg=key)
+
+
+@pytest.mark.parametrize("every", [1, 100])
+def test_a_state_made_by_another_monitor_is_refused(every):
+    """A state from another monitor's ``init`` (global statistics only, so other keys) is refused
+    by ``update`` with a sentence naming both key sets and the fix, on the jnp path of each
+    ``every``."""
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    state = adamx.monitor(adamx.adamw(1e-2), every=every, per_leaf=False).init(params)
+    tx = adamx.monitor(adamx.adamw(1e-2), every=every)
+    with pytest.raises(ValueError, match="Make the state with this monitor's `init`"):
+        jax.jit(tx.update)(params, state, params)

@@ -1530,17 +1530,10 @@ def run(p: Plan, flat_args: list, where: Layout | None = None) -> list:
     else:
         events += [e for _, x in pending if x.size == 0 for e in x.ops]
         pending = [(k, x) for k, x in pending if x.size > 0]
-    # The equations reading a reduction accumulated in an elementwise pass run after the passes.
-    late = _late(p, events)
-    raw: list = []  # with a gate, the in-pass reductions' result vectors, unpacked in `_gated`
-    events = [e for e in events if all(e is not x for x in late)]
     # Demand-driven, in the jaxpr's order otherwise: a scalar equation that needs a reduction's
     # result first runs the program computing it (with every other one whose scalars are known).
-    producer = {out: eqn for eqn in events for out in eqn.outs}
-    reducer_of = {out: (k, x) for k, x in pending for out in x.outs}
-    # What a branch of an inlined `cond` alone needs (`_Flat.lazy`) runs inside its branch of a
-    # `lax.switch`, reduction passes included: only the branch taken runs.
-    eager = _reached(p, producer, reducer_of, _roots(p, late), lazy=False)
+    late, events, producer, reducer_of, eager = _schedule(p, events, pending)
+    raw: list = []  # with a gate, the in-pass reductions' result vectors, unpacked in `_gated`
     done: set[int] = set()
     state = {"pending": [(k, x) for k, x in pending if any(o in eager for o in x.outs)]}
 
@@ -1652,15 +1645,25 @@ def _roots(p: Plan, late: list) -> list:
     return roots
 
 
-def eager_passes(p: Plan) -> list[_Reducer]:
-    """The reduction passes a step runs whichever branch its inlined conds take (with the native
-    library, on one device): not those a branch alone needs (`run`)."""
-    events = [*p.flat.binds, *p.flat.jax_ops]
+def _schedule(p: Plan, events: list, pending: list) -> tuple:
+    """How `run` orders a step: ``(late, events, producer, reducer_of, eager)``: the equations
+    reading a reduction accumulated in an elementwise pass (they run after the passes), the
+    other ``events``, the equation and the reduction pass (of ``pending``) computing each node,
+    and the nodes the step needs whichever branch its inlined conds take: what a branch alone
+    needs (`_Flat.lazy`), its reduction passes included, runs inside its branch of a
+    ``lax.switch``, so only the branch taken runs."""
     late = _late(p, events)
     events = [e for e in events if all(e is not x for x in late)]
     producer = {out: eqn for eqn in events for out in eqn.outs}
-    reducer_of = {out: (k, x) for k, x in p.reducers for out in x.outs}
+    reducer_of = {out: (k, x) for k, x in pending for out in x.outs}
     eager = _reached(p, producer, reducer_of, _roots(p, late), lazy=False)
+    return late, events, producer, reducer_of, eager
+
+
+def eager_passes(p: Plan) -> list[_Reducer]:
+    """The reduction passes a step runs whichever branch its inlined conds take (with the native
+    library, on one device): not those a branch alone needs (`run`)."""
+    *_, eager = _schedule(p, [*p.flat.binds, *p.flat.jax_ops], p.reducers)
     return [x for _, x in p.reducers if any(o in eager for o in x.outs)]
 
 

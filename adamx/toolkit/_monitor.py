@@ -285,31 +285,34 @@ def monitor(
                 "norm): call `update(grads, state, params)`, or `adamx.step`."
             )
         grads, inner_state = updates, state.inner
-        new = jax.eval_shape(lambda: measure(grads, inner_state, params, **extra_args)[2])
-        if set(new) != set(state.statistics):
-            raise ValueError(
-                f"`monitor` expected the statistics its `init` found ({sorted(state.statistics)}), "
-                f"got {sorted(new)}: the state was made for another transformation or params. "
-                "Make the state with this monitor's `init`."
-            )
+
+        def checked(new: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            if set(new) != set(state.statistics):
+                raise ValueError(
+                    f"`monitor` expected the statistics its `init` found "
+                    f"({sorted(state.statistics)}), got {sorted(new)}: the state was made for "
+                    "another transformation or params. Make the state with this monitor's `init`."
+                )
+            return new
+
         due = state.count % every == 0
         kept = lambda: state.statistics  # noqa: E731
         if every > 1 and not kernel_tracing():
             # The jnp path: the statistics from the step's inputs, inside the branch taken when
             # `due` (the update computed again there), so a step with nothing due takes no sum
             # and keeps no array for one; the step then reads its state after the branch.
-            taken = lambda: measure(grads, inner_state, params, **extra_args)[2]  # noqa: E731
+            taken = lambda: checked(measure(grads, inner_state, params, **extra_args)[2])  # noqa: E731
             statistics = jax.lax.cond(due, taken, kept)
             inner_state = _after(inner_state, statistics)
         with probe() as records:
             new_updates, inner = tx.update(grads, inner_state, params, **extra_args)
         if every == 1:
-            statistics = _statistics(_sums(grads, new_updates, params, records), per_leaf)
+            statistics = checked(_statistics(_sums(grads, new_updates, params, records), per_leaf))
         elif kernel_tracing():
             # The derived kernel takes the sums in its pass, and skips them (and the equations
             # reading them) where `due` is false (`adamx.kernels._derived._gate`).
             sums = _sums(grads, new_updates, params, records)
-            statistics = jax.lax.cond(due, lambda: _statistics(sums, per_leaf), kept)
+            statistics = jax.lax.cond(due, lambda: checked(_statistics(sums, per_leaf)), kept)
         return new_updates, MonitorState(safe_increment(state.count), inner, statistics)
 
     return GradientTransformation(init_fn, update_fn)
