@@ -45,18 +45,11 @@ def _like(leaves: int = 1) -> dict:
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("name", QUANTISED)
-def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits, request):
+def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits):
     """``update`` + ``apply_updates`` of every optimizer of the registry with 8-bit moments (one
     leaf) and with `low_bit_moments(4)`'s (block-wise m, rank-1 v: a matrix): at most one float32
     buffer (the updates) beyond 0.25 bytes per param + 8 MiB (the jnp path had 8-24 bytes per
     param, 5.06 with rank-1 v)."""
-    if bits == 4 and name == "schedule_free_adamw":
-        # Known, open (issue 24): not rank-1's, with block-wise 4-bit moments too, on a matrix
-        # (not on a vector) XLA takes the update of z and of the updates out of the loop, whole
-        # (8.07 bytes per param). Checked all the same: strict, so a fix shows as a failure here
-        # until this mark goes.
-        reason = "schedule-free on a matrix: z and the updates computed out of the loop"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     if bits == 8:
         tx, like = _optimizer(name, 8), _like()
     else:
@@ -72,13 +65,16 @@ def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits
     [
         (adamx.low_bit_moments(8), 1),
         (adamx.low_bit_moments(8), 16),
+        (adamx.low_bit_moments(8), 64),
         ({"mu_dtype": adamx.blockwise_4bit(True), "nu_dtype": adamx.blockwise_4bit(False)}, 1),
     ],
-    ids=["8bit-1", "8bit-16", "4bit-1"],
+    ids=["8bit-1", "8bit-16", "8bit-64", "4bit-1"],
 )
 def test_step_without_the_kernel_keeps_its_temporaries_to_a_chunk(monkeypatch, storage, leaves):
     """`adamx.step` where the kernel does not run (GPU, TPU): 0.25 bytes per param + 8 MiB, for
-    one leaf and for 16."""
+    one leaf, for 16 and for 64 of one chunk each (each leaf's loops in a loop of its own, and a
+    leaf of one chunk cut in two: before, XLA:CPU ran the 64 as written, all at once, 8.08
+    bytes per param, and in 64 leaves of several chunks began every loop up front, 1.54)."""
     monkeypatch.setattr(_derived, "_unavailable", lambda: "not here")
     tx = adamx.adamw(1e-3, weight_decay=0.1, **storage)
     like = _like(leaves)
@@ -119,13 +115,16 @@ def _steps_against_eager(fn, params, state, grads, codes_apart: float) -> tuple:
     return params, state
 
 
-@pytest.mark.parametrize(("name", "bits"), [("adamw", 8), ("adamw", 4), ("adopt", 8)])
+@pytest.mark.parametrize(
+    ("name", "bits"), [("adamw", 8), ("adamw", 4), ("adopt", 8), ("schedule_free_adamw", 4)]
+)
 def test_the_bounded_update_is_the_jnp_update_within_2_ulp(monkeypatch, name, bits):
     """Under ``jit`` (where XLA may contract ``a * b + c``) each step is within 2 ulp of the eager
     jnp path's, params, float state and scales; a code may then round to its neighbour (at most
     one in a thousand, as the unbounded jitted path does). Chunks of 1024 elements: a leaf of
     several chunks and a short last one, a matrix with a partial last block, stacked layers with
-    a partial block per layer, small float32 moments and an empty leaf."""
+    a partial block per layer, small float32 moments and an empty leaf. Schedule-free: its z (a
+    transformation around a chain, `with_bounded_update`) in the same loop."""
     monkeypatch.setattr(_bounded, "CHUNK", 1024)
     tx = _optimizer(name, bits)
     params = _tree()

@@ -18,7 +18,7 @@ from ._trees import check_like
 __all__ = ["chain"]
 
 # The bounded step (adamx/kernels/_bounded.py), which the floor above registers: an outermost
-# chain's `update`, traced with low-bit moments in its state, runs through it (docs/design.md,
+# chain's (`with_bounded_update`'s) `update`, traced with low-bit moments in its state, runs through it (docs/design.md,
 # section 8). Off while a plan traces the chain itself.
 _BOUNDED: list[Callable[..., Any]] = []
 _OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("adamx_unbounded", default=False)
@@ -171,19 +171,29 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return updates, tuple(new_state)
 
     kind = MomentTransformation if members and all(is_moment) else GradientTransformation
-    plain = kind(init_fn, update_fn)
+    return with_bounded_update(kind(init_fn, update_fn))
 
-    def bounded_fn(updates, state, params=None, *, gradient=None, **extra_args):
-        # An outermost chain under `jit`: its step a chunk of each leaf at a time where the state
-        # holds low-bit moments (else, or where the step does not plan, as written). Not under a
-        # `monitor`: its blocks hand their values to the monitor's probe as they run, which a
-        # replayed plan would not.
-        if gradient is None and not extra_args and params is not None and _BOUNDED:
+
+def with_bounded_update(tx: Any) -> Any:
+    """``tx`` (of its own type), its ``update`` run through the bounded step when outermost.
+
+    Under `jit`, where the state holds low-bit moments, the step runs a chunk of each leaf at a
+    time (else, or where the step does not plan, as written: ``tx.update``). Every `chain` is
+    wrapped so; a transformation that is not a chain and keeps state per parameter around an
+    inner chain (`schedule_free`'s ``z``) wraps itself, so that its own updates join the inner
+    chain's in the loop instead of being computed whole after it. An inner transformation runs
+    as written inside the plan (`unbounded`). Not under a `monitor`: its blocks hand their values
+    to the monitor's probe as they run, which a replayed plan would not.
+    """
+
+    def bounded_fn(updates, state, params=None, **extra_args):
+        outermost = all(k == "gradient" and v is None for k, v in extra_args.items())
+        if outermost and params is not None and _BOUNDED:
             if not _OFF.get() and not probing() and jit_traced(updates):
                 with unbounded():
-                    result = _BOUNDED[0](plain, updates, state, params)
+                    result = _BOUNDED[0](tx, updates, state, params)
                 if result is not None:
                     return result
-        return update_fn(updates, state, params, gradient=gradient, **extra_args)
+        return tx.update(updates, state, params, **extra_args)
 
-    return kind(init_fn, bounded_fn)
+    return type(tx)(tx.init, bounded_fn)

@@ -10,10 +10,13 @@ a chunk (docs/design.md, section 8, "The bounded jnp path"):
   reductions of leaves to scalars, and per leaf the connected group of elementwise equations,
   with each block codec (`Blockwise.read`/`write`) kept whole;
 - the scalar equations and reductions run as they are; each leaf's group runs in a
-  ``lax.fori_loop`` over chunks of ``CHUNK`` elements (whole blocks of its quantised moments),
-  which slices its inputs with ``dynamic_slice`` and writes its results with
-  ``dynamic_update_slice`` into buffers carried by the loop: the donated params and state it
-  replaces, so they stay in place;
+  ``lax.fori_loop`` over chunks of ``CHUNK`` elements, up to 4x that in a large leaf (`_chunk`;
+  whole blocks of its quantised moments), which slices its inputs with ``dynamic_slice`` and
+  writes its results with ``dynamic_update_slice`` into buffers carried by the loop: the donated
+  params and state it replaces, so they stay in place. A leaf's loops run inside a loop of one
+  iteration of its own, so XLA begins no leaf before the one it is scheduled after has ended
+  (the temporaries do not grow with the number of leaves); a value a chunk encodes is made in a
+  buffer of its own (`_kept`), so XLA does not compute it again in every fusion that reads it;
 - a leaf with rank-1 moments (`Rank1`: each element scaled by ``min(row max, column max)`` of
   the new value) is cut into whole rows and takes two passes: the first computes the value each
   encode codes (the part of the leaf's program it depends on) and reduces it to its layer's row
@@ -21,13 +24,14 @@ a chunk (docs/design.md, section 8, "The bounded jnp path"):
   those scales (the old codes and scales it decodes are still intact). A single chunk runs as a
   loop too, of a count XLA does not know (unrolled, XLA copies the buffers it updates);
 - the equations themselves are the jnp path's, bound to the chunk's arrays: a decode or encode is
-  the storage's own on the chunk's blocks (or rows), an element's index (stochastic rounding's hash) is the
-  chunk's offset plus its own index. So the numbers are the reference's, up to XLA's own
+  the storage's own on the chunk's blocks (or rows), an element's index (stochastic rounding's
+  hash) is the chunk's offset plus its own index. So the numbers are the reference's, up to XLA's own
   compilation of a loop body (it may contract ``a * b + c``).
 
 It runs on every backend (it needs no compiler). `adamx.step` takes it where the kernel does not
-run (GPU, TPU, no native library); ``tx.update`` of a `chain` takes it, under a trace, when the
-state holds low-bit moments (`adamx.core._chain.set_bounded_update`), returning the updates in one
+run (GPU, TPU, no native library); ``tx.update`` of a `chain` (or of a transformation wrapped
+by `adamx.core._chain.with_bounded_update`) takes it, under a trace, when the state holds low-bit
+moments (`adamx.core._chain.set_bounded_update`), returning the updates in one
 float32 buffer per leaf.
 """
 
@@ -48,7 +52,16 @@ from . import _derived
 
 __all__: list[str] = []  # internal
 
-CHUNK = 1 << 16  # elements a loop iteration updates (whole blocks of 256 and of 128)
+CHUNK = 1 << 16  # elements a loop iteration updates (whole blocks of 256 and of 128), at least
+
+
+def _chunk(size: int, chunk: int) -> int:
+    """The chunk of a leaf of ``size`` elements: ``chunk``, up to 4x it in a leaf of 64 such chunks
+    or more. Each iteration costs XLA:CPU a few microseconds per fusion (some 30 of them), so
+    larger chunks are faster (AdamW, 8-bit moments, one leaf of 16.8M: 64K elements 90 ms, 256K
+    82, 512K 73); a chunk's float32 arrays (up to about ten, Adan's) are the step's temporaries,
+    so the chunk grows with the leaf only, to a 64th of it at most."""
+    return max(chunk, min(4 * chunk, 1 << max(0, (size // 64).bit_length() - 1)))
 
 
 # 16-bit floats. XLA:CPU widens a `dynamic_update_slice` of one to float32 (the whole buffer
@@ -182,7 +195,13 @@ class _At(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class _Piece:
     """``iterations`` chunks of ``count`` elements and ``blocks`` blocks, the ``i``-th at
-    ``at(i)``; a chunk holds ``layers`` whole layers, or ``rows`` rows of one (rank-1)."""
+    ``at(i)``; a chunk holds ``layers`` whole layers, or ``rows`` rows of one (rank-1). A piece of
+    one chunk runs as a loop of a count XLA does not know (unrolled, XLA copies the buffers it
+    writes), its ``at(i)`` depending on ``i`` all the same (``i`` is 0), so that XLA cannot take
+    the chunk's reads out of the loop. A leaf of one chunk or less is cut in two (`_chunks`): a
+    slice of a whole buffer is the buffer itself, and XLA then took what the loop computes from a
+    buffer it only reads (the params' weight decay, in ``update``) out of the loops, whole (256
+    leaves of 64K elements, 8-bit AdamW: 8.08 bytes per param of temporaries, 4.05 cut in two)."""
 
     iterations: int
     count: int
@@ -241,7 +260,7 @@ def _rank1(flat: Any, x: Any) -> _Rank1 | None:
 
 def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, list] | None:
     """How to cut a leaf: ``(block, pieces)``, ``block`` the block of its block-quantised moments
-    (0: none). ``None``: in one piece."""
+    (0: none). ``None``: in one piece (a leaf of one chunk without quantised moments)."""
     layout = _derived._blocks(flat, x.ops)
     if rank1 is not None:
         return _rank1_chunks(layout, rank1, chunk)
@@ -251,11 +270,11 @@ def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, l
         full, rest = divmod(x.size, chunk)
         pieces = [_Piece(full, chunk, 0, lambda i: _At(i * chunk, 0))]
         if rest:
-            pieces.append(_Piece(1, rest, 0, lambda i: _At(full * chunk, 0)))
+            pieces.append(_Piece(1, rest, 0, lambda i: _At(full * chunk + i * rest, 0)))
         return 0, pieces
     L, S, n, B = layout.layers, layout.size, layout.blocks, layout.block
-    if L * S <= chunk:
-        return None
+    if L * S <= chunk:  # two chunks (see `_Piece`), or one of a single block
+        chunk = max(B, L * S // 2)
     if L > 1 and S % B:  # blocks restart at each layer: a layer an iteration
         return B, [_Piece(L, S, n, lambda i: _At(i * S, i * n))]
     total = L * n  # blocks, the last one partial when S % B (then L == 1)
@@ -265,7 +284,8 @@ def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, l
         full, rest = full - 1, k
     pieces = [_Piece(full, k * B, k, lambda i: _At(i * k * B, i * k))] if full else []
     if rest:
-        pieces.append(_Piece(1, L * S - full * k * B, rest, lambda i: _At(full * k * B, full * k)))
+        last = L * S - full * k * B
+        pieces.append(_Piece(1, last, rest, lambda i: _At(full * k * B + i * last, (full + i) * k)))
     return B, pieces
 
 
@@ -281,8 +301,8 @@ def _rank1_chunks(layout: Any, r: _Rank1, chunk: int) -> tuple[int, list] | None
         B, n = layout.block, layout.blocks
         if (layout.layers, layout.size) != (L, S):
             return None  # (a storage of other `batch_dims`)
-    if L * S <= chunk:
-        return None
+    if L * S <= chunk:  # two chunks (see `_Piece`)
+        chunk = max(1, L * S // 2)
     if S <= chunk:  # k whole layers an iteration
         k = chunk // S
         full, rest = divmod(L, k)
@@ -292,8 +312,12 @@ def _rank1_chunks(layout: Any, r: _Rank1, chunk: int) -> tuple[int, list] | None
                 _Piece(full, k * S, k * n, lambda i: _At(i * k * S, i * k * n, i * k), k, R)
             )
         if rest:
-            last = _At(full * k * S, full * k * n, full * k)
-            pieces.append(_Piece(1, rest * S, rest * n, lambda i: last, rest, R))
+            j = full * k  # the first layer left
+            pieces.append(
+                _Piece(
+                    1, rest * S, rest * n, lambda i: _At((j + i) * S, (j + i) * n, j + i), rest, R
+                )
+            )
         return B, pieces
     unit = math.lcm(2, B or 1)  # elements a chunk's rows make whole of
     step = unit // math.gcd(C, unit)  # rows
@@ -320,7 +344,7 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
     it to its layer's row and column maxima (`_scales`), the second runs the whole program,
     encoding with those scales (the codes the first pass read are still the old ones)."""
     rank1 = _rank1(flat, x)
-    cut = _chunks(flat, x, chunk, rank1)
+    cut = _chunks(flat, x, _chunk(x.size, chunk), rank1)
     if cut is not None and jax.default_backend() == "cpu":
         written = [flat.dtypes[r] for o, r in x.slots if r is not None]
         if any(dtype in _NARROW for dtype in written):
@@ -442,28 +466,46 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
             new[k] = jax.lax.dynamic_update_slice(new[k], value, index(result, at))
         return new
 
-    def before(ops: list, at: _At, p: _Piece) -> Any:
-        """``ops`` on the chunk at ``at`` of the buffers as they were (the first pass)."""
-        return evaluate(ops, buffers, at, p, [load(buffers, r, at, p) for r in own], None)
+    def loops(buffers: list) -> tuple[list, Any]:
+        """The leaf's passes over its chunks, from its buffers as they were."""
 
-    scales = None if rank1 is None else _scales(rank1, x, pieces, before)
+        def before(ops: list, at: _At, p: _Piece) -> Any:
+            """``ops`` on the chunk at ``at`` of the buffers as they were (the first pass)."""
+            return evaluate(ops, buffers, at, p, [load(buffers, r, at, p) for r in own], None)
 
-    for p in pieces:
-        # The chunk a buffer gives to iteration i is sliced at the end of iteration i - 1 and
-        # carried: read inside iteration i, XLA fuses the slice into every fusion that reads it,
-        # some after the one that writes the buffer, and copies the whole buffer each iteration
-        # to keep the old chunk (measured: 4-bit moments, 5x slower).
-        def body(i, carry, p=p):
-            bufs, ahead = carry
-            new = piece(list(bufs), p.at(i), p, list(ahead), scales)
-            at = p.at(jnp.minimum(i + 1, p.iterations - 1))
-            return tuple(new), tuple(load(new, r, at, p) for r in own)
+        scales = None if rank1 is None else _scales(rank1, x, pieces, before)
+        for p in pieces:
+            # The chunk a buffer gives to iteration i is sliced at the end of iteration i - 1
+            # and carried: read inside iteration i, XLA fuses the slice into every fusion that
+            # reads it, some after the one that writes the buffer, and copies the whole buffer
+            # each iteration to keep the old chunk (measured: 4-bit moments, 5x slower).
+            def body(i, carry, p=p):
+                bufs, ahead = carry
+                new = piece(list(bufs), p.at(i), p, list(ahead), scales)
+                at = p.at(jnp.minimum(i + 1, p.iterations - 1))
+                return tuple(new), tuple(load(new, r, at, p) for r in own)
 
-        # A single chunk (a leaf's last, shorter one) is a loop too, of a count XLA does not know:
-        # unrolled, XLA copies the buffers it writes (measured: 4 bytes per parameter more).
-        count = p.iterations if p.iterations > 1 else jax.lax.optimization_barrier(jnp.int32(1))
-        ahead0 = tuple(load(buffers, r, p.at(0), p) for r in own)
-        buffers = list(jax.lax.fori_loop(0, count, body, (tuple(buffers), ahead0))[0])
+            # A single chunk (a leaf's last, shorter one) is a loop too, of a count XLA does not
+            # know: unrolled, XLA copies the buffers it writes (measured: 4 bytes per parameter
+            # more).
+            count = p.iterations if p.iterations > 1 else _one()
+            ahead0 = tuple(load(buffers, r, p.at(0), p) for r in own)
+            buffers = list(jax.lax.fori_loop(0, count, body, (tuple(buffers), ahead0))[0])
+        return buffers, scales
+
+    # The whole leaf in a loop of one iteration of its own: else XLA:CPU schedules every leaf's
+    # work before its loops (its first chunk's slices) at the start of the step, all live at
+    # once, and the temporaries grow with the number of leaves (8-bit AdamW, 16.8M params in 64
+    # leaves: 1.54 bytes per param; in 256 leaves of one chunk each, then in one piece: 8.08).
+    L = 0 if rank1 is None else rank1.layers
+    none = None if rank1 is None else [
+        (jnp.zeros((L * rank1.rows,), jnp.float32), jnp.zeros((L * rank1.cols,), jnp.float32))
+        for _ in rank1.encodes
+    ]  # fmt: skip
+    out, scales = jax.lax.fori_loop(
+        0, _one(), lambda _, carry: tuple(loops(list(carry[0]))), (list(buffers), none)
+    )
+    buffers = list(out)
     for (_, result), buf in zip(carried, buffers, strict=True):
         env[result] = buf.reshape(flat.shapes[result])
     if rank1 is not None and scales is not None:
@@ -486,7 +528,7 @@ def _scales(r: _Rank1, x: Any, pieces: list, evaluate: Any) -> list:
         values = evaluate(needed, at, p)
         new = []
         for eqn, (row, col) in zip(r.encodes, scales, strict=True):
-            v = values(eqn.ins[-1])
+            v = _kept(values(eqn.ins[-1]))  # (read by both reductions)
             x = jnp.maximum(jnp.reshape(v, (p.layers, p.rows, C)), 0.0)
             rows, cols = rank1_scales(x)
             row = jax.lax.dynamic_update_slice(row, rows.reshape(-1), (at.layer * R + at.row,))
@@ -519,10 +561,22 @@ def _rank1_codec(r: _Rank1, eqn: Any, args: list, at: _At, p: _Piece, scales: An
     row_all, col_all = scales[r.encodes.index(eqn)]
     row = jax.lax.dynamic_slice(row_all, (at.layer * r.rows + at.row,), (k * rows,))
     col = jax.lax.dynamic_slice(col_all, (at.layer * C,), (k * C,))
-    x = jnp.maximum(jax.lax.optimization_barrier(args[-1]).reshape(k, rows, C), 0.0)
+    x = jnp.maximum(_kept(args[-1]).reshape(k, rows, C), 0.0)
     code = rank1_codes(x, row.reshape(k, rows), col.reshape(k, C)).reshape(k, rows * C)
     code = jnp.pad(code, ((0, 0), (0, (rows * C) % 2)))
     return [_pack4(code).reshape(-1), row, col]
+
+
+def _one() -> Any:
+    """1, as a count XLA does not know (a loop of it is not unrolled)."""
+    return jax.lax.optimization_barrier(jnp.int32(1))
+
+
+def _kept(x: Any) -> Any:
+    """``x``, made in a buffer of its own (a chunk's): the result of a loop of one iteration that
+    XLA does not know, so no fusion reading ``x`` computes it again. (An `optimization_barrier`
+    orders, but XLA:CPU still fuses ``x``'s computation into each fusion that reads it.)"""
+    return jax.lax.fori_loop(0, _one(), lambda _, y: x, jnp.zeros_like(x))
 
 
 def _evaluate(flat: Any, eqn: Any, args: list, start: Any, p: _Piece, block: int) -> list:
@@ -536,16 +590,19 @@ def _evaluate(flat: Any, eqn: Any, args: list, start: Any, p: _Piece, block: int
             config = dataclasses.replace(config, batch_dims=1)
         shape = (layers, count // layers) if layers > 1 else (count,)
         per = nblocks // layers
-        # The decoded moment and the value to encode are kept (`optimization_barrier`, a chunk
-        # each): else XLA recomputes the whole update from the codes in every fusion that reads
-        # it (the block maxima, the codes, the params), measured 3x slower with 4-bit moments.
+        # The decoded moment is kept (`optimization_barrier`) and the value to encode made in a
+        # buffer (`_kept`), a chunk each: else XLA computes the whole update from the codes again
+        # in every fusion that reads it (the block maxima, the codes, the params): measured 3x
+        # slower with 4-bit moments with neither, and with the barrier alone on the value to
+        # encode 1.4x (8-bit) to 2.1x (4-bit) slower than with `_kept` (16.8M params, one leaf).
+        # (`_kept` on the decoded moment as well: no faster.)
         if kind == "decode":
             codes, scales = args[-2:]
             codes = codes.reshape(layers, per, *codes.shape[1:])
             decoded = config._decode(codes, scales.reshape(layers, per), shape)
             return [jax.lax.optimization_barrier(decoded.reshape(-1))]
         width = block // 2 if config.bits == 4 else block
-        value = jax.lax.optimization_barrier(args[-1]).reshape(shape)
+        value = _kept(args[-1]).reshape(shape)
         codes, scales = config._encode(value, shape, (layers, per, width), (layers, per))
         return [codes.reshape(nblocks, width), scales.reshape(nblocks)]
     out = eqn.outs[0]
