@@ -498,12 +498,12 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
     # once, and the temporaries grow with the number of leaves (8-bit AdamW, 16.8M params in 64
     # leaves: 1.54 bytes per param; in 256 leaves of one chunk each, then in one piece: 8.08).
     L = 0 if rank1 is None else rank1.layers
-    none = None if rank1 is None else [
+    scales0 = None if rank1 is None else [  # (the loop's carry; its first pass makes them)
         (jnp.zeros((L * rank1.rows,), jnp.float32), jnp.zeros((L * rank1.cols,), jnp.float32))
         for _ in rank1.encodes
     ]  # fmt: skip
     out, scales = jax.lax.fori_loop(
-        0, _one(), lambda _, carry: tuple(loops(list(carry[0]))), (list(buffers), none)
+        0, _one(), lambda _, carry: tuple(loops(list(carry[0]))), (list(buffers), scales0)
     )
     buffers = list(out)
     for (_, result), buf in zip(carried, buffers, strict=True):
