@@ -38,6 +38,7 @@ float32 buffer per leaf.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -139,7 +140,22 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     # The updates of `update` are written over the gradients, not over a copy of the params:
     # inside a train step the gradients die here, so XLA updates them in place.
     over = dict(zip(result.inputs[:n], result.inputs[n : 2 * n], strict=True))
-    outputs = run(result, flat_args, over=over if apply is _updates else None)
+    over = over if apply is _updates else None
+
+    # Differentiated (`jax.grad` of a jitted step, meta-learning), the step is the same equations
+    # run whole, op by op: JAX cannot reverse a loop of a count it does not know (`_one`).
+    # The plan's constants are arguments too (a learning rate closed over is one, and may be what
+    # is differentiated).
+    @jax.custom_jvp
+    def bounded(args: list, consts: dict) -> list:
+        return run(result, args, over=over, consts=consts)
+
+    @bounded.defjvp
+    def _(primals: tuple, tangents: tuple) -> tuple:
+        whole = functools.partial(run, result, chunk=0)
+        return bounded(*primals), jax.jvp(lambda a, c: whole(a, consts=c), primals, tangents)[1]
+
+    outputs = bounded(list(flat_args), dict(result.flat.consts))
     return p_def.unflatten(outputs[:n]), s_def.unflatten(outputs[n:])
 
 
@@ -153,14 +169,17 @@ def update(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | No
 # ---- running a plan a chunk at a time ------------------------------------------------------------
 
 
-def run(p: Any, flat_args: list, chunk: int | None = None, over: dict | None = None) -> list:
+def run(
+    p: Any, flat_args: list, chunk: int | None = None, over: dict | None = None, consts: Any = None
+) -> list:
     """The outputs of the planned function: its scalar part and reductions as JAX runs them, each
-    leaf's elementwise part in a loop over chunks of ``chunk`` elements (`CHUNK`; `_leaf`).
+    leaf's elementwise part in a loop over chunks of ``chunk`` elements (`CHUNK`; `_leaf`; 0: in
+    one piece, as written). ``consts``: the plan's constants, if not its own.
     ``over``: an input node -> the input whose buffer its result is written over instead (of the
     same shape and dtype)."""
     chunk = CHUNK if chunk is None else chunk
     env: dict[int, Any] = dict(zip(p.inputs, flat_args, strict=True))
-    env.update(p.flat.consts)
+    env.update(p.flat.consts if consts is None else consts)
 
     def read(ref):
         return ref.value if isinstance(ref, _derived.Lit) else env[ref]
@@ -198,10 +217,11 @@ class _Piece:
     ``at(i)``; a chunk holds ``layers`` whole layers, or ``rows`` rows of one (rank-1). A piece of
     one chunk runs as a loop of a count XLA does not know (unrolled, XLA copies the buffers it
     writes), its ``at(i)`` depending on ``i`` all the same (``i`` is 0), so that XLA cannot take
-    the chunk's reads out of the loop. A leaf of one chunk or less is cut in two (`_chunks`): a
-    slice of a whole buffer is the buffer itself, and XLA then took what the loop computes from a
-    buffer it only reads (the params' weight decay, in ``update``) out of the loops, whole (256
-    leaves of 64K elements, 8-bit AdamW: 8.08 bytes per param of temporaries, 4.05 cut in two)."""
+    the chunk's reads out of the loop. A leaf of block-quantised moments of one chunk or less is
+    cut in two (`_chunks`): a slice of a whole buffer is the buffer itself, and XLA then took
+    what the loop computes from a buffer it only reads (the params' weight decay, in ``update``)
+    out of the loops, whole (256 leaves of 64K elements, 8-bit AdamW: 8.08 bytes per param of
+    temporaries, 4.05 cut in two)."""
 
     iterations: int
     count: int
@@ -260,7 +280,7 @@ def _rank1(flat: Any, x: Any) -> _Rank1 | None:
 
 def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, list] | None:
     """How to cut a leaf: ``(block, pieces)``, ``block`` the block of its block-quantised moments
-    (0: none). ``None``: in one piece (a leaf of one chunk without quantised moments)."""
+    (0: none). ``None``: in one piece."""
     layout = _derived._blocks(flat, x.ops)
     if rank1 is not None:
         return _rank1_chunks(layout, rank1, chunk)
@@ -273,7 +293,9 @@ def _chunks(flat: Any, x: Any, chunk: int, rank1: _Rank1 | None) -> tuple[int, l
             pieces.append(_Piece(1, rest, 0, lambda i: _At(full * chunk + i * rest, 0)))
         return 0, pieces
     L, S, n, B = layout.layers, layout.size, layout.blocks, layout.block
-    if L * S <= chunk:  # two chunks (see `_Piece`), or one of a single block
+    if L * S <= chunk:  # two chunks or more (see `_Piece`); a leaf of one block in one piece
+        if L * n < 2:
+            return None
         chunk = max(B, L * S // 2)
     if L > 1 and S % B:  # blocks restart at each layer: a layer an iteration
         return B, [_Piece(L, S, n, lambda i: _At(i * S, i * n))]
@@ -301,8 +323,8 @@ def _rank1_chunks(layout: Any, r: _Rank1, chunk: int) -> tuple[int, list] | None
         B, n = layout.block, layout.blocks
         if (layout.layers, layout.size) != (L, S):
             return None  # (a storage of other `batch_dims`)
-    if L * S <= chunk:  # two chunks (see `_Piece`)
-        chunk = max(1, L * S // 2)
+    if L * S <= chunk:
+        return None
     if S <= chunk:  # k whole layers an iteration
         k = chunk // S
         full, rest = divmod(L, k)
@@ -344,7 +366,7 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
     it to its layer's row and column maxima (`_scales`), the second runs the whole program,
     encoding with those scales (the codes the first pass read are still the old ones)."""
     rank1 = _rank1(flat, x)
-    cut = _chunks(flat, x, _chunk(x.size, chunk), rank1)
+    cut = _chunks(flat, x, _chunk(x.size, chunk), rank1) if chunk else None
     if cut is not None and jax.default_backend() == "cpu":
         written = [flat.dtypes[r] for o, r in x.slots if r is not None]
         if any(dtype in _NARROW for dtype in written):
@@ -568,8 +590,9 @@ def _rank1_codec(r: _Rank1, eqn: Any, args: list, at: _At, p: _Piece, scales: An
 
 
 def _one() -> Any:
-    """1, as a count XLA does not know (a loop of it is not unrolled)."""
-    return jax.lax.optimization_barrier(jnp.int32(1))
+    """1, as a count XLA does not know (a loop of it is not unrolled), of JAX's default integer
+    type (int64 under ``jax_enable_x64``: a chunk's place mixes the count with Python ints)."""
+    return jax.lax.optimization_barrier(jnp.asarray(1))
 
 
 def _kept(x: Any) -> Any:
