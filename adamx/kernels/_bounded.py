@@ -140,7 +140,7 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     # The updates of `update` are written over the gradients, not over a copy of the params:
     # inside a train step the gradients die here, so XLA updates them in place.
     over = dict(zip(result.inputs[:n], result.inputs[n : 2 * n], strict=True))
-    over = over if apply is _updates else None
+    written_over = over if apply is _updates else None
 
     # Differentiated (`jax.grad` of a jitted step, meta-learning), the step is the same equations
     # run whole, op by op: JAX cannot reverse a loop of a count it does not know (`_one`).
@@ -148,7 +148,7 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     # is differentiated).
     @jax.custom_jvp
     def bounded(args: list, consts: dict) -> list:
-        return run(result, args, over=over, consts=consts)
+        return run(result, args, over=written_over, consts=consts)
 
     @bounded.defjvp
     def _(primals: tuple, tangents: tuple) -> tuple:
