@@ -62,28 +62,30 @@ def test_update_with_low_bit_moments_keeps_its_temporaries_to_a_chunk(name, bits
 
 
 @pytest.mark.parametrize(
-    ("storage", "leaves"),
+    ("storage", "leaves", "n"),
     [
-        (adamx.low_bit_moments(8), 1),
-        (adamx.low_bit_moments(8), 16),
-        (adamx.low_bit_moments(8), 64),
-        ({"mu_dtype": adamx.blockwise_4bit(True), "nu_dtype": adamx.blockwise_4bit(False)}, 1),
+        (adamx.low_bit_moments(8), 1, N),
+        (adamx.low_bit_moments(8), 16, N),
+        (adamx.low_bit_moments(8), 64, N),
+        (adamx.low_bit_moments(8), 64, 4 * N),
+        ({"mu_dtype": adamx.blockwise_4bit(True), "nu_dtype": adamx.blockwise_4bit(False)}, 1, N),
     ],
-    ids=["8bit-1", "8bit-16", "8bit-64", "4bit-1"],
+    ids=["8bit-1", "8bit-16", "8bit-64x1", "8bit-64x4", "4bit-1"],
 )
-def test_step_without_the_kernel_keeps_its_temporaries_to_a_chunk(monkeypatch, storage, leaves):
+def test_step_without_the_kernel_keeps_its_temporaries_to_a_chunk(monkeypatch, storage, leaves, n):
     """`adamx.step` where the kernel does not run (GPU, TPU): 0.25 bytes per param + 8 MiB, for
-    one leaf, for 16 and for 64 leaves of 4 chunks (16.8M params; each leaf's loops in a loop of
-    their own: before, XLA:CPU began every leaf's loop up front, 1.54 bytes per param)."""
+    one leaf, for 16, and for 64 leaves of one chunk and of four. Before: XLA:CPU ran leaves of
+    one chunk in one piece, all at once (8.08 bytes per param), and began every leaf's loop up
+    front (64 leaves of four chunks, 16.8M params: 1.54); now each leaf's loops run in a loop of
+    their own, and a leaf of one chunk is cut in two."""
     monkeypatch.setattr(_derived, "_unavailable", lambda: "not here")
     tx = adamx.adamw(1e-3, weight_decay=0.1, **storage)
-    like = _like(leaves) if leaves < 64 else _like(leaves, 4 * N)
+    like = _like(leaves, n)
     state = jax.eval_shape(tx.init, like)
 
     def fn(p, s, g):
         return adamx.step(tx, g, s, p)
 
-    n = sum(math.prod(x.shape) for x in like.values())
     temps = _temporaries(fn, like, state)
     assert temps <= n // 4 + 8 * MIB, temps / n
 

@@ -18,8 +18,8 @@ from ._trees import check_like
 __all__ = ["chain"]
 
 # The bounded step (adamx/kernels/_bounded.py), which the floor above registers: an outermost
-# chain's (`with_bounded_update`'s) `update`, traced with low-bit moments in its state, runs through it (docs/design.md,
-# section 8). Off while a plan traces the chain itself.
+# chain's `update` (any `with_bounded_update`'s), traced with low-bit moments in its state, runs
+# through it (docs/design.md, section 8). Off while a plan traces the chain itself.
 _BOUNDED: list[Callable[..., Any]] = []
 _OFF: contextvars.ContextVar[bool] = contextvars.ContextVar("adamx_unbounded", default=False)
 

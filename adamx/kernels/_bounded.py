@@ -25,14 +25,14 @@ a chunk (docs/design.md, section 8, "The bounded jnp path"):
   loop too, of a count XLA does not know (unrolled, XLA copies the buffers it updates);
 - the equations themselves are the jnp path's, bound to the chunk's arrays: a decode or encode is
   the storage's own on the chunk's blocks (or rows), an element's index (stochastic rounding's
-  hash) is the chunk's offset plus its own index. So the numbers are the reference's, up to XLA's own
-  compilation of a loop body (it may contract ``a * b + c``).
+  hash) is the chunk's offset plus its own index. So the numbers are the reference's, up to
+  XLA's own compilation of a loop body (it may contract ``a * b + c``).
 
 It runs on every backend (it needs no compiler). `adamx.step` takes it where the kernel does not
 run (GPU, TPU, no native library); ``tx.update`` of a `chain` (or of a transformation wrapped
-by `adamx.core._chain.with_bounded_update`) takes it, under a trace, when the state holds low-bit
-moments (`adamx.core._chain.set_bounded_update`), returning the updates in one
-float32 buffer per leaf.
+by `adamx.core._chain.with_bounded_update`) takes it, under a trace, when the state holds
+low-bit moments (`adamx.core._chain.set_bounded_update`), returning the updates in one float32
+buffer per leaf.
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ class _Piece:
     """``iterations`` chunks of ``count`` elements and ``blocks`` blocks, the ``i``-th at
     ``at(i)``; a chunk holds ``layers`` whole layers, or ``rows`` rows of one (rank-1). A piece of
     one chunk runs as a loop of a count XLA does not know (unrolled, XLA copies the buffers it
-    writes), its ``at(i)`` depending on ``i`` all the same (``i`` is 0), so that XLA cannot take
-    the chunk's reads out of the loop. A leaf of block-quantised moments of one chunk or less is
+    writes), its ``at(i)`` depending on ``i`` all the same (``i`` is 0), as every piece's does:
+    no slice of it is loop-invariant to XLA. A leaf of block-quantised moments of one chunk or less is
     cut in two (`_chunks`): a slice of a whole buffer is the buffer itself, and XLA then took
     what the loop computes from a buffer it only reads (the params' weight decay, in ``update``)
     out of the loops, whole (256 leaves of 64K elements, 8-bit AdamW: 8.08 bytes per param of
@@ -520,10 +520,14 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
     # once, and the temporaries grow with the number of leaves (8-bit AdamW, 16.8M params in 64
     # leaves: 1.54 bytes per param; in 256 leaves of one chunk each, then in one piece: 8.08).
     L = 0 if rank1 is None else rank1.layers
-    scales0 = None if rank1 is None else [  # (the loop's carry; its first pass makes them)
-        (jnp.zeros((L * rank1.rows,), jnp.float32), jnp.zeros((L * rank1.cols,), jnp.float32))
-        for _ in rank1.encodes
-    ]  # fmt: skip
+    scales0 = (
+        None
+        if rank1 is None
+        else [  # (the loop's carry; its first pass makes them)
+            (jnp.zeros((L * rank1.rows,), jnp.float32), jnp.zeros((L * rank1.cols,), jnp.float32))
+            for _ in rank1.encodes
+        ]
+    )
     out, scales = jax.lax.fori_loop(
         0, _one(), lambda _, carry: tuple(loops(list(carry[0]))), (list(buffers), scales0)
     )
