@@ -430,3 +430,28 @@ def test_an_overflowing_second_moment_gives_a_finite_zero_step_not_nan(bits):
         for _ in range(3):
             fused, state = adamx.step(opt, grads, state, fused, fused=True)
         np.testing.assert_array_equal(fused["w"], eager["w"])
+
+
+@pytest.mark.parametrize(
+    ("shape", "bits", "split"),
+    [
+        ((4, 1024), 8, True),  # 16 blocks of 256, 4 a device
+        ((4, 1024), 4, True),  # (4-bit: two codes a byte, the same blocks)
+        ((4, 1250), 8, False),  # 20 blocks, the last one partial: 1250 elements a device
+        ((4, 1250), 4, False),
+    ],
+)
+def test_codes_follow_a_row_split_only_in_whole_blocks(shape, bits, split):
+    """`layout_specs`: a quantised moment's blocks follow its parameter's first axis onto the
+    devices only where each device's rows are whole blocks of its own elements. 5000 elements
+    in blocks of 256 are 20 blocks (5000 % 20 == 0), but a device's 1250 elements are not its 5
+    blocks: such codes are kept whole (before, they were split, and on an ``Explicit`` mesh the
+    eager step failed to decode them, a ``ShardingTypeError``)."""
+    from adamx.storage._quantize import layout_specs
+
+    storage = adamx.blockwise_8bit(min_size=0) if bits == 8 else adamx.blockwise_4bit(min_size=0)
+    stored = jax.eval_shape(storage.init, jax.ShapeDtypeStruct(shape, jnp.float32))
+    codes, scales = tuple(stored.codes.shape), tuple(stored.scales.shape)
+    codes_spec, scales_spec = layout_specs(shape, ["model", None], codes, scales, lambda e: 4)
+    expected = "model" if split else None
+    assert codes_spec == (None, expected, None) and scales_spec == (None, expected)

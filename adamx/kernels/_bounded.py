@@ -28,6 +28,10 @@ a chunk (docs/design.md, section 8, "The bounded jnp path"):
   hash) is the chunk's offset plus its own index. So the numbers are the reference's, up to
   XLA's own compilation of a loop body (it may contract ``a * b + c``).
 
+On a mesh whose shardings the trace shows (``Explicit`` axes) each leaf runs once per shard,
+inside ``jax.shard_map`` (`_on_shards`), where its quantised moments' codes follow its
+parameter; a leaf that cannot runs in one piece, as written.
+
 It runs on every backend (it needs no compiler). `adamx.step` takes it where the kernel does not
 run (GPU, TPU, no native library); ``tx.update`` of a `chain` (or of a transformation wrapped
 by `adamx.core._chain.with_bounded_update`) takes it, under a trace, when the state holds
@@ -48,8 +52,17 @@ import numpy as np
 
 from ..core._chain import set_bounded_update
 from ..core._trees import is_stored_moment
-from ..storage._quantize import Rank1, _pack4, _unpack4, rank1_codes, rank1_scales, rank1_values
+from ..storage._quantize import (
+    Rank1,
+    _pack4,
+    _unpack4,
+    layout_specs,
+    rank1_codes,
+    rank1_scales,
+    rank1_values,
+)
 from . import _derived
+from ._mesh import reshard, spec
 
 __all__: list[str] = []  # internal
 
@@ -73,6 +86,11 @@ def _chunk(size: int, chunk: int) -> int:
 # per parameter, measured), and `adamx.step` takes the kernel there. Other backends update
 # 16-bit buffers in place.
 _NARROW = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+
+
+def _narrow_in_place() -> bool:
+    """Whether a 16-bit float buffer is updated a chunk at a time (`_NARROW`: not on CPU)."""
+    return jax.default_backend() != "cpu"
 
 
 # The primitives a chunk computes as its leaf would (`_evaluate`); the derived kernel's
@@ -100,39 +118,43 @@ def has_low_bit(state: Any) -> bool:
     )
 
 
-def _plan(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list]:
+def _plan(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, list, Any]:
+    """``(plan or why there is none, flat leaves, their Layout)``."""
     result, flat_args, where = _derived._prepare(tx, apply, grads, state, params)
     if isinstance(result, str):
-        return result, flat_args
+        return result, flat_args, where
     if not result.leaves:
-        return "the step updates no array", flat_args
-    if where.mesh is not None:
-        return "the leaves are sharded over a mesh", flat_args
-    if jax.device_count() > 1:
-        # Under `jit` a leaf's sharding is not in its trace (an `Auto` mesh), and a chunk sliced
-        # from a sharded leaf would gather it: with several devices the step stays as written,
-        # which XLA partitions (and the numbers equal on every mesh, tests/test_sharding.py).
-        return "more than one device: the leaves may be sharded", flat_args
+        return "the step updates no array", flat_args, where
+    if where.mesh is None and not where.concrete and jax.device_count() > 1:
+        # Under `jit` on an `Auto` mesh (or none) a leaf's sharding is not in its trace, and a
+        # chunk sliced from a sharded leaf would gather it: the step stays as written, which XLA
+        # partitions. On a mesh whose shardings are visible each leaf runs per shard (`_on_shards`).
+        return (
+            "several devices and leaves whose sharding is not visible under `jit` (an `Auto` "
+            "mesh); place them on a mesh of `Explicit` axes (`jax.make_mesh`'s default)",
+            flat_args,
+            where,
+        )
     for instances in result.leaves.values():
         for x in instances:
             if getattr(x, "reductions", None):  # reduced in the kernel's own pass
-                return "a leaf's program reduces it in the same pass", flat_args
+                return "a leaf's program reduces it in the same pass", flat_args, where
             for eqn in x.ops:  # a chunk holds part of a leaf: only elementwise equations
                 name = eqn.primitive.name
                 if eqn.codec is None and (_derived._is_reduction(name) or name not in _ELEMENTWISE):
-                    return f"`{name}` in a leaf's program is not elementwise", flat_args
-    return result, flat_args
+                    return f"`{name}` in a leaf's program is not elementwise", flat_args, where
+    return result, flat_args, where
 
 
 def why_not(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> str | None:
     """``None`` if the bounded path can take this step, else why not."""
-    result, _ = _plan(tx, apply, grads, state, params)
+    result, _, _ = _plan(tx, apply, grads, state, params)
     return result if isinstance(result, str) else None
 
 
 def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | None:
     """``(apply(params, updates), new state)`` through the bounded path, or ``None``."""
-    result, flat_args = _plan(tx, apply, grads, state, params)
+    result, flat_args, where = _plan(tx, apply, grads, state, params)
     if isinstance(result, str):
         return None
     p_def, s_def = result.treedefs
@@ -148,7 +170,7 @@ def step(tx: Any, apply: Any, grads: Any, state: Any, params: Any) -> tuple[Any,
     # is differentiated).
     @jax.custom_jvp
     def bounded(args: list, consts: dict) -> list:
-        return run(result, args, over=written_over, consts=consts)
+        return run(result, args, over=written_over, consts=consts, where=where)
 
     @bounded.defjvp
     def _(primals: tuple, tangents: tuple) -> tuple:
@@ -170,13 +192,19 @@ def update(tx: Any, grads: Any, state: Any, params: Any) -> tuple[Any, Any] | No
 
 
 def run(
-    p: Any, flat_args: list, chunk: int | None = None, over: dict | None = None, consts: Any = None
+    p: Any,
+    flat_args: list,
+    chunk: int | None = None,
+    over: dict | None = None,
+    consts: Any = None,
+    where: Any = None,
 ) -> list:
     """The outputs of the planned function: its scalar part and reductions as JAX runs them, each
     leaf's elementwise part in a loop over chunks of ``chunk`` elements (`CHUNK`; `_leaf`; 0: in
     one piece, as written). ``consts``: the plan's constants, if not its own.
     ``over``: an input node -> the input whose buffer its result is written over instead (of the
-    same shape and dtype)."""
+    same shape and dtype). ``where``: the leaves' `Layout`; on a mesh each leaf runs per shard
+    (`_on_shards`), or in one piece where it cannot."""
     chunk = CHUNK if chunk is None else chunk
     env: dict[int, Any] = dict(zip(p.inputs, flat_args, strict=True))
     env.update(p.flat.consts if consts is None else consts)
@@ -195,10 +223,213 @@ def run(
             eqn.outs, _derived._bind(eqn, [read(r) for r in eqn.ins]), strict=True
         ):
             env[node] = value
+    on_mesh = where is not None and where.mesh is not None
     for instances in p.leaves.values():
         for x in instances:
-            _leaf(p.flat, x, env, read, chunk, over or {})
+            if on_mesh and chunk and _on_shards(p.flat, x, env, read, chunk, over or {}, where):
+                continue
+            # On a mesh a leaf that cannot run per shard runs in one piece: a chunk sliced from a
+            # split buffer would gather it.
+            _leaf(p.flat, x, env, read, 0 if on_mesh else chunk, over or {})
     return [jnp.asarray(read(ref)) for ref in p.outputs]
+
+
+def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, where: Any) -> bool:
+    """Leaf ``x`` run once per shard of the layout's mesh, inside ``jax.shard_map``: each device
+    streams its own shard of the leaf through its chunks (`_leaf` on the shard's shapes), so the
+    temporaries are a chunk per device. ``False`` (nothing run) where a shard's program would not
+    be the leaf's own:
+
+    - the leaf's parameter-shaped operands run in the partition of the most finely split one (as
+      the kernel's do, `_derived._per_shard`: under ZeRO-1 the state's), and each quantised
+      moment's codes and scales must already lie as `layout_specs` lays them out for it, covering
+      every axis the partition splits (a device's blocks or rows are then its own elements');
+    - a block-quantised moment split into shards of whole blocks; a rank-1 moment split over its
+      layers or its rows (the column maxima are then the maximum over the devices, ``pmax``);
+    - an element's index (stochastic rounding's hash) is its shard's offset plus its own, so a
+      shard must be a contiguous range of the leaf (its first axis of more than one element
+      split, nothing else);
+    - a shard of more than a chunk (a smaller leaf runs in one piece, as the jnp path does).
+    """
+    made = {o for eqn in x.ops for o in eqn.outs}
+    results = [r for _, r in x.slots if r is not None]
+    inputs = {r for eqn in x.ops for r in eqn.ins if isinstance(r, int) and r not in made}
+    inputs |= {o for o, _ in x.slots if o is not None}
+    inputs |= {over[o] for o in list(inputs) if o in over}
+    inputs_ = sorted(inputs)
+    nodes = inputs | made | set(results)
+    plain = [r for r in inputs_ if flat.is_leafwise(r) and r not in flat.blocked]
+    shapes = {flat.shapes[r] for r in plain}
+    if len(shapes) != 1:
+        return False
+    shape = shapes.pop()
+    if math.prod(shape) != x.size:
+        return False
+    codecs = [eqn for eqn in x.ops if eqn.codec is not None]
+    # The partitions to try, the most finely split first: each parameter-shaped operand's, and
+    # the one each quantised moment's codes follow (under ZeRO-1 the state alone is split).
+    candidates = [spec(env[r]) for r in plain]
+    for eqn in codecs:
+        if eqn.codec[0] == "decode":
+            codes = eqn.ins[-3] if isinstance(eqn.codec[1], Rank1) else eqn.ins[-2]
+            candidates.append(_followed(shape, flat.shapes[codes], spec(env[codes])))
+    candidates.sort(key=lambda s: -_derived._shards(where, s))
+    for partition in candidates:
+        layouts = _layouts(flat, codecs, shape, partition, where)
+        if layouts is None:
+            continue
+        expected, columns = layouts
+        if all(
+            spec(env[n]) == _full(s, len(flat.shapes[n]))
+            for n, s in expected.items()
+            if n in inputs
+        ) and all(_within(spec(env[r]), partition) for r in plain):
+            break
+    else:
+        return False  # no partition the codes already follow (moving them would gather them)
+    entries = list(partition)
+
+    def split(entry: Any) -> int:
+        return _derived._shards(where, [entry])
+
+    local = dataclasses.replace(flat, shapes=list(flat.shapes), leafwise=set(flat.leafwise))
+    for node in nodes:
+        if node in expected:
+            s = expected[node]
+        elif flat.is_leafwise(node):
+            if flat.shapes[node] != shape:
+                if node in inputs or node in results or math.prod(flat.shapes[node]) != x.size:
+                    return False
+                # A value the leaf's program reshapes (an element's index, made flat): a chunk
+                # sees it flat.
+                local.shapes[node] = (x.size // _derived._shards(where, partition),)
+                local.leafwise.add(node)
+                continue
+            s = partition
+        else:
+            continue
+        full = _full(s, len(flat.shapes[node]))
+        if any(n % split(e) for n, e in zip(flat.shapes[node], full, strict=True)):
+            return False  # (uneven shards)
+        local.shapes[node] = _derived._local(where, flat.shapes[node], full)
+        local.leafwise.add(node)
+    size = math.prod(_derived._local(where, shape, partition))
+    piece = dataclasses.replace(x, size=size)
+    try:
+        layout = _derived._blocks(local, x.ops)
+        rank1 = _rank1(local, piece)
+        cut = _chunks(local, piece, _chunk(size, chunk), rank1)
+    except _derived._Unsupported:
+        return False
+    if cut is None:
+        return False
+    blocks_split = any(len(s) == 3 and s[1] is not None for s in expected.values())
+    if layout is not None and blocks_split and layout.size != layout.blocks * layout.block:
+        return False  # a shard's blocks are not its own elements' (the leaf's last is partial)
+    if not _narrow_in_place() and any(local.dtypes[r] in _NARROW for r in results):
+        return False  # see `_NARROW`
+    first = [k for k, e in enumerate(entries) if e is not None]
+    offset_axis = None
+    if any(eqn.primitive.name == "iota" for eqn in x.ops) and first:
+        if len(first) > 1 or math.prod(shape[: first[0]]) != 1:
+            return False
+        offset_axis = entries[first[0]]
+
+    replicated = jax.sharding.PartitionSpec()
+    in_specs = [expected.get(r, partition) if flat.is_leafwise(r) else replicated for r in inputs_]
+    out_specs = [expected.get(r, partition) for r in results]
+    operands = []
+    for r, s in zip(inputs_, in_specs, strict=True):
+        value = jnp.asarray(read(r))
+        if flat.is_leafwise(r):
+            value = reshard(value, where, _full(s, value.ndim))
+        elif where.concrete:
+            value = jax.device_put(value, jax.sharding.NamedSharding(where.mesh, replicated))
+        operands.append(value)
+    names = tuple(sorted(columns))
+
+    def body(*args: Any) -> list:
+        mine = dict(zip(inputs_, args, strict=True))
+
+        def own(ref: Any) -> Any:
+            return ref.value if isinstance(ref, _derived.Lit) else mine[ref]
+
+        offset = 0 if offset_axis is None else jax.lax.axis_index(offset_axis) * size
+        _leaf(local, piece, mine, own, chunk, over, _Shard(offset, names))
+        return [mine[r] for r in results]
+
+    outs = jax.shard_map(
+        body, mesh=where.mesh, in_specs=tuple(in_specs), out_specs=out_specs, check_vma=False
+    )(*operands)
+    # Each result back in its operand's partition (under ZeRO-1 the new params gathered, as the
+    # kernel's are), but the updates of ``update`` (written over the gradients, `over`): they
+    # stay in the partition they were computed in, as XLA leaves them op by op.
+    slot = {r: o for o, r in x.slots if r is not None}
+    for r, value in zip(results, outs, strict=True):
+        operand = slot[r]
+        kept = operand is None or operand in over or r in expected
+        env[r] = value if kept else reshard(value, where, spec(env[operand]))
+    return True
+
+
+def _axes(specs: Any) -> set:
+    """The mesh axes a partition spec (or a list of its entries) splits over."""
+    return {a for e in specs if e is not None for a in np.atleast_1d(e)}
+
+
+def _followed(shape: tuple, codes: tuple, codes_spec: Any) -> Any:
+    """The partition of a parameter of ``shape`` whose quantised moment's codes (of shape
+    ``codes``: layers first, then blocks or pairs) lie as ``codes_spec``: its first layer axis
+    and its first axis after the layers split as theirs (`layout_specs`, read backwards)."""
+    entries: list = [None] * len(shape)
+    layers = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == codes[0])
+    if layers:
+        entries[0] = codes_spec[0]
+    if layers < len(shape):
+        entries[layers] = codes_spec[1]
+    return jax.sharding.PartitionSpec(*entries)
+
+
+def _within(inner: Any, outer: Any) -> bool:
+    """Whether partition ``inner`` splits each axis as ``outer`` does or not at all (reaching
+    ``outer`` from it is each device's slice, no data moved)."""
+    return all(a is None or a == b for a, b in zip(inner, outer, strict=True))
+
+
+def _layouts(flat: Any, codecs: list, shape: tuple, partition: Any, where: Any) -> Any:
+    """For a leaf of ``shape`` run in ``partition``: ``(node -> partition spec of each quantised
+    moment's codes and scales, the mesh axes its rank-1 column maxima are reduced over)``, by
+    `layout_specs`; ``None`` where a moment's codes or its block scales would be kept whole over
+    an axis the partition splits (then a device's codes are not its elements')."""
+    entries = list(partition)
+
+    def split(entry: Any) -> int:
+        return _derived._shards(where, [entry])
+
+    expected: dict[int, Any] = {}
+    columns: set = set()
+    for eqn in codecs:
+        kind, config = eqn.codec
+        pair = isinstance(config, Rank1)
+        k = 3 if pair else 2
+        group = eqn.ins[-k:] if kind == "decode" else eqn.outs[:k]
+        stored = [flat.shapes[n] for n in group]
+        scales = (stored[1], stored[2]) if pair else stored[1]
+        codes_spec, scales_spec = layout_specs(shape, entries, stored[0], scales, split)
+        specs = [codes_spec, *scales_spec] if pair else [codes_spec, scales_spec]
+        if _axes(codes_spec) != _axes(entries) or _axes(specs[1]) != _axes(entries):
+            return None
+        if pair:
+            columns |= _axes(entries) - _axes(specs[2])
+        for node, s in zip(group, specs, strict=True):
+            expected[node] = jax.sharding.PartitionSpec(*s)
+    return expected, columns
+
+
+def _full(s: Any, ndim: int) -> Any:
+    """``s`` with one entry per dimension."""
+    entries = list(s) + [None] * (ndim - len(s))
+    return jax.sharding.PartitionSpec(*entries[:ndim])
 
 
 class _At(NamedTuple):
@@ -360,14 +591,27 @@ def _rank1_chunks(layout: Any, r: _Rank1, chunk: int) -> tuple[int, list] | None
     return B, pieces
 
 
-def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> None:
+class _Shard(NamedTuple):
+    """A leaf run on one shard of a mesh (`_on_shards`): the shard's first element in the whole
+    leaf (a contiguous range of it, where the program reads an element's index), and the mesh
+    axes its rank-1 moments' column maxima are taken over (the rows split over devices)."""
+
+    offset: Any = 0
+    columns: tuple = ()
+
+
+def _leaf(
+    flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, shard: _Shard | None = None
+) -> None:
     """One leaf's elementwise equations, chunk by chunk; results into ``env``. A leaf with rank-1
     moments takes two passes over its chunks: the first computes each encoded value and reduces
     it to its layer's row and column maxima (`_scales`), the second runs the whole program,
-    encoding with those scales (the codes the first pass read are still the old ones)."""
+    encoding with those scales (the codes the first pass read are still the old ones).
+    ``shard``: the leaf is one shard's (``flat``'s shapes are the shard's)."""
+    shard = shard or _Shard()
     rank1 = _rank1(flat, x)
     cut = _chunks(flat, x, _chunk(x.size, chunk), rank1) if chunk else None
-    if cut is not None and jax.default_backend() == "cpu":
+    if cut is not None and not _narrow_in_place():
         written = [flat.dtypes[r] for o, r in x.slots if r is not None]
         if any(dtype in _NARROW for dtype in written):
             cut = None  # see `_NARROW`
@@ -467,7 +711,7 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
             if rank1 is not None and eqn.codec is not None and isinstance(eqn.codec[1], Rank1):
                 outs = _rank1_codec(rank1, eqn, args, at, p, scales)
             else:
-                outs = _evaluate(flat, eqn, args, at.start, p, block)
+                outs = _evaluate(flat, eqn, args, at.start + shard.offset, p, block)
             for node, value in zip(eqn.outs, outs, strict=True):
                 local[node] = value
         return get
@@ -495,7 +739,7 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
             """``ops`` on the chunk at ``at`` of the buffers as they were (the first pass)."""
             return evaluate(ops, buffers, at, p, [load(buffers, r, at, p) for r in own], None)
 
-        scales = None if rank1 is None else _scales(rank1, x, pieces, before)
+        scales = None if rank1 is None else _scales(rank1, x, pieces, before, shard.columns)
         for p in pieces:
             # The chunk a buffer gives to iteration i is sliced at the end of iteration i - 1
             # and carried: read inside iteration i, XLA fuses the slice into every fusion that
@@ -540,11 +784,13 @@ def _leaf(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict) -> No
             env[eqn.outs[2]] = col.reshape(flat.shapes[eqn.outs[2]])
 
 
-def _scales(r: _Rank1, x: Any, pieces: list, evaluate: Any) -> list:
+def _scales(r: _Rank1, x: Any, pieces: list, evaluate: Any, columns: tuple = ()) -> list:
     """The first pass over a leaf with rank-1 moments: per encode, the flat row and column scales
     of its value, the row maxima of each chunk's rows and the column maxima of all its layer's
     rows (a running maximum of the bits, NaN above inf, as `_absmax` takes it: the same values as
-    the whole layer's). ``evaluate(ops, at, piece)``: the chunk's values of ``ops``, by node."""
+    the whole layer's). ``evaluate(ops, at, piece)``: the chunk's values of ``ops``, by node.
+    ``columns``: the mesh axes the layer's rows are split over (its column maxima are the
+    maximum over those devices)."""
     needed = _derived._needed(x.ops, [e.ins[-1] for e in r.encodes])
     L, R, C = r.layers, r.rows, r.cols
     zero = jnp.zeros((L * C,), jnp.uint32)
@@ -570,6 +816,8 @@ def _scales(r: _Rank1, x: Any, pieces: list, evaluate: Any) -> list:
             scales = jax.lax.fori_loop(
                 0, p.iterations, lambda i, s, p=p: reduce(s, p.at(i), p), scales
             )
+    if columns:
+        scales = [(row, jax.lax.pmax(col, columns)) for row, col in scales]
     return [(row, jax.lax.bitcast_convert_type(col, jnp.float32)) for row, col in scales]
 
 

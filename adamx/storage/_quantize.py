@@ -364,8 +364,12 @@ def layout_specs(
     ):  # rank-1: codes (layers, pairs); (layers, rows), (layers, cols)
         even = first is not None and (size // axis_size(first)) % 2 == 0
         return (layer, first if even else None), ((layer, first), (layer, last))
-    blocks = scales[1]
-    aligned = first is not None and size % blocks == 0 and blocks % axis_size(first) == 0
+    blocks, width = scales[1], codes[2]
+    # No block is padded: each holds `size // blocks` elements, a block (8 bits: `width`
+    # elements; 4 bits: two a byte). (`size % blocks == 0` alone let 5000 elements in 20 blocks
+    # of 256 pass, the last one partial: a device's blocks were then not its elements'.)
+    whole = size % blocks == 0 and size // blocks in (width, 2 * width)
+    aligned = first is not None and whole and blocks % axis_size(first) == 0
     block = first if aligned else None
     return (layer, block, None), (layer, block)
 
@@ -528,7 +532,7 @@ class Blockwise:
     def read(self, stored: Any, dtype: Any) -> jax.Array:
         if not isinstance(stored, QuantizedBuffer):
             return stored.astype(dtype)
-        if _marked(self, stored.codes, stored.scales):
+        if _marked(self):
             decode = _codec(self, "decode", stored.shape)
             return decode(stored.codes, stored.scales).astype(dtype)
         return self._decode(stored.codes, stored.scales, stored.shape).astype(dtype)
@@ -564,7 +568,7 @@ class Blockwise:
         _check_real(value, "blockwise storage")
         value = value.astype(jnp.float32)
         codes_shape, scales_shape = tuple(stored.codes.shape), tuple(stored.scales.shape)
-        if _marked(self, value):
+        if _marked(self):
             encode = _codec(self, "encode", stored.shape)
             codes, scales = encode(value)
         else:
@@ -624,12 +628,11 @@ def codec_name(kind: str, config: Any) -> str:
     return f"adamx_blockwise_{kind}_{config.bits}{sign}{linear}_{config.block_size}"
 
 
-def _marked(config: Any, *arrays: Any) -> bool:
-    """Whether a read or write runs as a named call: not on an ``Explicit`` mesh (where the
-    storage's own resharding runs) and with a hashable configuration (a ``batch_dims`` function
-    that cannot be hashed cannot key the calls' cache)."""
-    if any(_explicit_sharding(x) is not None for x in arrays):
-        return False
+def _marked(config: Any) -> bool:
+    """Whether a read or write runs as a named call: with a hashable configuration (a
+    ``batch_dims`` function that cannot be hashed cannot key the calls' cache). On an
+    ``Explicit`` mesh too: the call holds the storage's own resharding, and the bounded path
+    (adamx/kernels/_bounded.py) runs the codec on each device's shard of it."""
     try:
         hash(config)
     except TypeError:
@@ -750,7 +753,7 @@ class Rank1:
         if not isinstance(stored.scales, tuple):
             return self._vector().read(stored, dtype)
         row, col = stored.scales
-        if _marked(self, stored.codes, row, col):
+        if _marked(self):
             decode = _codec(self, "decode", stored.shape)
             return decode(stored.codes, row, col).astype(dtype)
         return self._decode(stored.codes, row, col, stored.shape).astype(dtype)
@@ -772,7 +775,7 @@ class Rank1:
         if not isinstance(stored.scales, tuple):
             return self._vector().write(value, stored)
         value = value.astype(jnp.float32)
-        if _marked(self, value):
+        if _marked(self):
             codes, row, col = _codec(self, "encode", stored.shape)(value)
         else:
             codes, row, col = self._encode(value, stored.shape)
