@@ -164,6 +164,102 @@ def _specs(tree) -> list:
     ]
 
 
+def _compare(fn, params, state, grads) -> dict:
+    """``fn`` jitted against ``fn`` eager (op by op), step by step from the same inputs."""
+    p, s = params, state
+    worst, codes_apart, kept, kept_params = 0.0, 0.0, True, True
+    jitted = jax.jit(fn)
+    traced = str(jax.make_jaxpr(fn)(p, s, grads[0]))
+    for g in grads:
+        p_j, s_j = jitted(p, s, g)
+        kept_params = kept_params and _specs(p_j) == _specs(p)
+        kept = kept and _specs(s_j) == _specs(s)
+        with jax.disable_jit():
+            p, s = fn(p, s, g)
+        plain_j, codes_j, scales_j = _split((p_j, s_j))
+        plain_e, codes_e, scales_e = _split((p, s))
+        with np.errstate(invalid="ignore"):
+            worst = max(worst, _ulps_apart((plain_j, scales_j), (plain_e, scales_e)))
+        for x, y in zip(codes_j, codes_e, strict=True):
+            apart = np.asarray(x) != np.asarray(y)
+            codes_apart = max(codes_apart, float(np.mean(apart)))
+    return {
+        "ulps": worst,
+        "codes_apart": codes_apart,
+        "per_shard": traced.count("shard_map"),
+        "kept_sharding": kept,
+        "kept_params_sharding": kept_params,
+    }
+
+
+def two_axes() -> dict:
+    """A 2 x 2 mesh (``data`` x ``model``), `apply_if_finite` around 8-bit AdamW (its step in a
+    ``lax.cond``), the same optimizer with `adamx.state_shardings` and then with
+    `adamx.zero1_shardings` over ``data`` (a plan is kept per sharding, not per shape): a matrix
+    split by rows over ``model`` (per shard), one split on its last axis (in one piece; under
+    ZeRO-1 its codes split by rows over ``data``), one split by rows over ``data``; and under
+    ZeRO-1 the chain itself, through `adamx.step`."""
+    _bounded.CHUNK = 1024
+    _bounded._narrow_in_place = lambda: False
+    mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    specs = {"a": P("model", None), "c": P(None, "model"), "d": P("data", None)}
+    rng = np.random.default_rng(5)
+    params = {
+        k: jax.device_put(
+            rng.standard_normal((128, 256)).astype(np.float32), NamedSharding(mesh, v)
+        )
+        for k, v in specs.items()
+    }
+    storage = {
+        "mu_dtype": adamx.blockwise_8bit(True, min_size=0),
+        "nu_dtype": adamx.blockwise_8bit(False, min_size=0),
+    }
+    plain = adamx.adamw(1e-3, weight_decay=0.1, **storage)
+    tx = adamx.apply_if_finite(plain, 3)
+    out: dict = {}
+    with jax.set_mesh(mesh):
+        for layout in ("model", "zero1", "zero1-chain"):
+            if layout == "zero1-chain":  # the chain itself: each leaf's params placed as they were
+                tx = plain
+            if layout != "model":
+                shardings = adamx.zero1_shardings(tx, params, "data")
+            else:
+                shardings = adamx.state_shardings(tx, params)
+            state = adamx.init_sharded(tx, params, shardings)
+            out[f"2d/{layout}"] = _compare(_step(tx), params, state, _gradients(params, 3))
+            out[f"2d/{layout}"]["codes_specs"] = [
+                str(x.codes.sharding.spec)
+                for x in jax.tree.leaves(
+                    state, is_leaf=lambda x: isinstance(x, adamx.QuantizedBuffer)
+                )
+                if isinstance(x, adamx.QuantizedBuffer)
+            ]
+    return out
+
+
+def wrappers() -> dict:
+    """`apply_if_finite` and `MultiSteps` (each a ``lax.cond``) around float32 AdamW on a mesh of
+    ``Explicit`` axes, jitted: the error, if any, and whether the state kept its sharding."""
+    mesh = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    host = np.random.default_rng(6).standard_normal((64, 32)).astype(np.float32)
+    params = {"w": jax.device_put(host, NamedSharding(mesh, P("model", None)))}
+    out: dict = {}
+    for name, tx in (
+        ("apply_if_finite", adamx.apply_if_finite(adamx.adamw(1e-3), 3)),
+        ("MultiSteps", adamx.MultiSteps(adamx.adamw(1e-3), 2)),
+    ):
+        with jax.set_mesh(mesh):
+            state = tx.init(params)
+            try:
+                p, s = params, state
+                for _ in range(2):
+                    p, s = jax.jit(_step(tx))(p, s, params)
+                out[name] = {"error": None, "kept_sharding": _specs(s) == _specs(state)}
+            except Exception as error:  # reported, not raised
+                out[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+    return out
+
+
 def numbers() -> dict:
     """Jitted steps (per shard where a leaf can be) against eager ones, on one mesh."""
     _bounded.CHUNK = 1024
@@ -202,35 +298,14 @@ def numbers() -> dict:
                 state = adamx.init_sharded(tx, params, shardings)
             else:
                 state = tx.init(params)
-            before = _specs(state)
             for path, fn in (("update", _update_apply(tx)), ("step", _step(tx))):
-                p, s = params, state
-                worst, codes_apart, kept, kept_params = 0.0, 0.0, True, True
-                jitted = jax.jit(fn)
                 grads = _gradients(params, 3)
-                traced = str(jax.make_jaxpr(fn)(p, s, grads[0]))
-                for g in grads:
-                    p_j, s_j = jitted(p, s, g)
-                    kept_params = kept_params and _specs(p_j) == _specs(p)
-                    with jax.disable_jit():
-                        p, s = fn(p, s, g)
-                    plain_j, codes_j, scales_j = _split((p_j, s_j))
-                    plain_e, codes_e, scales_e = _split((p, s))
-                    with np.errstate(invalid="ignore"):
-                        worst = max(worst, _ulps_apart((plain_j, scales_j), (plain_e, scales_e)))
-                    for x, y in zip(codes_j, codes_e, strict=True):
-                        apart = np.asarray(x) != np.asarray(y)
-                        codes_apart = max(codes_apart, float(np.mean(apart)))
-                    kept = kept and _specs(s_j) == before
-                out[f"{name}/{path}"] = {
-                    "ulps": worst,
-                    "codes_apart": codes_apart,
-                    "per_shard": traced.count("shard_map"),
-                    "kept_sharding": kept,
-                    "kept_params_sharding": kept_params,
-                }
+                out[f"{name}/{path}"] = _compare(fn, params, state, grads)
     return out
 
 
 if __name__ == "__main__":
-    print(json.dumps({"devices": jax.device_count(), "memory": memory(), "numbers": numbers()}))
+    report = {"devices": jax.device_count(), "memory": memory(), "numbers": numbers()}
+    report["numbers"].update(two_axes())
+    report["wrappers"] = wrappers()
+    print(json.dumps(report))

@@ -307,3 +307,35 @@ def test_quantised_codes_follow_row_split_params(report, bits):
     assert entry["max_abs_vs_replicated"] == 0.0, entry
     assert entry["explicit_update"] == [] and entry["explicit_params"] == [], entry
     assert entry["explicit_vs_auto"] == 0.0, entry
+
+
+@pytest.mark.parametrize(
+    ("types", "shape", "spec", "codes"),
+    [
+        ("explicit", (64, 1024), P(None, "model"), P(None, "data", None)),
+        ("auto", (64, 1024), P(None, "model"), P(None, "data", None)),
+        ("explicit", (64, 1024), P("model", None), P(None, "model", None)),
+        ("auto", (64, 1024), P("model", None), P(None, "model", "data")),
+        ("explicit", (3, 2048), P(None, "model"), P(None, None, None)),
+    ],
+)
+def test_zero1_splits_quantised_codes_by_whole_blocks(types, shape, spec, codes):
+    """`zero1_shardings` lays a quantised moment out by its blocks: over the data axis by its
+    parameter's rows where they are free and each device's rows are whole blocks, the scales
+    with them. Where they are not (rows split over "model" already, or 3 rows over 4 devices),
+    an ``Explicit`` mesh keeps the codes replicated over "data" (the rule of other leaves split
+    each block's bytes from its scale, and the codecs raised a ``ShardingTypeError`` there), an
+    ``Auto`` mesh takes that rule (XLA moves what the codecs need). 4 x 2 devices, placeholders:
+    nothing is allocated."""
+    axis = jax.sharding.AxisType.Explicit if types == "explicit" else jax.sharding.AxisType.Auto
+    mesh = jax.sharding.AbstractMesh((4, 2), ("data", "model"), axis_types=(axis, axis))
+    params = {"w": jax.ShapeDtypeStruct(shape, "float32", sharding=NamedSharding(mesh, spec))}
+    opt = adamx.adamw(0.1, **adamx.low_bit_moments(8))
+    zero = adamx.zero1_shardings(opt, params, "data")
+    for moment in (zero[0][0].ema["w"], zero[0][2].estimator[0].ema["w"]):
+        assert tuple(moment.codes.spec) + (None,) * (3 - len(moment.codes.spec)) == tuple(codes)
+        if types == "explicit":  # the scales follow the codes' blocks
+            assert (
+                tuple(moment.scales.spec) + (None,) * (2 - len(moment.scales.spec))
+                == tuple(codes)[:2]
+            )

@@ -280,7 +280,77 @@ def zero1_shardings(
         spec[best] = names[0] if len(names) == 1 else names
         return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
-    return jax.tree.map(one, base, shapes)
+    def node(sharding: Any, leaf: Any) -> Any:
+        if isinstance(leaf, QuantizedBuffer):
+            placed = _zero1_quantized(leaf, sharding, names)
+            if placed is not None:
+                return placed
+            if _explicit_mesh(sharding.codes.mesh):
+                return sharding  # replicated over `names`: see `_zero1_quantized`
+            return jax.tree.map(one, sharding, leaf)  # (XLA moves what the codecs need)
+        return one(sharding, leaf)
+
+    return jax.tree.map(node, base, shapes, is_leaf=lambda x: isinstance(x, QuantizedBuffer))
+
+
+def _zero1_quantized(node: QuantizedBuffer, shardings: QuantizedBuffer, names: tuple) -> Any:
+    """ZeRO-1 for a quantised moment: its codes and scales as a whole, laid out by `layout_specs`
+    for its parameter split over ``names`` on its rows (its first axis after the layers), or else
+    on its layers, where that axis is not split yet, so that a device's codes stay its own
+    elements' (and on an ``Explicit`` mesh the bounded step runs it per shard). ``None`` where
+    the layout cannot take the data axis (a block would straddle devices, or those axes are split
+    over "model" already): then on an ``Auto`` mesh each leaf takes the rule of other leaves (the
+    codes' largest free axis, a block's bytes, which XLA gathers where the codecs need it), and on
+    an ``Explicit`` mesh they stay replicated over ``names`` (there a block's codes split from
+    its scale were refused by the codecs: a `ShardingTypeError`)."""
+    codes_sharding = shardings.codes
+    if not isinstance(codes_sharding, NamedSharding):
+        raise ValueError(
+            f"`zero1_shardings` needs params placed on a mesh (`NamedSharding`), got a state "
+            f"leaf with {codes_sharding}; place the params with `jax.device_put(params, "
+            "NamedSharding(mesh, spec))` or pass `mesh=`."
+        )
+    mesh = codes_sharding.mesh
+    codes_spec = _full_spec(codes_sharding.spec, len(node.codes.shape))
+    used = {name for entry in codes_spec for name in _entry_names(entry)}
+    if used & set(names):
+        return shardings  # already split over the data axis
+    shape = tuple(node.shape)
+    pair = isinstance(node.scales, tuple)
+    scales = tuple(tuple(x.shape) for x in node.scales) if pair else tuple(node.scales.shape)
+    layers = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == node.codes.shape[0])
+
+    def size(entry: Any) -> int:
+        return _axis_size(mesh, _entry_names(entry))
+
+    # The parameter's split as the codes follow it (`layout_specs` read backwards), then the data
+    # axes added to its rows, or else to its layers.
+    entries: list[Any] = [None] * len(shape)
+    if layers:
+        entries[0] = codes_spec[0]
+    if layers < len(shape):
+        entries[layers] = codes_spec[1]
+    for axis in ([layers] if layers < len(shape) else []) + ([0] if layers else []):
+        if entries[axis] is not None:
+            # Already split (over "model"): the moment it decodes would be split over ("model",
+            # "data") where its gradient is over "model", which an `Explicit` mesh refuses to add.
+            continue
+        trial = list(entries)
+        trial[axis] = names[0] if len(names) == 1 else names
+        if shape[axis] % size(trial[axis]):
+            continue
+        new_codes, new_scales = layout_specs(shape, trial, tuple(node.codes.shape), scales, size)
+        if set(names) <= {n for e in new_codes for n in _entry_names(e)}:
+            split = [new_codes, *new_scales] if pair else [new_codes, new_scales]
+            placed = [NamedSharding(mesh, PartitionSpec(*s)) for s in split]
+            return QuantizedBuffer(placed[0], tuple(placed[1:]) if pair else placed[1], node.shape)
+    return None
+
+
+def _explicit_mesh(mesh: Any) -> bool:
+    types = getattr(mesh, "axis_types", ())
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    return bool(types) and explicit is not None and all(t == explicit for t in types)
 
 
 def init_sharded(tx: GradientTransformation, params: Params, shardings: Any = None) -> OptState:

@@ -231,6 +231,11 @@ def run(
             # On a mesh a leaf that cannot run per shard runs in one piece: a chunk sliced from a
             # split buffer would gather it.
             _leaf(p.flat, x, env, read, 0 if on_mesh else chunk, over or {})
+            if on_mesh:  # its results placed as their operands, as `_on_shards` places them
+                for operand, result in x.slots:
+                    if operand is not None and result is not None and operand not in (over or {}):
+                        if spec(env[result]) != spec(env[operand]):
+                            env[result] = reshard(env[result], where, spec(env[operand]))
     return [jnp.asarray(read(ref)) for ref in p.outputs]
 
 

@@ -1919,8 +1919,17 @@ def _aval(x: Any) -> Any:
 
 
 def _signature(x: Any) -> tuple:
+    """What a plan depends on of a leaf: its shape, dtype and weak type, and on a mesh its
+    sharding (on an ``Explicit`` mesh the traced equations carry shardings, such as a storage's
+    resharding of a moment: a plan traced for one partition is not another's)."""
     aval = _aval(x)
-    return (tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False)))
+    sharding = getattr(aval, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    placed = None
+    if sharding is not None and mesh is not None and not getattr(mesh, "empty", True):
+        types = tuple(str(t) for t in getattr(mesh, "axis_types", ()))
+        placed = (str(sharding.spec), tuple(mesh.axis_names), tuple(mesh.axis_sizes), types)
+    return (tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False)), placed)
 
 
 def _flat_step(tx: Any, apply: Any, treedefs: tuple) -> Any:

@@ -38,13 +38,40 @@ __all__ = [
 # ---- shared helpers -------------------------------------------------------------------------------
 
 
+def _explicit(sharding: Any) -> bool:
+    """Whether ``sharding`` is part of a value's type: a mesh of ``Explicit`` axes, where
+    ``lax.cond``'s branches must agree on it."""
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    explicit = getattr(jax.sharding, "AxisType", None)
+    return bool(types) and explicit is not None and all(t == explicit.Explicit for t in types)
+
+
 def _cast_like(tree: Any, like: Any) -> Any:
-    """``tree`` with each leaf cast to the dtype of the matching leaf of ``like``."""
-    return jax.tree.map(lambda x, ref: jnp.asarray(x).astype(jnp.result_type(ref)), tree, like)
+    """``tree`` with each leaf cast to the dtype of the matching leaf of ``like``, and on an
+    ``Explicit`` mesh placed as it is (a quantised moment written back from a value split
+    otherwise, under ZeRO-1, comes out laid out for that value)."""
+
+    def cast(x: Any, ref: Any) -> Any:
+        x = jnp.asarray(x).astype(jnp.result_type(ref))
+        want = getattr(jax.typeof(ref), "sharding", None) if hasattr(jax, "typeof") else None
+        if _explicit(want) and getattr(jax.typeof(x), "sharding", None) != want:
+            x = jax.sharding.reshard(x, want)
+        return x
+
+    return jax.tree.map(cast, tree, like)
 
 
 def _zeros_of(shapes: Any) -> Any:
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    """Zeros of each ``jax.ShapeDtypeStruct`` of ``shapes``, with its sharding where that is part of
+    its type (`_explicit`: zeros without it are replicated, and the cond was refused)."""
+
+    def zeros(s: Any) -> Any:
+        sharding = getattr(s, "sharding", None)
+        if _explicit(sharding):
+            return jnp.zeros(s.shape, s.dtype, out_sharding=sharding)
+        return jnp.zeros(s.shape, s.dtype)
+
+    return jax.tree.map(zeros, shapes)
 
 
 def _skippable(inner: GradientTransformation, updates, inner_state, params, extra_args):
