@@ -10,10 +10,11 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-# `--doctest-modules` would import tests/sharding_worker.py, which sets XLA_FLAGS for 8 virtual
-# devices at import (it runs as its own process): imported here, before JAX starts its backend, it
-# gave the whole suite 8 CPU devices. The suite runs on one, as users do.
-collect_ignore = ["tests/sharding_worker.py"]
+# `--doctest-modules` would import tests/sharding_worker.py and tests/bounded_mesh_worker.py,
+# which set XLA_FLAGS for 8 and 4 virtual devices at import (each runs as its own process):
+# imported here, before JAX starts its backend, they gave the whole suite several CPU devices. The
+# suite runs on one, as users do.
+collect_ignore = ["tests/sharding_worker.py", "tests/bounded_mesh_worker.py"]
 
 import gc  # noqa: E402
 
