@@ -6,9 +6,14 @@ To put a new optimizer through the whole matrix, add one line to ``OPTIMIZERS``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -524,3 +529,26 @@ def check_dtypes_are_kept_in_a_scan(name, make, dtype):
 def check_validation(build):
     with pytest.raises(ValueError):
         build()
+
+
+def run_device_worker(module: str, devices: int, timeout: float = 600) -> dict:
+    """``python -m module`` on ``devices`` virtual CPU devices (JAX fixes its device count when it
+    starts, so a multi-device check runs in its own process), its last line of output as JSON."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{module} failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,19 +10,15 @@ property (``memory_analysis()`` per device); the reference for the numbers is th
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_device_worker
 
 # One xdist worker runs the whole file, so the 4-device worker process starts once (pyproject.toml
 # sets --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("bounded_mesh")
 
-ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 # The leaves that run per shard (tests/bounded_mesh_worker.py, `_params`): "rows", "vec" and
 # "layers"; with stochastic rounding (no blocks) "partial" too. "cols" (split on its last axis:
@@ -33,22 +29,7 @@ PER_SHARD = {"8bit": 3, "4bit-rank1": 3, "bf16-sr": 4, "8bit-zero1": 1}
 
 @functools.cache
 def _report() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bounded_mesh_worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"tests/bounded_mesh_worker.py failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
-    )
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_device_worker("tests.bounded_mesh_worker", 4)
     assert report["devices"] == 4
     return report
 

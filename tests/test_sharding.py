@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +32,12 @@ from jax.sharding import PartitionSpec as P
 
 import adamx
 from adamx.kernels import _native
-from tests.helpers import OPTIMIZER_IDS
+from tests.helpers import OPTIMIZER_IDS, run_device_worker
 
 # One xdist worker runs the whole file, so the 8-device worker process starts once (pyproject.toml
 # sets --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("sharding")
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 600  # measured: ~3 minutes on 2 cores
 TOLERANCE = 1e-6  # of each leaf's largest magnitude (tests/sharding_worker.py, scaled_difference)
 STATISTICS_TOLERANCE = 1e-5  # `monitor`'s statistics on the mesh against one device's (relative)
@@ -76,24 +72,7 @@ SHARD_MAP = ["clip_by_global_norm", "lamb", "lars", "adafactor", "adafactor_last
 
 
 def _run_worker() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.sharding_worker"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"tests/sharding_worker.py failed (exit {result.returncode}):\n{result.stderr[-4000:]}"
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_device_worker("tests.sharding_worker", 8, WORKER_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,15 @@ def is_stored_moment(x: Any) -> bool:
     return getattr(type(x), "stored_moment", False)
 
 
+def is_explicit(sharding: Any) -> bool:
+    """Whether ``sharding`` is part of its values' type: a mesh of ``Explicit`` axes only (where
+    ``lax.cond``'s branches and the operands of an operation must agree on it). ``False`` for
+    ``None``, an ``Auto`` mesh, and a jax without mesh axis types."""
+    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    return bool(types) and explicit is not None and all(t == explicit for t in types)
+
+
 def _stops_here(x: Any) -> bool:
     return x is None or is_stored_moment(x)
 

@@ -32,8 +32,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from ..core._base import GradientTransformation, OptState, Params
-from ..core._trees import is_stored_moment
-from ..storage._quantize import QuantizedBuffer, layout_specs
+from ..core._trees import is_explicit, is_stored_moment
+from ..storage._quantize import QuantizedBuffer, _layer_count, followed_spec, layout_specs
 
 __all__ = ["bytes_per_device", "init_sharded", "state_shardings", "zero1_shardings"]
 
@@ -285,7 +285,7 @@ def zero1_shardings(
             placed = _zero1_quantized(leaf, sharding, names)
             if placed is not None:
                 return placed
-            if _explicit_mesh(sharding.codes.mesh):
+            if is_explicit(sharding.codes):
                 return sharding  # replicated over `names`: see `_zero1_quantized`
             return jax.tree.map(one, sharding, leaf)  # (XLA moves what the codecs need)
         return one(sharding, leaf)
@@ -318,18 +318,15 @@ def _zero1_quantized(node: QuantizedBuffer, shardings: QuantizedBuffer, names: t
     shape = tuple(node.shape)
     pair = isinstance(node.scales, tuple)
     scales = tuple(tuple(x.shape) for x in node.scales) if pair else tuple(node.scales.shape)
-    layers = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == node.codes.shape[0])
+    codes_shape = tuple(node.codes.shape)
+    layers = _layer_count(shape, codes_shape[0])
 
     def size(entry: Any) -> int:
         return _axis_size(mesh, _entry_names(entry))
 
-    # The parameter's split as the codes follow it (`layout_specs` read backwards), then the data
-    # axes added to its rows, or else to its layers.
-    entries: list[Any] = [None] * len(shape)
-    if layers:
-        entries[0] = codes_spec[0]
-    if layers < len(shape):
-        entries[layers] = codes_spec[1]
+    # The parameter's split as the codes follow it, then the data axes added to its rows, or else
+    # to its layers.
+    entries = followed_spec(shape, codes_shape, codes_spec)
     for axis in ([layers] if layers < len(shape) else []) + ([0] if layers else []):
         if entries[axis] is not None:
             # Already split (over "model"): the moment it decodes would be split over ("model",
@@ -339,18 +336,12 @@ def _zero1_quantized(node: QuantizedBuffer, shardings: QuantizedBuffer, names: t
         trial[axis] = names[0] if len(names) == 1 else names
         if shape[axis] % size(trial[axis]):
             continue
-        new_codes, new_scales = layout_specs(shape, trial, tuple(node.codes.shape), scales, size)
+        new_codes, new_scales = layout_specs(shape, trial, codes_shape, scales, size)
         if set(names) <= {n for e in new_codes for n in _entry_names(e)}:
             split = [new_codes, *new_scales] if pair else [new_codes, new_scales]
             placed = [NamedSharding(mesh, PartitionSpec(*s)) for s in split]
             return QuantizedBuffer(placed[0], tuple(placed[1:]) if pair else placed[1], node.shape)
     return None
-
-
-def _explicit_mesh(mesh: Any) -> bool:
-    types = getattr(mesh, "axis_types", ())
-    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    return bool(types) and explicit is not None and all(t == explicit for t in types)
 
 
 def init_sharded(tx: GradientTransformation, params: Params, shardings: Any = None) -> OptState:

@@ -56,13 +56,14 @@ from ..storage._quantize import (
     Rank1,
     _pack4,
     _unpack4,
+    followed_spec,
     layout_specs,
     rank1_codes,
     rank1_scales,
     rank1_values,
 )
 from . import _derived
-from ._mesh import reshard, spec
+from ._mesh import _full_spec, reshard, spec
 
 __all__: list[str] = []  # internal
 
@@ -277,7 +278,8 @@ def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, 
     for eqn in codecs:
         if eqn.codec[0] == "decode":
             codes = eqn.ins[-3] if isinstance(eqn.codec[1], Rank1) else eqn.ins[-2]
-            candidates.append(_followed(shape, flat.shapes[codes], spec(env[codes])))
+            followed = followed_spec(shape, flat.shapes[codes], spec(env[codes]))
+            candidates.append(jax.sharding.PartitionSpec(*followed))
     candidates.sort(key=lambda s: -_derived._shards(where, s))
     for partition in candidates:
         layouts = _layouts(flat, codecs, shape, partition, where)
@@ -285,7 +287,7 @@ def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, 
             continue
         expected, columns = layouts
         if all(
-            spec(env[n]) == _full(s, len(flat.shapes[n]))
+            spec(env[n]) == _full_spec(s, len(flat.shapes[n]))
             for n, s in expected.items()
             if n in inputs
         ) and all(_within(spec(env[r]), partition) for r in plain):
@@ -313,7 +315,7 @@ def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, 
             s = partition
         else:
             continue
-        full = _full(s, len(flat.shapes[node]))
+        full = _full_spec(s, len(flat.shapes[node]))
         if any(n % split(e) for n, e in zip(flat.shapes[node], full, strict=True)):
             return False  # (uneven shards)
         local.shapes[node] = _derived._local(where, flat.shapes[node], full)
@@ -347,7 +349,7 @@ def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, 
     for r, s in zip(inputs_, in_specs, strict=True):
         value = jnp.asarray(read(r))
         if flat.is_leafwise(r):
-            value = reshard(value, where, _full(s, value.ndim))
+            value = reshard(value, where, _full_spec(s, value.ndim))
         elif where.concrete:
             value = jax.device_put(value, jax.sharding.NamedSharding(where.mesh, replicated))
         operands.append(value)
@@ -380,19 +382,6 @@ def _on_shards(flat: Any, x: Any, env: dict, read: Any, chunk: int, over: dict, 
 def _axes(specs: Any) -> set:
     """The mesh axes a partition spec (or a list of its entries) splits over."""
     return {a for e in specs if e is not None for a in np.atleast_1d(e)}
-
-
-def _followed(shape: tuple, codes: tuple, codes_spec: Any) -> Any:
-    """The partition of a parameter of ``shape`` whose quantised moment's codes (of shape
-    ``codes``: layers first, then blocks or pairs) lie as ``codes_spec``: its first layer axis
-    and its first axis after the layers split as theirs (`layout_specs`, read backwards)."""
-    entries: list = [None] * len(shape)
-    layers = next(k for k in range(len(shape) + 1) if math.prod(shape[:k]) == codes[0])
-    if layers:
-        entries[0] = codes_spec[0]
-    if layers < len(shape):
-        entries[layers] = codes_spec[1]
-    return jax.sharding.PartitionSpec(*entries)
 
 
 def _within(inner: Any, outer: Any) -> bool:
@@ -429,12 +418,6 @@ def _layouts(flat: Any, codecs: list, shape: tuple, partition: Any, where: Any) 
         for node, s in zip(group, specs, strict=True):
             expected[node] = jax.sharding.PartitionSpec(*s)
     return expected, columns
-
-
-def _full(s: Any, ndim: int) -> Any:
-    """``s`` with one entry per dimension."""
-    entries = list(s) + [None] * (ndim - len(s))
-    return jax.sharding.PartitionSpec(*entries[:ndim])
 
 
 class _At(NamedTuple):

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core._layers import BatchDims, batch_count, check_batch_dims
+from ..core._trees import is_explicit
 
 __all__ = [
     "Blockwise",
@@ -374,6 +375,20 @@ def layout_specs(
     return (layer, block, None), (layer, block)
 
 
+def followed_spec(shape: tuple[int, ...], codes: tuple[int, ...], codes_spec: Any) -> list[Any]:
+    """The partition (entries, one per axis) of a parameter of ``shape`` that a quantised moment's
+    codes (of shape ``codes``: layers, then blocks or pairs) laid out as ``codes_spec`` follow:
+    `layout_specs` read backwards, its first layer axis and its first axis after the layers split
+    as the codes' first two axes are."""
+    entries: list[Any] = [None] * len(shape)
+    nb = _layer_count(shape, codes[0])
+    if nb:
+        entries[0] = codes_spec[0]
+    if nb < len(shape):
+        entries[nb] = codes_spec[1]
+    return entries
+
+
 def _placed_zeros(shape: tuple[int, ...], dtype: Any, spec: tuple[Any, ...], like: Any) -> Any:
     """Zeros of ``shape``, on the mesh of ``like`` (a parameter) with ``spec`` when ``like`` has a
     known mesh: a placed array's (eager), or a traced one's on an ``Explicit`` mesh."""
@@ -418,8 +433,7 @@ def _stored_zeros(param: Any, codes: tuple[int, ...], scales: Any) -> tuple[Any,
 def _explicit_sharding(x: Any) -> Any:
     """``x``'s sharding when it is part of its type (an ``Explicit`` mesh) and splits something."""
     sharding = getattr(jax.typeof(x), "sharding", None)
-    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
-    if not types or not all(t == jax.sharding.AxisType.Explicit for t in types):
+    if not is_explicit(sharding):
         return None
     return sharding if any(e is not None for e in getattr(sharding, "spec", ())) else None
 

@@ -19,6 +19,7 @@ from ..blocks._moments import _correction
 from ..blocks._scale import _evaluate
 from ..core._base import GradientTransformation, safe_increment, zero_count
 from ..core._dtypes import as_hyperparameter, compute_dtype
+from ..core._trees import is_explicit
 from ..core._validate import _concrete, check_decay
 
 __all__ = [
@@ -38,14 +39,6 @@ __all__ = [
 # ---- shared helpers -------------------------------------------------------------------------------
 
 
-def _explicit(sharding: Any) -> bool:
-    """Whether ``sharding`` is part of a value's type: a mesh of ``Explicit`` axes, where
-    ``lax.cond``'s branches must agree on it."""
-    types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
-    explicit = getattr(jax.sharding, "AxisType", None)
-    return bool(types) and explicit is not None and all(t == explicit.Explicit for t in types)
-
-
 def _cast_like(tree: Any, like: Any) -> Any:
     """``tree`` with each leaf cast to the dtype of the matching leaf of ``like``, and on an
     ``Explicit`` mesh placed as it is (a quantised moment written back from a value split
@@ -54,7 +47,7 @@ def _cast_like(tree: Any, like: Any) -> Any:
     def cast(x: Any, ref: Any) -> Any:
         x = jnp.asarray(x).astype(jnp.result_type(ref))
         want = getattr(jax.typeof(ref), "sharding", None) if hasattr(jax, "typeof") else None
-        if _explicit(want) and getattr(jax.typeof(x), "sharding", None) != want:
+        if is_explicit(want) and getattr(jax.typeof(x), "sharding", None) != want:
             x = jax.sharding.reshard(x, want)
         return x
 
@@ -63,11 +56,11 @@ def _cast_like(tree: Any, like: Any) -> Any:
 
 def _zeros_of(shapes: Any) -> Any:
     """Zeros of each ``jax.ShapeDtypeStruct`` of ``shapes``, with its sharding where that is part of
-    its type (`_explicit`: zeros without it are replicated, and the cond was refused)."""
+    its type (`is_explicit`: zeros without it are replicated, and the cond was refused)."""
 
     def zeros(s: Any) -> Any:
         sharding = getattr(s, "sharding", None)
-        if _explicit(sharding):
+        if is_explicit(sharding):
             return jnp.zeros(s.shape, s.dtype, out_sharding=sharding)
         return jnp.zeros(s.shape, s.dtype)
 
